@@ -1,0 +1,1 @@
+"""Controllers: turn signals into hyperparameter multipliers (rules, plateau, Q-learning, REINFORCE, GRU)."""

@@ -1,0 +1,1 @@
+"""Appliers: the optimizers, wrappers and schedulers a user holds."""

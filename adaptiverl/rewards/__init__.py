@@ -1,0 +1,1 @@
+"""Rewards: reward functions that TRL trainers take, and their composite."""

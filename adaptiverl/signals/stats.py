@@ -1,0 +1,258 @@
+"""Running statistics of scalar training signals (loss, reward, grad norm, ...).
+
+Computed once per step and read by every controller. Pure Python floats: a
+signal is one scalar per step, so there is nothing to vectorise, and keeping the
+statistics on the host makes them identical on every distributed rank that is
+fed the same (all-reduced) values.
+
+Definitions, for a stream x_1..x_t:
+
+* EMA: ``m_t = beta * m_{t-1} + (1 - beta) * x_t`` with ``m_1 = x_1`` (no bias
+  correction is needed because the first value seeds the average).
+* Windowed mean and unbiased variance over the last ``window`` values.
+* Trend: the least-squares slope of the window against the step index,
+  divided by ``|mean| + eps`` so that it reads as "relative change per step"
+  whatever the scale of the loss. Negative trend of a loss = improving.
+* Relative improvement: ``(prev_ema - ema) / (|prev_ema| + eps)`` (positive =
+  the EMA went down), the quantity the seed schedulers compare with a
+  threshold.
+* z-score of the newest value against the window before it, used for spike
+  detection (``z > spike_threshold``).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import deque
+from typing import Any
+
+import torch
+
+_EPS = 1e-12
+
+
+def to_float(value: Any) -> float:
+    """A Python float from a float, int, numpy scalar or 0-d (or 1-element) tensor."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"expected a scalar tensor, got shape {tuple(value.shape)}")
+        return float(value.detach().float().cpu().item())
+    return float(value)
+
+
+class ScalarSignal:
+    """EMA, windowed variance, trend and spike statistics of one scalar stream.
+
+    Non-finite values (NaN, +-Inf) are never folded into the statistics: they
+    are counted in ``rejected`` and warned about once per signal.
+    """
+
+    def __init__(self, name: str, beta: float = 0.9, window: int = 20,
+                 spike_threshold: float = 3.0) -> None:
+        if not 0.0 <= beta < 1.0:
+            raise ValueError(f"{name}: beta must be in [0, 1), got {beta}")
+        if window < 2:
+            raise ValueError(f"{name}: window must be >= 2, got {window}")
+        self.name = name
+        self.beta = beta
+        self.window = window
+        self.spike_threshold = spike_threshold
+        self.reset()
+
+    def reset(self) -> None:
+        self.count = 0
+        self.rejected = 0
+        self.last: float | None = None
+        self.ema: float | None = None
+        self.prev_ema: float | None = None
+        self.z_score = 0.0
+        self._values: deque[float] = deque(maxlen=self.window)
+        self._warned = False
+
+    # ---- updating -------------------------------------------------------
+    def update(self, value: Any) -> bool:
+        """Fold one value in. Returns False (and changes nothing) if it is not finite."""
+        x = to_float(value)
+        if not math.isfinite(x):
+            self.rejected += 1
+            if not self._warned:
+                warnings.warn(
+                    f"adaptiverl: non-finite {self.name} ({x}) ignored by the signal statistics; "
+                    "further ones are counted in `rejected` without warning",
+                    RuntimeWarning, stacklevel=3)
+                self._warned = True
+            return False
+        if len(self._values) >= 2:
+            mean, var = _mean_var(self._values)
+            self.z_score = (x - mean) / math.sqrt(var + _EPS) if var > 0 else 0.0
+        else:
+            self.z_score = 0.0
+        self.count += 1
+        self.last = x
+        self.prev_ema = self.ema
+        self.ema = x if self.ema is None else self.beta * self.ema + (1.0 - self.beta) * x
+        self._values.append(x)
+        return True
+
+    # ---- derived statistics --------------------------------------------
+    @property
+    def ready(self) -> bool:
+        return self.count > 0
+
+    @property
+    def values(self) -> tuple[float, ...]:
+        return tuple(self._values)
+
+    @property
+    def mean(self) -> float:
+        return _mean_var(self._values)[0] if self._values else 0.0
+
+    @property
+    def variance(self) -> float:
+        """Unbiased variance of the window (0 with fewer than two values)."""
+        return _mean_var(self._values)[1] if len(self._values) > 1 else 0.0
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(self.variance)
+
+    @property
+    def rel_std(self) -> float:
+        """Coefficient of variation of the window: std / (|mean| + eps)."""
+        return self.std / (abs(self.mean) + 1e-8)
+
+    @property
+    def trend(self) -> float:
+        """Least-squares slope of the window per step, relative to |window mean|."""
+        n = len(self._values)
+        if n < 2:
+            return 0.0
+        x_mean = (n - 1) / 2.0
+        y_mean = sum(self._values) / n
+        sxx = sum((i - x_mean) ** 2 for i in range(n))
+        sxy = sum((i - x_mean) * (y - y_mean) for i, y in enumerate(self._values))
+        return (sxy / sxx) / (abs(y_mean) + 1e-8)
+
+    @property
+    def rel_improvement(self) -> float:
+        """(prev_ema - ema) / |prev_ema|: positive when the EMA went down this step."""
+        if self.ema is None or self.prev_ema is None:
+            return 0.0
+        return (self.prev_ema - self.ema) / (abs(self.prev_ema) + _EPS)
+
+    @property
+    def delta(self) -> float:
+        """ema - prev_ema (0 before two values): positive when the EMA went up."""
+        if self.ema is None or self.prev_ema is None:
+            return 0.0
+        return self.ema - self.prev_ema
+
+    @property
+    def is_spike(self) -> bool:
+        return self.z_score > self.spike_threshold
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "last": self.last if self.last is not None else float("nan"),
+            "ema": self.ema if self.ema is not None else float("nan"),
+            "variance": self.variance,
+            "trend": self.trend,
+            "z_score": self.z_score,
+        }
+
+    # ---- persistence ----------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "beta": self.beta, "window": self.window,
+            "spike_threshold": self.spike_threshold, "count": self.count,
+            "rejected": self.rejected, "last": self.last, "ema": self.ema,
+            "prev_ema": self.prev_ema, "z_score": self.z_score,
+            "values": list(self._values), "warned": self._warned,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.beta = state["beta"]
+        self.window = state["window"]
+        self.spike_threshold = state["spike_threshold"]
+        self.count = state["count"]
+        self.rejected = state["rejected"]
+        self.last = state["last"]
+        self.ema = state["ema"]
+        self.prev_ema = state["prev_ema"]
+        self.z_score = state["z_score"]
+        self._values = deque(state["values"], maxlen=self.window)
+        self._warned = state["warned"]
+
+
+def _mean_var(values: deque[float] | list[float]) -> tuple[float, float]:
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, 0.0
+    return mean, sum((v - mean) ** 2 for v in values) / (n - 1)
+
+
+class Signals:
+    """The shared signal hub: ``observe(loss=..., reward=..., **metrics)``.
+
+    ``loss`` and ``reward`` always exist (possibly empty); any other keyword
+    creates a :class:`ScalarSignal` of that name on first use (``grad_norm``,
+    ``accuracy``, ...). ``step`` counts calls to :meth:`observe` that carried at
+    least one finite value.
+    """
+
+    def __init__(self, beta: float = 0.9, window: int = 20,
+                 spike_threshold: float = 3.0, reward_beta: float | None = None) -> None:
+        self.beta = beta
+        self.window = window
+        self.spike_threshold = spike_threshold
+        self.reward_beta = beta if reward_beta is None else reward_beta
+        self.step = 0
+        self.signals: dict[str, ScalarSignal] = {}
+        self.loss = self._get("loss")
+        self.reward = self._get("reward")
+
+    def _get(self, name: str) -> ScalarSignal:
+        sig = self.signals.get(name)
+        if sig is None:
+            beta = self.reward_beta if name == "reward" else self.beta
+            sig = ScalarSignal(name, beta=beta, window=self.window,
+                               spike_threshold=self.spike_threshold)
+            self.signals[name] = sig
+        return sig
+
+    def __getitem__(self, name: str) -> ScalarSignal:
+        return self.signals[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.signals
+
+    def observe(self, loss: Any = None, reward: Any = None, **metrics: Any) -> dict[str, bool]:
+        """Feed any subset of scalars; ``None`` values are skipped.
+
+        Returns ``{name: accepted}`` for every value given.
+        """
+        given = {"loss": loss, "reward": reward, **metrics}
+        accepted = {name: self._get(name).update(v) for name, v in given.items() if v is not None}
+        if any(accepted.values()):
+            self.step += 1
+        return accepted
+
+    def summary(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for name, sig in self.signals.items():
+            if sig.ready:
+                for key, val in sig.summary().items():
+                    out[f"{name}_{key}"] = val
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "beta": self.beta, "window": self.window,
+                "spike_threshold": self.spike_threshold, "reward_beta": self.reward_beta,
+                "signals": {n: s.state_dict() for n, s in self.signals.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = state["step"]
+        for name, sig_state in state["signals"].items():
+            self._get(name).load_state_dict(sig_state)

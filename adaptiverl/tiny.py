@@ -1,0 +1,108 @@
+"""Tiny GPT-2 models and tokenizers built locally, for offline demos, tests and benchmarks.
+
+Nothing here downloads anything. The tokenizer is a byte-level BPE trained with
+`tokenizers` on text that ships with Python itself (the docstrings of a fixed
+list of standard-library modules), and the model is a freshly initialised
+``GPT2LMHeadModel``. Both are written with ``save_pretrained`` so that the
+folder loads through the same ``from_pretrained(name_or_path)`` code path that
+``"gpt2"`` takes on a machine with hub access.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from pathlib import Path
+
+# Standard-library modules whose docstrings make the corpus: prose written by
+# the CPython authors, present on every Python install, stable across runs.
+CORPUS_MODULES = (
+    "abc", "argparse", "asyncio", "base64", "bisect", "calendar", "collections", "contextlib",
+    "copy", "csv", "dataclasses", "datetime", "decimal", "difflib", "email", "enum",
+    "fractions", "functools", "gettext", "gzip", "hashlib", "heapq", "hmac", "html", "http",
+    "inspect", "io", "ipaddress", "itertools", "json", "logging", "mailbox", "math",
+    "multiprocessing", "numbers", "operator", "optparse", "os", "pathlib", "pickle",
+    "pprint", "queue", "random", "re", "sched", "secrets", "selectors", "shelve", "shlex",
+    "shutil", "signal", "socket", "sqlite3", "statistics", "string", "struct", "subprocess",
+    "tarfile", "tempfile", "textwrap", "threading", "timeit", "tokenize", "trace",
+    "traceback", "turtle", "types", "typing", "unittest", "urllib", "uuid", "warnings",
+    "wave", "weakref", "xml", "zipfile", "zoneinfo",
+)
+
+SPECIAL_TOKEN = "<|endoftext|>"
+
+
+def python_corpus(min_chars: int = 40) -> list[str]:
+    """Docstrings of the modules in :data:`CORPUS_MODULES` and their public members.
+
+    Returns paragraphs (split on blank lines) of at least ``min_chars``
+    characters, in a deterministic order, without duplicates.
+    """
+    seen: set[str] = set()
+    paragraphs: list[str] = []
+
+    def add(doc: str | None) -> None:
+        if not doc:
+            return
+        for para in inspect.cleandoc(doc).split("\n\n"):
+            text = " ".join(para.split())
+            if len(text) >= min_chars and text not in seen:
+                seen.add(text)
+                paragraphs.append(text)
+
+    for name in CORPUS_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except Exception:  # a module missing from a trimmed Python build
+            continue
+        add(module.__doc__)
+        for attr in sorted(vars(module)):
+            if attr.startswith("_"):
+                continue
+            obj = getattr(module, attr)
+            if (inspect.isclass(obj) or inspect.isfunction(obj)) and \
+                    getattr(obj, "__module__", None) == name:
+                add(obj.__doc__)
+    return paragraphs
+
+
+def train_tokenizer(texts: list[str], vocab_size: int = 1024):
+    """A GPT-2-style byte-level BPE tokenizer (``PreTrainedTokenizerFast``) trained on ``texts``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=[SPECIAL_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=SPECIAL_TOKEN, eos_token=SPECIAL_TOKEN,
+        unk_token=SPECIAL_TOKEN, pad_token=SPECIAL_TOKEN)
+
+
+def build_tiny_gpt2(out_dir: str | Path, *, n_layer: int = 2, n_embd: int = 64, n_head: int = 2,
+                    n_positions: int = 256, vocab_size: int = 1024, seed: int = 0) -> Path:
+    """Write a freshly initialised tiny GPT-2 and its tokenizer to ``out_dir``.
+
+    Returns the folder, which ``AutoModelForCausalLM.from_pretrained`` and
+    ``AutoTokenizer.from_pretrained`` load offline.
+    """
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = train_tokenizer(python_corpus(), vocab_size=vocab_size)
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=n_positions, n_embd=n_embd, n_layer=n_layer,
+        n_head=n_head, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
