@@ -2,11 +2,32 @@
 
 Data flows one way: signals -> controllers -> appliers (optimizers, wrappers,
 schedulers) -> trainer integration. The core (signals, controllers, optim)
-needs torch alone.
+needs torch alone; rewards and the trainer integration import transformers/TRL
+only when used. Public names are imported lazily.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from adaptiverl.optim import _EXPORTS as _OPTIM_EXPORTS
 from adaptiverl.signals import ScalarSignal, Signals
 
 __version__ = "0.1.0"
 
-__all__ = ["ScalarSignal", "Signals", "__version__"]
+_EXPORTS = {
+    **dict.fromkeys(_OPTIM_EXPORTS, "adaptiverl.optim"),
+    "AdaptiveCallback": "adaptiverl.trainer.callback",
+    "CompositeReward": "adaptiverl.rewards",
+    "register_reward": "adaptiverl.rewards",
+}
+
+__all__ = ["ScalarSignal", "Signals", "__version__", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'adaptiverl' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -1,1 +1,46 @@
-"""Appliers: the optimizers, wrappers and schedulers a user holds."""
+"""Appliers: the optimizers, wrappers and schedulers a user holds.
+
+Every applier exposes the same small protocol, which the trainer callback relies on:
+
+* ``observe(loss=None, reward=None, **metrics)``: feed scalar signals (floats or
+  0-d tensors). Front ends keep their seed's names too (``step_loss``,
+  ``step_reward``, ``update_hyperparameters``).
+* ``dynamics() -> dict`` with ``"summary"`` (flat ``str -> float`` for logging:
+  ``lr``, ``momentum`` / ``beta1`` / ``beta2`` / ``alpha``, ``weight_decay`` where
+  the optimizer has them, plus applier-specific figures), ``"groups"`` (one
+  such dict per param group) and, where the applier controls per tensor,
+  ``"tensors"`` (one dict per parameter tensor).
+* ``state_dict()`` / ``load_state_dict()`` that carry the controller state too.
+
+Names are imported lazily so that ``import adaptiverl.optim`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "OnlineSGD": "adaptiverl.optim.online",
+    "OnlineRMSProp": "adaptiverl.optim.online",
+    "OnlineAdamW": "adaptiverl.optim.online",
+    "EnhancedSGD": "adaptiverl.optim.enhanced_sgd",
+    "AdaptiveOptimizer": "adaptiverl.optim.adaptive_optimizer",
+    "AdaptiveScheduler": "adaptiverl.optim.adaptive_scheduler",
+    "MetaOptimizer": "adaptiverl.optim.meta_optimizer",
+    "OptimizerWrapper": "adaptiverl.optim.meta_optimizer",
+    "PlateauMetaOptimizer": "adaptiverl.optim.meta_optimizer",
+    "AdvancedPlateauMetaOptimizer": "adaptiverl.optim.meta_optimizer",
+    "ExpertGateMetaOptimizer": "adaptiverl.optim.meta_optimizer",
+    "SmartExpertGateMetaOptimizer": "adaptiverl.optim.meta_optimizer",
+    "RLMetaOptimizer": "adaptiverl.optim.meta_optimizer",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'adaptiverl.optim' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
