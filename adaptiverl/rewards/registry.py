@@ -1,0 +1,184 @@
+"""Reward registry: names, dotted import paths and JSON specs -> reward functions.
+
+A spec is what ``train.py``'s ``REWARDS`` list holds::
+
+    {"type": "regex", "pattern": r"\\d+", "weight": 0.5}
+
+``type`` is a registered name (built-ins below, or a user's ``@register_reward("name")``), or a
+dotted import path (``"my_pkg.rewards:my_reward"`` or ``"my_pkg.rewards.my_reward"``). The other
+keys are the reward's constructor arguments (for a class) or extra keyword arguments bound with
+``functools.partial`` (for a function); ``weight`` (and ``schedule``) belong to the composite.
+Every validation error names the component index, its type and the bad key.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+# Built-ins resolve lazily so that `import adaptiverl.rewards` pulls in neither
+# sentence-transformers nor transformers nor httpx.
+_BUILTINS: dict[str, str] = {
+    "regex": "adaptiverl.rewards.text:RegexReward",
+    "substring": "adaptiverl.rewards.text:SubstringReward",
+    "length": "adaptiverl.rewards.text:LengthReward",
+    "cosine": "adaptiverl.rewards.cosine:CosineReward",
+    "learned": "adaptiverl.rewards.learned:ClassifierReward",
+    "judge": "adaptiverl.rewards.judge:LocalJudgeReward",
+    "http_judge": "adaptiverl.rewards.judge:HTTPJudgeReward",
+    "human": "adaptiverl.rewards.human:HumanFeedbackReward",
+}
+_REGISTRY: dict[str, Callable[..., Any]] = {}
+
+#: Spec keys that configure the composite, not the component.
+COMPOSITE_KEYS = frozenset({"weight", "schedule"})
+
+
+class RewardSpecError(ValueError):
+    """A reward spec that cannot be built; the message names the component and the key."""
+
+
+def register_reward(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: make a reward function (or a reward class/factory) available as ``{"type": name}``.
+
+    >>> @register_reward("ends_with_period")
+    ... def ends_with_period(completions, **kwargs):
+    ...     return [1.0 if c.strip().endswith(".") else 0.0 for c in completions]
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"register_reward needs a non-empty name, got {name!r}")
+
+    def decorate(obj: Callable[..., Any]) -> Callable[..., Any]:
+        if not callable(obj):
+            raise TypeError(f"register_reward({name!r}) decorates a callable, got {type(obj).__name__}")
+        if name in _BUILTINS or (name in _REGISTRY and _REGISTRY[name] is not obj):
+            raise ValueError(f"a reward named {name!r} is already registered; choose another name")
+        _REGISTRY[name] = obj
+        return obj
+
+    return decorate
+
+
+def registered_rewards() -> list[str]:
+    """Names usable as ``type`` in a spec."""
+    return sorted({*_BUILTINS, *_REGISTRY})
+
+
+def _import_path(path: str) -> Any:
+    module_name, sep, attr = path.partition(":")
+    if not sep:
+        module_name, _, attr = path.rpartition(".")
+    if not module_name or not attr:
+        raise ImportError(f"{path!r} is not a dotted path to a reward")
+    obj: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def resolve_reward(name: str) -> Callable[..., Any]:
+    """The registered object for ``name``, or the object at dotted path ``name``."""
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if name in _BUILTINS:
+        return _import_path(_BUILTINS[name])
+    if "." in name or ":" in name:
+        try:
+            return _import_path(name)
+        except (ImportError, AttributeError) as exc:
+            raise RewardSpecError(f"cannot import reward {name!r}: {exc}") from exc
+    raise RewardSpecError(f"unknown reward type {name!r}; registered: {', '.join(registered_rewards())} "
+                          "(or give a dotted import path such as 'my_pkg.rewards:my_reward')")
+
+
+def _is_factory(obj: Any) -> bool:
+    """Classes are constructed from the spec; plain functions are reward functions themselves."""
+    return inspect.isclass(obj)
+
+
+def _check_params(target: Callable[..., Any], params: dict[str, Any], where: str) -> None:
+    try:
+        sig = inspect.signature(target)
+    except (TypeError, ValueError):
+        return
+    accepts_any = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+    named = {n for n, p in sig.parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    if not accepts_any:
+        unknown = sorted(set(params) - named)
+        if unknown:
+            raise RewardSpecError(f"{where}: unknown key {unknown[0]!r}; accepted keys: "
+                                  f"{', '.join(sorted(named - {'self'})) or '(none)'}")
+
+
+def build_reward(spec: dict[str, Any] | str | Callable[..., Any], *, index: int | None = None) -> Callable[..., Any]:
+    """One reward function from a spec dict, a registered name / dotted path, or a callable.
+
+    Composite-only keys (``weight``, ``schedule``) are ignored here; :func:`build_rewards` reads them.
+    """
+    where_prefix = f"reward component {index}" if index is not None else "reward"
+    if callable(spec) and not isinstance(spec, str):
+        return spec
+    if isinstance(spec, str):
+        spec = {"type": spec}
+    if not isinstance(spec, dict):
+        raise RewardSpecError(f"{where_prefix}: a spec must be a dict, a name or a callable, "
+                              f"got {type(spec).__name__}")
+    if "type" not in spec:
+        raise RewardSpecError(f"{where_prefix}: missing key 'type' in {sorted(spec)}; "
+                              f"registered types: {', '.join(registered_rewards())}")
+    type_name = spec["type"]
+    where = f"{where_prefix} (type {type_name!r})"
+    if not isinstance(type_name, str):
+        raise RewardSpecError(f"{where}: 'type' must be a string")
+    try:
+        target = resolve_reward(type_name)
+    except RewardSpecError as exc:
+        raise RewardSpecError(f"{where}: {exc}") from None
+    params = {k: v for k, v in spec.items() if k != "type" and k not in COMPOSITE_KEYS}
+    _check_params(target, params, where)
+    try:
+        if _is_factory(target):
+            return target(**params)
+        if params:
+            return functools.partial(target, **params)
+        return target
+    except RewardSpecError:
+        raise
+    except (TypeError, ValueError, KeyError, FileNotFoundError, OSError) as exc:
+        raise RewardSpecError(f"{where}: {exc}") from exc
+
+
+def build_rewards(specs: list[Any], **composite_kwargs: Any):
+    """A :class:`~adaptiverl.rewards.composite.CompositeReward` from a list of specs.
+
+    Each spec's ``weight`` (default 1.0) and optional ``schedule`` (see ``CompositeReward``) are
+    taken here; ``composite_kwargs`` go to ``CompositeReward`` (``normalize``, ``clip``, ...).
+    """
+    from adaptiverl.rewards.composite import Component, CompositeReward
+
+    if not isinstance(specs, (list, tuple)) or not specs:
+        raise RewardSpecError(f"REWARDS must be a non-empty list of reward specs, got {specs!r}")
+    components = []
+    for i, spec in enumerate(specs):
+        fn = build_reward(spec, index=i)
+        weight: Any = 1.0
+        schedule = None
+        if isinstance(spec, dict):
+            weight = spec.get("weight", 1.0)
+            schedule = spec.get("schedule")
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+                raise RewardSpecError(f"reward component {i} (type {spec.get('type')!r}): key 'weight' "
+                                      f"must be a number, got {weight!r}")
+        try:
+            components.append(Component(fn, weight=float(weight), schedule=schedule))
+        except ValueError as exc:
+            type_name = spec.get("type") if isinstance(spec, dict) else default_type(spec)
+            raise RewardSpecError(f"reward component {i} (type {type_name!r}): {exc}") from exc
+    return CompositeReward(components, **composite_kwargs)
+
+
+def default_type(spec: Any) -> str:
+    return spec if isinstance(spec, str) else getattr(spec, "__name__", type(spec).__name__)
