@@ -1,0 +1,77 @@
+"""Vectorised gradient transformations used by :class:`adaptiverl.optim.EnhancedSGD`.
+
+Every function takes a list of gradient tensors (one device and dtype, except the two global
+statistics, which combine lists from several devices/dtypes in float32) and does its per-tensor
+work with ``torch._foreach_*`` kernels or one concatenation, never a Python loop that computes per
+tensor or calls ``.item()``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def total_norm(grads: list[Tensor]) -> Tensor:
+    """Global L2 norm ``sqrt(sum_i ||g_i||^2)`` as a 0-d float32 tensor on ``grads[0]``'s device."""
+    device = grads[0].device
+    norms = torch._foreach_norm(grads)
+    return torch.linalg.vector_norm(torch.stack([n.float().to(device) for n in norms]))
+
+
+def magnitude_sample(grads: list[Tensor], sample_size: int) -> Tensor:
+    """``|g|`` of a strided sample of all gradients, concatenated (float32, at most ~``sample_size`` + #tensors).
+
+    One stride ``s = max(1, N // sample_size)`` (``N`` = total element count) is used for every
+    tensor, so each tensor contributes in proportion to its size.
+    """
+    total = sum(g.numel() for g in grads)
+    stride = max(1, total // sample_size)
+    device = grads[0].device
+    return torch.cat([g.reshape(-1)[::stride].float().to(device) for g in grads]).abs_()
+
+
+def gradient_entropy(grads: list[Tensor], bins: int = 64, sample_size: int = 65536) -> Tensor:
+    """Normalised Shannon entropy of the histogram of gradient magnitudes, in ``[0, 1]``.
+
+    ``x = |g| / max|g|`` over a strided sample (:func:`magnitude_sample`) is binned into ``bins``
+    equal bins on ``[0, 1]`` with ``torch.histc``; with ``p_b`` the bin frequencies,
+    ``H = -sum_b p_b log p_b / log(bins)``. ``H`` is near 0 when a few huge coordinates squash all
+    others into the lowest bin and near 1 when magnitudes are spread evenly over their range.
+    An all-zero gradient has entropy 0. Returns a 0-d float32 tensor (no host sync).
+    """
+    if bins < 2:
+        raise ValueError(f"bins must be >= 2, got {bins}")
+    sample = magnitude_sample(grads, sample_size)
+    scaled = sample / sample.max().clamp_min(torch.finfo(torch.float32).tiny)
+    hist = torch.histc(scaled, bins=bins, min=0.0, max=1.0)
+    p = hist / hist.sum().clamp_min(1.0)
+    entropy = -(p * torch.log(p.clamp_min(1e-30))).sum() / math.log(bins)
+    return torch.where(sample.max() > 0, entropy, torch.zeros_like(entropy))
+
+
+def center_(grads: list[Tensor]) -> None:
+    """In place, ``g <- g - mean(g)`` for every tensor with ``dim >= 2``.
+
+    Per-tensor version of Gradient Centralization (Yong et al. 2020, arXiv:2004.01461), which
+    centres each output row; vectors (biases, norms' scales) are left alone, as in that paper,
+    because centring a bias gradient removes its only useful component. The means come from one
+    ``torch.segment_reduce`` over the concatenated gradients.
+    """
+    targets = [g for g in grads if g.dim() >= 2]
+    if not targets:
+        return
+    flat = torch.cat([g.reshape(-1) for g in targets])
+    lengths = torch.tensor([g.numel() for g in targets], device=flat.device)
+    means = torch.segment_reduce(flat, "mean", lengths=lengths)
+    torch._foreach_sub_(targets, list(means.unbind(0)))
+
+
+def add_noise_(grads: list[Tensor], std: float, generator: torch.Generator) -> None:
+    """In place, ``g <- g + std * eps`` with ``eps ~ N(0, I)`` drawn in one call from ``generator``."""
+    total = sum(g.numel() for g in grads)
+    noise = torch.randn(total, generator=generator, device=grads[0].device, dtype=grads[0].dtype)
+    pieces = noise.split([g.numel() for g in grads])
+    torch._foreach_add_(grads, [n.view_as(g) for n, g in zip(pieces, grads, strict=True)], alpha=std)
