@@ -1,0 +1,417 @@
+"""Composable hyperparameter rules: each one reads the shared signals and returns a multiplier.
+
+A rule is a small object with ``__call__(signals) -> float`` (a positive multiplier
+for one knob, 1 = leave the knob at its base value), ``state_dict``,
+``load_state_dict`` and ``reset``. A rule is called exactly once per optimisation
+step; stateful rules (trend accumulators, step counters) advance on that call.
+Rules combine by product (:class:`Compose`, written ``"trend+variance"`` in names),
+in the spirit of optax's chains of small transformations.
+
+The rules and their math (``s`` is the :class:`~adaptiverl.signals.ScalarSignal`
+a rule reads; ``loss`` unless stated):
+
+* :class:`TrendRule` -- multiplicative accumulator driven by the window trend.
+  With ``tau = s.trend`` (least-squares slope per step relative to the window
+  mean, sign flipped for reward so that ``tau < 0`` always means "getting
+  better") and its standard error ``se = rel_std / sqrt(n (n^2 - 1) / 12)``::
+
+      improving  if -tau > threshold and |tau| > z * se
+      worsening  if  tau > threshold and |tau| > z * se
+      log m <- (1 - leak) * log m + log(up | down | 1)
+      m <- clip(m, min_mult, max_mult)
+
+  The significance test keeps pure noise from moving the knob; the small leak
+  makes ``log m`` mean-reverting, so under stationary noise (whatever the
+  asymmetry of ``up`` and ``down``) the multiplier settles to a bounded value
+  instead of random-walking to a bound. This is the seed schedulers' trend
+  policy (001 "trend", 003 "Trend-aware"), made noise-robust.
+* :class:`VarianceRule` -- stateless damping ``m = (base + scale * v) ** power`` with
+  ``v = (std / |mean|)^2`` the relative (scale-free) variance of the window: the
+  same loss curve multiplied by 1000 gives the same multiplier. ``power=-1`` is
+  seed 003's ``lr / (1 + lambda Var)``; ``power=+1`` lengthens an averaging
+  horizon when the signal is noisy (betas/alpha).
+* :class:`CosineRule` -- SGDR cosine factor (Loshchilov & Hutter, 2017,
+  arXiv:1608.03983): ``m = eta + (1 - eta) * (1 + cos(pi * t_cur / T_i)) / 2``,
+  ``T_i`` multiplied by ``T_mult`` at each restart. A pure function of the step
+  count: it never reads (or compounds) the current LR.
+* :class:`LevelRule` -- ``m = exp(gain * (ema - ref) / |ref|)`` with ``ref`` the
+  first EMA value: relative level of a signal against where it started
+  (``gain < 0`` for loss: "inverse-loss scaling"; ``gain > 0`` for reward: "LR
+  proportional to reward").
+* :class:`SlopeRule` -- stateless ``m = exp(-gain * tau)``: the instantaneous
+  normalised trend ("normalised by loss magnitude").
+* :class:`ThresholdRule` -- accumulator ``m <- m * factor`` while a statistic of a
+  signal is above a threshold (grad-norm driven weight decay, weight-norm
+  growth), bounded.
+* :class:`TargetRule` -- stateless ``m = (ema / target) ** gain``: pulls a knob
+  toward a target of a metric (routing entropy, routing sparsity).
+* :class:`~adaptiverl.controllers.plateau.Plateau` -- patience / cooldown / big drop
+  (``torch.optim.lr_scheduler.ReduceLROnPlateau`` semantics), in ``plateau.py``.
+
+:func:`make_rule` is the ONE place where rule names are parsed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from adaptiverl.signals import ScalarSignal, Signals
+
+_EPS = 1e-12
+
+
+class Rule:
+    """Base class: ``__call__(signals) -> multiplier``; state in ``state_dict``.
+
+    Subclasses list their persistent attributes in ``_state_keys``; the default
+    ``state_dict``/``load_state_dict`` copy exactly those.
+    """
+
+    _state_keys: tuple[str, ...] = ()
+    name: str = "rule"
+
+    def __call__(self, signals: Signals) -> float:
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        """Forget everything learned from the signals (stateless rules: no-op)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {key: getattr(self, key) for key in self._state_keys}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        missing = [key for key in self._state_keys if key not in state]
+        if missing:
+            raise KeyError(f"{type(self).__name__}.load_state_dict: missing keys {missing}")
+        for key in self._state_keys:
+            setattr(self, key, state[key])
+
+    def __mul__(self, other: Rule) -> Compose:
+        return Compose([self, other])
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+def _signal(signals: Signals, name: str) -> ScalarSignal | None:
+    return signals.signals.get(name)
+
+
+def _check_bounds(min_mult: float, max_mult: float) -> None:
+    if not 0.0 < min_mult <= 1.0 <= max_mult:
+        raise ValueError(f"need 0 < min_mult <= 1 <= max_mult, got min_mult={min_mult}, max_mult={max_mult}")
+
+
+class Compose(Rule):
+    """Product of several rules' multipliers (``"trend+variance"``)."""
+
+    def __init__(self, rules: Sequence[Rule]) -> None:
+        flat: list[Rule] = []
+        for rule in rules:
+            flat.extend(rule.rules if isinstance(rule, Compose) else [rule])
+        if not flat:
+            raise ValueError("Compose needs at least one rule")
+        self.rules = flat
+        self.name = "+".join(rule.name for rule in flat)
+
+    def __call__(self, signals: Signals) -> float:
+        return math.prod(rule(signals) for rule in self.rules)
+
+    def reset(self) -> None:
+        for rule in self.rules:
+            rule.reset()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rules": [rule.state_dict() for rule in self.rules]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if len(state["rules"]) != len(self.rules):
+            raise ValueError(f"Compose({self.name!r}): state has {len(state['rules'])} rules, "
+                             f"this chain has {len(self.rules)}")
+        for rule, sub in zip(self.rules, state["rules"], strict=True):
+            rule.load_state_dict(sub)
+
+
+class TrendRule(Rule):
+    """Bounded, leaky multiplicative accumulator driven by the significant window trend."""
+
+    _state_keys = ("log_mult", "last_direction")
+
+    def __init__(self, signal: str = "loss", *, up: float = 1.05, down: float = 0.7,
+                 threshold: float = 1e-4, z: float = 2.0, leak: float = 0.01,
+                 min_mult: float = 1e-3, max_mult: float = 1e3, higher_is_better: bool | None = None,
+                 name: str = "trend") -> None:
+        if up <= 0 or down <= 0:
+            raise ValueError(f"TrendRule: up and down must be > 0, got up={up}, down={down}")
+        if not 0.0 <= leak < 1.0:
+            raise ValueError(f"TrendRule: leak must be in [0, 1), got {leak}")
+        if threshold < 0 or z < 0:
+            raise ValueError(f"TrendRule: threshold and z must be >= 0, got {threshold}, {z}")
+        _check_bounds(min_mult, max_mult)
+        self.signal = signal
+        self.up, self.down, self.threshold, self.z, self.leak = up, down, threshold, z, leak
+        self.min_mult, self.max_mult = min_mult, max_mult
+        self.higher_is_better = (signal == "reward") if higher_is_better is None else higher_is_better
+        self.name = name
+        self.reset()
+
+    def reset(self) -> None:
+        self.log_mult = 0.0
+        self.last_direction = 0
+
+    def direction(self, signals: Signals) -> int:
+        """+1 improving, -1 worsening, 0 no significant trend (or too few values)."""
+        sig = _signal(signals, self.signal)
+        if sig is None or len(sig.values) < 3:
+            return 0
+        n = len(sig.values)
+        tau = -sig.trend if self.higher_is_better else sig.trend
+        stderr = sig.rel_std / math.sqrt(n * (n * n - 1) / 12.0)
+        if abs(tau) <= self.threshold or abs(tau) <= self.z * stderr:
+            return 0
+        return 1 if tau < 0 else -1
+
+    def __call__(self, signals: Signals) -> float:
+        self.last_direction = self.direction(signals)
+        step = {1: math.log(self.up), -1: math.log(self.down), 0: 0.0}[self.last_direction]
+        log_mult = (1.0 - self.leak) * self.log_mult + step
+        self.log_mult = min(max(log_mult, math.log(self.min_mult)), math.log(self.max_mult))
+        return math.exp(self.log_mult)
+
+
+class VarianceRule(Rule):
+    """Stateless ``(base + scale * relative_variance) ** power``, bounded."""
+
+    def __init__(self, signal: str = "loss", *, base: float = 1.0, scale: float = 1.0,
+                 power: float = -1.0, min_mult: float = 1e-3, max_mult: float = 1e3,
+                 name: str = "variance") -> None:
+        if base <= 0 or scale < 0:
+            raise ValueError(f"VarianceRule: need base > 0 and scale >= 0, got base={base}, scale={scale}")
+        self.signal, self.base, self.scale, self.power = signal, base, scale, power
+        self.min_mult, self.max_mult = min_mult, max_mult
+        self.name = name
+
+    def relative_variance(self, signals: Signals) -> float:
+        sig = _signal(signals, self.signal)
+        return 0.0 if sig is None else sig.rel_std ** 2
+
+    def __call__(self, signals: Signals) -> float:
+        mult = (self.base + self.scale * self.relative_variance(signals)) ** self.power
+        return min(max(mult, self.min_mult), self.max_mult)
+
+
+class CosineRule(Rule):
+    """SGDR factor of the step count: ``eta + (1 - eta) (1 + cos(pi t_cur / T_i)) / 2``."""
+
+    _state_keys = ("t_cur", "t_i", "cycle")
+
+    def __init__(self, T0: int = 200, T_mult: float = 1.0, eta_min_scale: float = 0.1,
+                 name: str = "cosine") -> None:
+        if T0 < 1:
+            raise ValueError(f"CosineRule: T0 (cycle_length) must be >= 1, got {T0}")
+        if T_mult < 1:
+            raise ValueError(f"CosineRule: T_mult (cycle_mult) must be >= 1, got {T_mult}")
+        if not 0.0 <= eta_min_scale <= 1.0:
+            raise ValueError(f"CosineRule: eta_min_scale must be in [0, 1], got {eta_min_scale}")
+        self.T0, self.T_mult, self.eta_min_scale = T0, T_mult, eta_min_scale
+        self.name = name
+        self.reset()
+
+    def reset(self) -> None:
+        self.t_cur = 0
+        self.t_i = self.T0
+        self.cycle = 0
+
+    def factor(self) -> float:
+        cos = 0.5 * (1.0 + math.cos(math.pi * self.t_cur / self.t_i))
+        return self.eta_min_scale + (1.0 - self.eta_min_scale) * cos
+
+    def advance(self) -> None:
+        self.t_cur += 1
+        if self.t_cur >= self.t_i:
+            self.t_cur = 0
+            self.cycle += 1
+            self.t_i = max(1, round(self.t_i * self.T_mult))
+
+    def __call__(self, signals: Signals) -> float:
+        out = self.factor()
+        self.advance()
+        return out
+
+
+class LevelRule(Rule):
+    """``exp(gain * (ema - ref) / |ref|)`` with ``ref`` the first EMA seen, bounded."""
+
+    _state_keys = ("ref",)
+
+    def __init__(self, signal: str = "loss", *, gain: float = -1.0, min_mult: float = 0.5,
+                 max_mult: float = 2.0, name: str = "level") -> None:
+        _check_bounds(min_mult, max_mult)
+        self.signal, self.gain = signal, gain
+        self.min_mult, self.max_mult = min_mult, max_mult
+        self.name = name
+        self.reset()
+
+    def reset(self) -> None:
+        self.ref: float | None = None
+
+    def __call__(self, signals: Signals) -> float:
+        sig = _signal(signals, self.signal)
+        if sig is None or sig.ema is None:
+            return 1.0
+        if self.ref is None:
+            self.ref = sig.ema
+        rel = (sig.ema - self.ref) / (abs(self.ref) + _EPS)
+        return min(max(math.exp(self.gain * rel), self.min_mult), self.max_mult)
+
+
+class SlopeRule(Rule):
+    """Stateless ``exp(-gain * tau)`` of the normalised window trend ``tau``, bounded."""
+
+    def __init__(self, signal: str = "loss", *, gain: float = 10.0, min_mult: float = 0.5,
+                 max_mult: float = 2.0, higher_is_better: bool | None = None,
+                 name: str = "slope") -> None:
+        _check_bounds(min_mult, max_mult)
+        self.signal, self.gain = signal, gain
+        self.higher_is_better = (signal == "reward") if higher_is_better is None else higher_is_better
+        self.min_mult, self.max_mult = min_mult, max_mult
+        self.name = name
+
+    def __call__(self, signals: Signals) -> float:
+        sig = _signal(signals, self.signal)
+        if sig is None:
+            return 1.0
+        tau = -sig.trend if self.higher_is_better else sig.trend
+        return min(max(math.exp(-self.gain * tau), self.min_mult), self.max_mult)
+
+
+class ThresholdRule(Rule):
+    """Accumulator: ``m <- m * factor`` on each call where ``stat(signal) > threshold``.
+
+    ``stat`` is ``"ema"`` or ``"trend"``. With ``relax`` in (0, 1], calls below
+    the threshold move ``log m`` back toward 0 by that fraction.
+    """
+
+    _state_keys = ("log_mult",)
+
+    def __init__(self, signal: str, *, threshold: float, factor: float = 1.5, stat: str = "ema",
+                 relax: float = 0.0, min_mult: float = 1e-3, max_mult: float = 10.0,
+                 name: str = "threshold") -> None:
+        if stat not in ("ema", "trend"):
+            raise ValueError(f"ThresholdRule: stat must be 'ema' or 'trend', got {stat!r}")
+        if factor <= 0:
+            raise ValueError(f"ThresholdRule: factor must be > 0, got {factor}")
+        _check_bounds(min_mult, max_mult)
+        self.signal, self.threshold, self.factor, self.stat, self.relax = signal, threshold, factor, stat, relax
+        self.min_mult, self.max_mult = min_mult, max_mult
+        self.name = name
+        self.reset()
+
+    def reset(self) -> None:
+        self.log_mult = 0.0
+
+    def __call__(self, signals: Signals) -> float:
+        sig = _signal(signals, self.signal)
+        if sig is not None and sig.ema is not None:
+            value = sig.ema if self.stat == "ema" else sig.trend
+            if value > self.threshold:
+                self.log_mult += math.log(self.factor)
+            else:
+                self.log_mult *= 1.0 - self.relax
+            self.log_mult = min(max(self.log_mult, math.log(self.min_mult)), math.log(self.max_mult))
+        return math.exp(self.log_mult)
+
+
+class TargetRule(Rule):
+    """Stateless ``(ema / target) ** gain``, bounded: > 1 above target when gain > 0."""
+
+    def __init__(self, signal: str, *, target: float, gain: float = 1.0, min_mult: float = 0.1,
+                 max_mult: float = 10.0, name: str = "target") -> None:
+        if target <= 0:
+            raise ValueError(f"TargetRule({signal}): target must be > 0, got {target}")
+        _check_bounds(min_mult, max_mult)
+        self.signal, self.target, self.gain = signal, target, gain
+        self.min_mult, self.max_mult = min_mult, max_mult
+        self.name = name
+
+    def __call__(self, signals: Signals) -> float:
+        sig = _signal(signals, self.signal)
+        if sig is None or sig.ema is None:
+            return 1.0
+        mult = (max(sig.ema, _EPS) / self.target) ** self.gain
+        return min(max(mult, self.min_mult), self.max_mult)
+
+
+# ---- names --------------------------------------------------------------------------------------
+# knob -> rule name -> factory(**options). Options: cycle_length, cycle_mult (cosine).
+
+def _cosine(restart: bool) -> Callable[..., Rule]:
+    def build(cycle_length: int = 1000, cycle_mult: float = 2.0, eta_min_scale: float = 0.1,
+              **_: Any) -> Rule:
+        name = "cosine_restart" if restart else "cosine"
+        return CosineRule(T0=cycle_length, T_mult=cycle_mult if restart else 1.0,
+                          eta_min_scale=eta_min_scale, name=name)
+    return build
+
+
+RULES: dict[str, dict[str, Callable[..., Rule]]] = {
+    "lr": {
+        "trend": lambda **_: TrendRule("loss", up=1.05, down=0.7, max_mult=100.0, min_mult=1e-3),
+        "variance": lambda **_: VarianceRule("loss", power=-1.0),
+        "cosine": _cosine(restart=False),
+        "cosine_restart": _cosine(restart=True),
+    },
+    # beta-like knobs (momentum, betas, alpha) are adapted on their averaging horizon
+    # 1 / (1 - beta): a multiplier m gives beta' = 1 - (1 - beta) / m (see adaptive_optimizer).
+    "momentum": {
+        "inverse": lambda **_: LevelRule("loss", gain=-1.0, min_mult=0.5, max_mult=2.0, name="inverse"),
+        "relative": lambda **_: TrendRule("loss", up=1.02, down=0.9, min_mult=0.5, max_mult=2.0,
+                                          name="relative"),
+        "normalized": lambda **_: SlopeRule("loss", gain=10.0, name="normalized"),
+    },
+    "beta1": {
+        "relative": lambda **_: TrendRule("loss", up=1.02, down=0.9, min_mult=0.5, max_mult=2.0,
+                                          name="relative"),
+    },
+    "beta2": {
+        "variance": lambda **_: VarianceRule("loss", power=1.0, min_mult=1.0, max_mult=4.0),
+    },
+    "alpha": {
+        "stable": lambda **_: VarianceRule("loss", power=1.0, min_mult=1.0, max_mult=4.0, name="stable"),
+    },
+    "weight_decay": {
+        "trend": lambda **_: TrendRule("loss", up=0.95, down=1.1, min_mult=0.1, max_mult=10.0),
+    },
+    "reward": {
+        "scaling": lambda **_: LevelRule("reward", gain=1.0, min_mult=0.25, max_mult=4.0, name="scaling"),
+        "trend": lambda **_: TrendRule("reward", up=1.05, down=0.7, min_mult=1e-2, max_mult=10.0),
+        "variance": lambda **_: VarianceRule("reward", power=-1.0),
+    },
+}
+
+
+def valid_rule_names(knob: str) -> list[str]:
+    if knob not in RULES:
+        raise ValueError(f"unknown knob {knob!r}; valid knobs: {sorted(RULES)}")
+    return sorted(RULES[knob])
+
+
+def make_rule(knob: str, spec: str | Rule | None, **options: Any) -> Rule | None:
+    """Parse ``spec`` for ``knob``: a :class:`Rule`, ``None`` (no rule) or names joined by ``+``.
+
+    Raises ``ValueError`` naming the knob and listing the valid names.
+    """
+    if spec is None or isinstance(spec, Rule):
+        return spec
+    if not isinstance(spec, str):
+        raise ValueError(f"{knob} rule must be a name, a Rule or None, got {type(spec).__name__}")
+    valid = valid_rule_names(knob)
+    names = [part.strip() for part in spec.split("+")]
+    unknown = [name for name in names if name not in RULES[knob]]
+    if unknown or not all(names):
+        raise ValueError(f"unknown {knob} rule {spec!r} ({unknown or 'empty name'}); "
+                         f"valid names: {valid}, combined with '+'")
+    rules = [RULES[knob][name](**options) for name in names]
+    return rules[0] if len(rules) == 1 else Compose(rules)
