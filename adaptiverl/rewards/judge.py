@@ -1,0 +1,243 @@
+"""LM-as-judge rewards (TRL 1.16 dropped its judges, so these are ours).
+
+Two backends share the prompt templates and the reply parsing:
+
+* :class:`LocalJudgeReward`: a local transformers causal LM. ``mode="yes_prob"`` scores
+  ``P(yes) / (P(yes) + P(no))`` from the next-token distribution after the template, summing the
+  probabilities of the first tokens of the ``yes_words`` / ``no_words`` variants (the
+  "probability of a yes-like answer" judge of e.g. G-Eval, Liu et al. 2023, which weights scores by
+  token probabilities). ``mode="grade"`` generates greedily and parses the first integer 1..10 as
+  ``(g - 1) / 9`` in [0, 1]; no integer -> ``None``.
+* :class:`HTTPJudgeReward`: an OpenAI-compatible ``/chat/completions`` server (vLLM, llama.cpp,
+  TGI, OpenAI...). Base URL and model come from config; the API key only from the environment
+  variable named by ``api_key_env``, read at request time, sent as a bearer header and never
+  stored, logged or put in a repr or error. Requests run concurrently (an ``asyncio.Semaphore``
+  of ``max_concurrency``) with a timeout, and transient failures (connection errors, timeouts,
+  HTTP 429 and 5xx) are retried ``max_retries`` times with exponential backoff
+  ``backoff * 2**attempt``. It is an ``async`` reward function, so TRL gathers it with its other
+  async rewards. A failure raises :class:`JudgeError` naming the sample, or with
+  ``on_error="none"`` gives that sample ``None`` (warned once).
+
+Templates are ``str.format`` strings with the fields ``{prompt}`` and ``{completion}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from adaptiverl.rewards.base import AsyncRewardFunction, RewardFunction, pick_device
+
+logger = logging.getLogger(__name__)
+
+YES_NO_TEMPLATE = (
+    "Question: {prompt}\nAnswer: {completion}\n"
+    "Is the answer correct and helpful? Reply yes or no.\nReply:"
+)
+GRADE_TEMPLATE = (
+    "Rate the answer to the question from 1 (useless) to 10 (excellent). Reply with the number only.\n\n"
+    "Question: {prompt}\nAnswer: {completion}\nRating:"
+)
+_GRADE_RE = re.compile(r"(?<!\d)(10|[1-9])(?!\d)")
+_YES_RE = re.compile(r"^\W*(yes|no)\b", re.IGNORECASE)
+
+
+class JudgeError(RuntimeError):
+    """The judge could not score a sample (server down, HTTP error, unparseable reply)."""
+
+
+def check_template(template: str, owner: str) -> str:
+    if "{completion}" not in template:
+        raise ValueError(f"{owner}: template must contain the field {{completion}}")
+    try:
+        template.format(prompt="", completion="")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ValueError(f"{owner}: template may only use the fields {{prompt}} and {{completion}} "
+                         f"(double other braces): {exc!r}") from None
+    return template
+
+
+def parse_grade(text: str) -> float | None:
+    """``(g - 1) / 9`` for the first integer ``g`` in 1..10 in ``text``, else ``None``."""
+    m = _GRADE_RE.search(text)
+    return (int(m.group(1)) - 1) / 9.0 if m else None
+
+
+def parse_yes_no(text: str) -> float | None:
+    """1.0 for a reply starting with "yes", 0.0 for "no", else ``None``."""
+    m = _YES_RE.match(text)
+    return None if m is None else (1.0 if m.group(1).lower() == "yes" else 0.0)
+
+
+class LocalJudgeReward(RewardFunction):
+    """A local causal LM as judge (see the module docstring)."""
+
+    default_name = "judge"
+
+    def __init__(self, model: str, mode: str = "yes_prob", template: str | None = None,
+                 yes_words: Sequence[str] = ("yes", "Yes", " yes", " Yes"),
+                 no_words: Sequence[str] = ("no", "No", " no", " No"),
+                 max_new_tokens: int = 4, batch_size: int = 8, device: str | None = None,
+                 name: str | None = None) -> None:
+        super().__init__(name)
+        if mode not in ("yes_prob", "grade"):
+            raise ValueError(f"mode must be 'yes_prob' or 'grade', got {mode!r}")
+        default = YES_NO_TEMPLATE if mode == "yes_prob" else GRADE_TEMPLATE
+        self.template = check_template(template or default, f"reward {self.__name__!r}")
+        self.model, self.mode = model, mode
+        self.yes_words, self.no_words = list(yes_words), list(no_words)
+        self.max_new_tokens, self.batch_size, self.device = max_new_tokens, batch_size, device
+        self._loaded: tuple[Any, Any] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_loaded": None}
+
+    def _load(self) -> tuple[Any, Any]:
+        if self._loaded is None:
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(self.model)
+            tok.padding_side = "left"
+            if tok.pad_token is None:
+                tok.pad_token = tok.eos_token
+            net = AutoModelForCausalLM.from_pretrained(self.model).to(pick_device(self.device)).eval()
+            self._loaded = (net, tok)
+        return self._loaded
+
+    @staticmethod
+    def _first_ids(tok: Any, words: list[str]) -> list[int]:
+        """Ids of the first token of each word variant."""
+        encoded = tok(words, add_special_tokens=False)["input_ids"]
+        return sorted({ids[0] for ids in encoded if ids})
+
+    @torch.inference_mode()
+    def score(self, prompts: list[str], completions: list[str], **kwargs: Any) -> list[float | None]:
+        net, tok = self._load()
+        texts = [self.template.format(prompt=p, completion=c) for p, c in zip(prompts, completions, strict=True)]
+        out: list[float | None] = []
+        yes_ids, no_ids = self._first_ids(tok, self.yes_words), self._first_ids(tok, self.no_words)
+        for start in range(0, len(texts), self.batch_size):
+            enc = tok(texts[start:start + self.batch_size], return_tensors="pt", padding=True).to(net.device)
+            if self.mode == "yes_prob":
+                probs = torch.softmax(net(**enc).logits[:, -1, :].float(), dim=-1)
+                p_yes, p_no = probs[:, yes_ids].sum(-1), probs[:, no_ids].sum(-1)
+                out.extend((p_yes / (p_yes + p_no).clamp_min(1e-12)).cpu().tolist())
+            else:
+                gen = net.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=False,
+                                   pad_token_id=tok.pad_token_id)
+                replies = tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+                out.extend(parse_grade(r) for r in replies)
+        return out
+
+
+class HTTPJudgeReward(AsyncRewardFunction):
+    """A judge behind an OpenAI-compatible chat-completions endpoint (see the module docstring)."""
+
+    default_name = "http_judge"
+
+    def __init__(self, base_url: str, model: str, api_key_env: str | None = "OPENAI_API_KEY",
+                 mode: str = "grade", template: str | None = None, system_prompt: str | None = None,
+                 timeout: float = 30.0, max_retries: int = 3, backoff: float = 0.5,
+                 max_concurrency: int = 8, max_tokens: int = 8, on_error: str = "raise",
+                 name: str | None = None) -> None:
+        super().__init__(name)
+        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must be an http(s) URL such as 'http://127.0.0.1:8000/v1', got "
+                             f"{base_url!r}")
+        if mode not in ("grade", "yes_no"):
+            raise ValueError(f"mode must be 'grade' or 'yes_no', got {mode!r}")
+        if on_error not in ("raise", "none"):
+            raise ValueError(f"on_error must be 'raise' or 'none', got {on_error!r}")
+        if not timeout > 0 or max_retries < 0 or backoff < 0 or max_concurrency < 1:
+            raise ValueError("need timeout > 0, max_retries >= 0, backoff >= 0 and max_concurrency >= 1")
+        default = GRADE_TEMPLATE if mode == "grade" else YES_NO_TEMPLATE
+        self.template = check_template(template or default, f"reward {self.__name__!r}")
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.model, self.api_key_env, self.mode = model, api_key_env, mode
+        self.system_prompt, self.timeout = system_prompt, float(timeout)
+        self.max_retries, self.backoff, self.max_concurrency = max_retries, float(backoff), max_concurrency
+        self.max_tokens, self.on_error = max_tokens, on_error
+        self._warned = False
+
+    def __repr__(self) -> str:
+        return (f"HTTPJudgeReward(name={self.__name__!r}, url={self.url!r}, model={self.model!r}, "
+                f"api_key_env={self.api_key_env!r})")
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if self.api_key_env:
+            key = os.environ.get(self.api_key_env)
+            if key:
+                headers["Authorization"] = f"Bearer {key}"
+        return headers
+
+    def _payload(self, prompt: str, completion: str) -> dict[str, Any]:
+        messages = [] if self.system_prompt is None else [{"role": "system", "content": self.system_prompt}]
+        messages.append({"role": "user", "content": self.template.format(prompt=prompt, completion=completion)})
+        return {"model": self.model, "messages": messages, "temperature": 0.0, "max_tokens": self.max_tokens}
+
+    def _parse(self, body: Any) -> float:
+        try:
+            content = body["choices"][0]["message"]["content"]
+        except (KeyError, IndexError, TypeError):
+            raise JudgeError(f"reply without choices[0].message.content: {str(body)[:200]!r}") from None
+        value = parse_grade(content) if self.mode == "grade" else parse_yes_no(content)
+        if value is None:
+            raise JudgeError(f"cannot parse a {'grade 1-10' if self.mode == 'grade' else 'yes/no'} from "
+                             f"the reply {content[:200]!r}")
+        return value
+
+    async def _one(self, client: Any, sem: asyncio.Semaphore, j: int, prompt: str, completion: str) -> float | None:
+        import httpx
+
+        last_problem = ""
+        async with sem:
+            for attempt in range(self.max_retries + 1):
+                if attempt:
+                    await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
+                try:
+                    resp = await client.post(self.url, json=self._payload(prompt, completion),
+                                             headers=self._headers())
+                except httpx.TransportError as exc:
+                    last_problem = f"{type(exc).__name__} contacting {self.url}"
+                    continue
+                if resp.status_code == 429 or resp.status_code >= 500:
+                    last_problem = f"HTTP {resp.status_code} from {self.url}"
+                    continue
+                try:
+                    if resp.status_code != 200:
+                        raise JudgeError(f"HTTP {resp.status_code} from {self.url}: {resp.text[:200]!r}")
+                    try:
+                        body = resp.json()
+                    except ValueError:
+                        raise JudgeError(f"reply from {self.url} is not JSON: {resp.text[:200]!r}") from None
+                    return self._parse(body)
+                except JudgeError as exc:
+                    return self._fail(j, str(exc))
+        return self._fail(j, f"{last_problem} (gave up after {self.max_retries + 1} attempts)")
+
+    def _fail(self, j: int, problem: str) -> None:
+        message = f"judge {self.__name__!r} failed on sample {j}: {problem}"
+        if self.on_error == "raise":
+            raise JudgeError(message)
+        if not self._warned:
+            self._warned = True
+            warnings.warn(f"{message}; such samples get None (on_error='none')", RuntimeWarning, stacklevel=3)
+        logger.info(message)
+        return None
+
+    async def ascore(self, prompts: list[str], completions: list[str], **kwargs: Any) -> list[float | None]:
+        import httpx
+
+        sem = asyncio.Semaphore(self.max_concurrency)
+        limits = httpx.Limits(max_connections=self.max_concurrency)
+        async with httpx.AsyncClient(timeout=self.timeout, limits=limits) as client:
+            return list(await asyncio.gather(*(self._one(client, sem, j, p, c)
+                                               for j, (p, c) in enumerate(zip(prompts, completions, strict=True)))))
