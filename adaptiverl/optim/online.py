@@ -1,0 +1,378 @@
+"""OnlineSGD, OnlineRMSProp, OnlineAdamW: torch's optimizers with online-adapted hyperparameters.
+
+Each class takes torch's arguments and defaults (``torch.optim.SGD`` / ``RMSprop`` /
+``AdamW``) plus the adaptation arguments below, and with ``adapt=False`` it computes
+exactly torch's update. With ``adapt=True`` (default):
+
+**Per-tensor step scale.** Tensor i is stepped with ``lr_i = group["lr"] * s_i``; ``s_i``
+comes from a shared-weight GRU over one feature row per tensor
+(:class:`adaptiverl.controllers.gru.GRUController`), bounded in ``scale_bounds``. Because
+the multiplier is applied at step time and never written back, a scheduler that rewrites
+``group["lr"]`` (HF's ``LambdaLR``) composes with it.
+
+**Learning signal (hypergradient, Baydin et al. 2018, "Online Learning Rate Adaptation
+with Hypergradient Descent", ICLR).** With ``theta_t = theta_{t-1} + u_{t-1}`` and the
+update proportional to the scale, ``d u_{t-1} / d log s = u_{t-1}``, hence
+
+    dL(theta_t) / d log s_{i,t-1} = g_{t,i} . u_{t-1,i}.
+
+``u`` is the *realised* change of the tensor between steps, so one formula serves SGD,
+RMSprop and AdamW. The signal fed to the controller is the cosine
+``cos(g_t, u_{t-1})`` in [-1, 1] (scale-free; weight ``hypergrad_weight``): negative when
+consecutive steps agree (the step is too small, scales rise), positive when they
+oscillate (too large, scales fall). The controller takes one Adam step (``meta_lr``) on
+``mean_i signal_i * log s_i(theta)`` through the last step (see the controller's docstring).
+
+**Reward.** Once rewards are observed, the used log-scale is perturbed by
+``explore_std * eps_i`` (``eps ~ N(0, 1)`` from the optimizer's own seeded generator, saved
+in ``state_dict`` so every rank draws the same). When a new reward arrives, the
+normalised reward change ``r = clip(delta EMA(R) / std(R), -3, 3)`` estimates the
+directional derivative along the last perturbation (a simultaneous-perturbation
+finite difference, Spall 1992), and ``-reward_weight * r * eps_{t-1,i}`` is added to the
+signal: scales whose perturbation came with a reward increase are pushed up.
+
+**Features** (one row per tensor, from a fixed strided sample of at most
+``feature_sample_size`` elements, all in about [-1, 1]): ``cos(g_t, u_{t-1})``;
+``cos(g_t, memory)`` (momentum buffer or ``exp_avg``); ``log10(rms u / rms theta) / 6``;
+``log(rms g_t / rms g_{t-1}) / 3``; the current ``log s / log hi``; ``tanh(100 * loss trend)``
+and ``tanh(100 * reward trend)`` from :class:`adaptiverl.signals.Signals`. Loss-only,
+reward-only and both work: absent signals read 0.
+
+**Group knobs** (momentum, alpha, betas, weight decay) adapt as multipliers on the
+``param_groups`` values, each clamped to an absolute bound given as an argument
+(``momentum_bounds`` ...); the rules are in ``OnlineOptimizer._knob_values``. A knob
+whose base value is 0 stays 0. ``adapt_knobs=False`` keeps them at the group values.
+
+**Bad input.** Non-finite ``loss`` / ``reward`` passed to :meth:`observe` are ignored
+(one warning). A non-finite gradient skips the whole step with a warning: parameters,
+optimizer state, step counters, controller and generator are untouched.
+``finite_check="full"`` checks every element (one read of all gradients,
+``torch._amp_foreach_non_finite_check_and_unscale_``), ``"sample"`` only the strided
+sample the features use (free, but a lone Inf outside the sample goes unseen), ``"off"``
+none.
+
+**Kernels.** ``foreach``/``fused`` left at ``None`` (or True) use the fast path: AdamW and
+SGD call torch's fused CPU/CUDA kernel once per tensor with that tensor's lr (no
+measurable cost over one multi-tensor call on CPU), RMSprop uses ``torch._foreach_*`` for
+its buffers and per-tensor scalars for the final update. ``foreach=False`` or
+``fused=False`` select the readable single-tensor reference kernels, which compute the
+same thing (tested equal). ``capturable`` and ``differentiable`` are not supported and
+raise.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from adaptiverl.optim._online_core import FEATURE_NAMES, OnlineOptimizer
+
+__all__ = ["FEATURE_NAMES", "OnlineAdamW", "OnlineOptimizer", "OnlineRMSProp", "OnlineSGD"]
+
+
+def _check_torch_args(name: str, lr: Any, eps: float | None, weight_decay: float, *, foreach: bool | None,
+                      fused: bool | None, capturable: bool, differentiable: bool) -> None:
+    if isinstance(lr, Tensor) and lr.numel() != 1:
+        raise ValueError(f"{name}: lr as a Tensor must have one element")
+    if not float(lr) >= 0.0:
+        raise ValueError(f"{name}: invalid learning rate lr={lr}")
+    if eps is not None and not eps >= 0.0:
+        raise ValueError(f"{name}: invalid eps={eps}")
+    if not weight_decay >= 0.0:
+        raise ValueError(f"{name}: invalid weight_decay={weight_decay}")
+    if fused and foreach:
+        raise RuntimeError(f"{name}: `foreach` and `fused` cannot both be True")
+    if capturable:
+        raise ValueError(f"{name}: capturable=True (CUDA graphs) is not supported; the controller "
+                         "needs one host sync per step")
+    if differentiable:
+        raise ValueError(f"{name}: differentiable=True is not supported")
+
+
+def _adapt_kwargs(local: dict[str, Any]) -> dict[str, Any]:
+    keys = ("adapt", "adapt_knobs", "scale_bounds", "hidden_size", "meta_lr", "feature_sample_size",
+            "hypergrad_weight", "reward_weight", "explore_std", "knob_lr", "knob_scale_bounds",
+            "drift_gain", "finite_check", "signal_beta", "signal_window", "seed")
+    return {k: local[k] for k in keys}
+
+
+def _bounds(name: str, value: tuple[float, float], lo: float, hi: float) -> tuple[float, float]:
+    a, b = (float(v) for v in value)
+    if not lo <= a <= b <= hi:
+        raise ValueError(f"{name} must satisfy {lo} <= low <= high <= {hi}, got {value}")
+    return a, b
+
+
+class OnlineSGD(OnlineOptimizer):
+    """``torch.optim.SGD`` with an online per-tensor lr multiplier and adapted momentum / weight decay.
+
+    Same arguments and defaults as ``torch.optim.SGD`` (``lr``, ``momentum``, ``dampening``,
+    ``weight_decay``, ``nesterov``, ``maximize``, ``foreach``, ``fused``), then the adaptation
+    arguments documented in :mod:`adaptiverl.optim.online`. Knobs: ``momentum`` (bounds
+    ``momentum_bounds``), ``weight_decay`` (``weight_decay_bounds``).
+    """
+
+    KNOBS = ("momentum", "weight_decay")
+
+    def __init__(self, params: Iterable[Any], lr: float | Tensor = 1e-3, momentum: float = 0.0,
+                 dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False, *,
+                 maximize: bool = False, foreach: bool | None = None, differentiable: bool = False,
+                 fused: bool | None = None, adapt: bool = True, adapt_knobs: bool = True,
+                 scale_bounds: tuple[float, float] = (0.1, 10.0), hidden_size: int = 16,
+                 meta_lr: float = 1e-2, feature_sample_size: int = 1024, hypergrad_weight: float = 1.0,
+                 reward_weight: float = 1.0, explore_std: float = 0.05, knob_lr: float = 1e-2,
+                 knob_scale_bounds: tuple[float, float] = (0.5, 2.0), drift_gain: float = 1.0,
+                 momentum_bounds: tuple[float, float] = (0.0, 0.999),
+                 weight_decay_bounds: tuple[float, float] = (0.0, 1.0), finite_check: str = "full",
+                 signal_beta: float = 0.9, signal_window: int = 20, seed: int = 0) -> None:
+        _check_torch_args("OnlineSGD", lr, None, weight_decay, foreach=foreach, fused=fused,
+                          capturable=False, differentiable=differentiable)
+        if momentum < 0.0:
+            raise ValueError(f"OnlineSGD: invalid momentum={momentum}")
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("OnlineSGD: nesterov momentum requires a momentum and zero dampening")
+        defaults = {"lr": lr, "momentum": momentum, "dampening": dampening, "weight_decay": weight_decay,
+                    "nesterov": nesterov, "maximize": maximize, "foreach": foreach, "fused": fused,
+                    "differentiable": differentiable}
+        knob_bounds = {"momentum": _bounds("momentum_bounds", momentum_bounds, 0.0, 1.0),
+                       "weight_decay": _bounds("weight_decay_bounds", weight_decay_bounds, 0.0, math.inf)}
+        super().__init__(params, defaults, knob_bounds=knob_bounds, **_adapt_kwargs(locals()))
+
+    def _base_knobs(self, group: dict[str, Any]) -> list[float]:
+        return [float(group["momentum"]), float(group["weight_decay"])]
+
+    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
+        return {"momentum_buffer": None}
+
+    def _memory(self, state: dict[str, Any]) -> Tensor | None:
+        return state.get("momentum_buffer")
+
+    def _kernel_fast(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                     states: list[dict[str, Any]], lrs: list[float], knobs: dict[str, float]) -> None:
+        momentum, weight_decay = knobs["momentum"], knobs["weight_decay"]
+        for p, g, state, lr in zip(params, grads, states, lrs, strict=True):
+            bufs: list[Tensor] = []
+            first = False
+            if momentum != 0:
+                buf = state.get("momentum_buffer")
+                if buf is None:
+                    buf = state["momentum_buffer"] = torch.empty_like(g, memory_format=torch.preserve_format)
+                    first = True
+                bufs = [buf]
+            torch._fused_sgd_([p], [g], bufs, weight_decay=weight_decay, momentum=momentum, lr=lr,
+                              dampening=group["dampening"], nesterov=group["nesterov"],
+                              maximize=group["maximize"], is_first_step=first, grad_scale=None,
+                              found_inf=None)
+
+    def _kernel_reference(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                          states: list[dict[str, Any]], lrs: list[float], knobs: dict[str, float]) -> None:
+        momentum, weight_decay = knobs["momentum"], knobs["weight_decay"]
+        for p, g, state, lr in zip(params, grads, states, lrs, strict=True):
+            d_p = -g if group["maximize"] else g
+            if weight_decay != 0:
+                d_p = d_p.add(p, alpha=weight_decay)
+            if momentum != 0:
+                buf = state.get("momentum_buffer")
+                if buf is None:
+                    buf = state["momentum_buffer"] = torch.clone(d_p).detach()
+                else:
+                    buf.mul_(momentum).add_(d_p, alpha=1 - group["dampening"])
+                d_p = d_p.add(buf, alpha=momentum) if group["nesterov"] else buf
+            p.add_(d_p, alpha=-lr)
+
+
+class OnlineRMSProp(OnlineOptimizer):
+    """``torch.optim.RMSprop`` with an online per-tensor lr multiplier and adapted alpha / momentum / wd.
+
+    Same arguments and defaults as ``torch.optim.RMSprop`` (``lr=1e-2``, ``alpha=0.99``,
+    ``eps``, ``weight_decay``, ``momentum``, ``centered``, ``maximize``, ``foreach``), then the
+    adaptation arguments of :mod:`adaptiverl.optim.online`. Knobs: ``alpha`` (drift rule,
+    ``alpha_bounds``), ``momentum`` (``momentum_bounds``), ``weight_decay``.
+    """
+
+    KNOBS = ("alpha", "momentum", "weight_decay")
+    DRIFT_KNOBS = ("alpha",)
+
+    def __init__(self, params: Iterable[Any], lr: float | Tensor = 1e-2, alpha: float = 0.99,
+                 eps: float = 1e-8, weight_decay: float = 0.0, momentum: float = 0.0,
+                 centered: bool = False, capturable: bool = False, foreach: bool | None = None,
+                 maximize: bool = False, differentiable: bool = False, *, adapt: bool = True,
+                 adapt_knobs: bool = True, scale_bounds: tuple[float, float] = (0.1, 10.0),
+                 hidden_size: int = 16, meta_lr: float = 1e-2, feature_sample_size: int = 1024,
+                 hypergrad_weight: float = 1.0, reward_weight: float = 1.0, explore_std: float = 0.05,
+                 knob_lr: float = 1e-2, knob_scale_bounds: tuple[float, float] = (0.5, 2.0),
+                 drift_gain: float = 1.0, alpha_bounds: tuple[float, float] = (0.9, 0.9999),
+                 momentum_bounds: tuple[float, float] = (0.0, 0.999),
+                 weight_decay_bounds: tuple[float, float] = (0.0, 1.0), finite_check: str = "full",
+                 signal_beta: float = 0.9, signal_window: int = 20, seed: int = 0) -> None:
+        _check_torch_args("OnlineRMSProp", lr, eps, weight_decay, foreach=foreach, fused=None,
+                          capturable=capturable, differentiable=differentiable)
+        if not momentum >= 0.0:
+            raise ValueError(f"OnlineRMSProp: invalid momentum={momentum}")
+        if not alpha >= 0.0:
+            raise ValueError(f"OnlineRMSProp: invalid alpha={alpha}")
+        defaults = {"lr": lr, "alpha": alpha, "eps": eps, "weight_decay": weight_decay, "momentum": momentum,
+                    "centered": centered, "capturable": capturable, "foreach": foreach,
+                    "maximize": maximize, "differentiable": differentiable}
+        knob_bounds = {"alpha": _bounds("alpha_bounds", alpha_bounds, 0.0, 1.0),
+                       "momentum": _bounds("momentum_bounds", momentum_bounds, 0.0, 1.0),
+                       "weight_decay": _bounds("weight_decay_bounds", weight_decay_bounds, 0.0, math.inf)}
+        super().__init__(params, defaults, knob_bounds=knob_bounds, **_adapt_kwargs(locals()))
+
+    def _base_knobs(self, group: dict[str, Any]) -> list[float]:
+        return [float(group["alpha"]), float(group["momentum"]), float(group["weight_decay"])]
+
+    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
+        state = {"step": torch.tensor(0.0),
+                 "square_avg": torch.zeros_like(p, memory_format=torch.preserve_format)}
+        if group["momentum"] > 0:
+            state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        if group["centered"]:
+            state["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return state
+
+    def _memory(self, state: dict[str, Any]) -> Tensor | None:
+        return state.get("momentum_buffer")
+
+    def _kernel_fast(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                     states: list[dict[str, Any]], lrs: list[float], knobs: dict[str, float]) -> None:
+        alpha, momentum, weight_decay = knobs["alpha"], knobs["momentum"], knobs["weight_decay"]
+        square_avgs = [s["square_avg"] for s in states]
+        torch._foreach_add_([s["step"] for s in states], 1)
+        if group["maximize"]:
+            grads = torch._foreach_neg(grads)
+        if weight_decay != 0:
+            grads = torch._foreach_add(grads, params, alpha=weight_decay)
+        torch._foreach_mul_(square_avgs, alpha)
+        torch._foreach_addcmul_(square_avgs, grads, grads, value=1 - alpha)
+        if group["centered"]:
+            grad_avgs = [s["grad_avg"] for s in states]
+            torch._foreach_lerp_(grad_avgs, grads, 1 - alpha)
+            avg = torch._foreach_addcmul(square_avgs, grad_avgs, grad_avgs, value=-1)
+            torch._foreach_sqrt_(avg)
+        else:
+            avg = torch._foreach_sqrt(square_avgs)
+        torch._foreach_add_(avg, group["eps"])
+        if momentum > 0:
+            bufs = [s["momentum_buffer"] for s in states]
+            torch._foreach_mul_(bufs, momentum)
+            torch._foreach_addcdiv_(bufs, grads, avg)
+            for p, buf, lr in zip(params, bufs, lrs, strict=True):
+                p.add_(buf, alpha=-lr)
+        else:
+            torch._foreach_addcdiv_(params, grads, avg, [-lr for lr in lrs])
+
+    def _kernel_reference(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                          states: list[dict[str, Any]], lrs: list[float], knobs: dict[str, float]) -> None:
+        alpha, momentum, weight_decay = knobs["alpha"], knobs["momentum"], knobs["weight_decay"]
+        for p, g, state, lr in zip(params, grads, states, lrs, strict=True):
+            state["step"] += 1
+            g = -g if group["maximize"] else g
+            if weight_decay != 0:
+                g = g.add(p, alpha=weight_decay)
+            square_avg = state["square_avg"]
+            square_avg.mul_(alpha).addcmul_(g, g, value=1 - alpha)
+            if group["centered"]:
+                grad_avg = state["grad_avg"]
+                grad_avg.lerp_(g, 1 - alpha)
+                avg = square_avg.addcmul(grad_avg, grad_avg, value=-1).sqrt_()
+            else:
+                avg = square_avg.sqrt()
+            avg = avg.add_(group["eps"])
+            if momentum > 0:
+                buf = state["momentum_buffer"]
+                buf.mul_(momentum).addcdiv_(g, avg)
+                p.add_(buf, alpha=-lr)
+            else:
+                p.addcdiv_(g, avg, value=-lr)
+
+
+class OnlineAdamW(OnlineOptimizer):
+    """``torch.optim.AdamW`` with an online per-tensor lr multiplier and adapted betas / weight decay.
+
+    Same arguments and defaults as ``torch.optim.AdamW`` (``lr=1e-3``, ``betas=(0.9, 0.999)``,
+    ``eps=1e-8``, ``weight_decay=1e-2``, ``amsgrad``, ``maximize``, ``foreach``, ``fused``), then
+    the adaptation arguments of :mod:`adaptiverl.optim.online`. Knobs: ``beta1``
+    (hypergradient, ``beta1_bounds``), ``beta2`` (drift rule, ``beta2_bounds``),
+    ``weight_decay`` (``weight_decay_bounds``).
+    """
+
+    KNOBS = ("beta1", "beta2", "weight_decay")
+    DRIFT_KNOBS = ("beta2",)
+
+    def __init__(self, params: Iterable[Any], lr: float | Tensor = 1e-3,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2,
+                 amsgrad: bool = False, *, maximize: bool = False, foreach: bool | None = None,
+                 capturable: bool = False, differentiable: bool = False, fused: bool | None = None,
+                 adapt: bool = True, adapt_knobs: bool = True, scale_bounds: tuple[float, float] = (0.1, 10.0),
+                 hidden_size: int = 16, meta_lr: float = 1e-2, feature_sample_size: int = 1024,
+                 hypergrad_weight: float = 1.0, reward_weight: float = 1.0, explore_std: float = 0.05,
+                 knob_lr: float = 1e-2, knob_scale_bounds: tuple[float, float] = (0.5, 2.0),
+                 drift_gain: float = 1.0, beta1_bounds: tuple[float, float] = (0.0, 0.999),
+                 beta2_bounds: tuple[float, float] = (0.9, 0.99999),
+                 weight_decay_bounds: tuple[float, float] = (0.0, 1.0), finite_check: str = "full",
+                 signal_beta: float = 0.9, signal_window: int = 20, seed: int = 0) -> None:
+        _check_torch_args("OnlineAdamW", lr, eps, weight_decay, foreach=foreach, fused=fused,
+                          capturable=capturable, differentiable=differentiable)
+        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
+            raise ValueError(f"OnlineAdamW: invalid betas={betas}")
+        defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay,
+                    "amsgrad": amsgrad, "maximize": maximize, "foreach": foreach, "capturable": capturable,
+                    "differentiable": differentiable, "fused": fused}
+        knob_bounds = {"beta1": _bounds("beta1_bounds", beta1_bounds, 0.0, 1.0),
+                       "beta2": _bounds("beta2_bounds", beta2_bounds, 0.0, 1.0),
+                       "weight_decay": _bounds("weight_decay_bounds", weight_decay_bounds, 0.0, math.inf)}
+        super().__init__(params, defaults, knob_bounds=knob_bounds, **_adapt_kwargs(locals()))
+
+    def _base_knobs(self, group: dict[str, Any]) -> list[float]:
+        beta1, beta2 = group["betas"]
+        return [float(beta1), float(beta2), float(group["weight_decay"])]
+
+    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
+        fast = not self._use_reference(group)
+        state = {
+            "step": torch.tensor(0.0, dtype=torch.float32, device=p.device if fast else None),
+            "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+            "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
+        }
+        if group["amsgrad"]:
+            state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return state
+
+    def _memory(self, state: dict[str, Any]) -> Tensor | None:
+        return state.get("exp_avg")
+
+    def _kernel_fast(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                     states: list[dict[str, Any]], lrs: list[float], knobs: dict[str, float]) -> None:
+        beta1, beta2, weight_decay = knobs["beta1"], knobs["beta2"], knobs["weight_decay"]
+        amsgrad = group["amsgrad"]
+        torch._foreach_add_([s["step"] for s in states], 1)  # the fused kernel reads, never bumps, the step
+        for p, g, state, lr in zip(params, grads, states, lrs, strict=True):
+            torch._fused_adamw_([p], [g], [state["exp_avg"]], [state["exp_avg_sq"]],
+                                [state["max_exp_avg_sq"]] if amsgrad else [], [state["step"]],
+                                amsgrad=amsgrad, lr=lr, beta1=beta1, beta2=beta2, weight_decay=weight_decay,
+                                eps=group["eps"], maximize=group["maximize"], grad_scale=None, found_inf=None)
+
+    def _kernel_reference(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                          states: list[dict[str, Any]], lrs: list[float], knobs: dict[str, float]) -> None:
+        beta1, beta2, weight_decay = knobs["beta1"], knobs["beta2"], knobs["weight_decay"]
+        for p, g, state, lr in zip(params, grads, states, lrs, strict=True):
+            g = -g if group["maximize"] else g
+            state["step"] += 1
+            step = float(state["step"])
+            p.mul_(1 - lr * weight_decay)
+            exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+            exp_avg.lerp_(g, 1 - beta1)
+            exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            bias_correction1 = 1 - beta1**step
+            bias_correction2_sqrt = math.sqrt(1 - beta2**step)
+            if group["amsgrad"]:
+                torch.maximum(state["max_exp_avg_sq"], exp_avg_sq, out=state["max_exp_avg_sq"])
+                denom = (state["max_exp_avg_sq"].sqrt() / bias_correction2_sqrt).add_(group["eps"])
+            else:
+                denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(group["eps"])
+            p.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)
