@@ -104,8 +104,12 @@ def _check_params(target: Callable[..., Any], params: dict[str, Any], where: str
         sig = inspect.signature(target)
     except (TypeError, ValueError):
         return
-    accepts_any = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+    # A reward function's **kwargs receive TRL's dataset columns, so a spec may only bind the
+    # function's named parameters; a class may forward **kwargs to its own constructor.
+    accepts_any = _is_factory(target) and any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
     named = {n for n, p in sig.parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    if not _is_factory(target):
+        named -= {"prompts", "completions", "completion_ids"}
     if not accepts_any:
         unknown = sorted(set(params) - named)
         if unknown:
