@@ -70,16 +70,19 @@ class Driver:
     ``step(loss)`` runs, in order: ``optimizer.step()`` (or ``step_fn(loss)`` when given, for front
     ends whose step takes the loss itself), ``on_loss(loss)`` (e.g. ``opt.observe(loss=loss)``),
     then ``scheduler.step(loss)`` if ``scheduler_takes_loss`` else ``scheduler.step()``.
+    ``lr_fn`` overrides what :attr:`lr` reports (e.g. Prodigy's effective ``d * lr``).
     """
 
     def __init__(self, optimizer: Any, *, scheduler: Any = None, scheduler_takes_loss: bool = False,
                  on_loss: Callable[[Tensor], Any] | None = None,
-                 step_fn: Callable[[Tensor], Any] | None = None) -> None:
+                 step_fn: Callable[[Tensor], Any] | None = None,
+                 lr_fn: Callable[[], float] | None = None) -> None:
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.scheduler_takes_loss = scheduler_takes_loss
         self.on_loss = on_loss
         self.step_fn = step_fn
+        self.lr_fn = lr_fn
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -99,7 +102,9 @@ class Driver:
 
     @property
     def lr(self) -> float:
-        """The learning rate of the first param group, as the optimizer will use it next step."""
+        """The first param group's learning rate for the next step (``lr_fn()`` when given)."""
+        if self.lr_fn is not None:
+            return float(self.lr_fn())
         return float(self.optimizer.param_groups[0]["lr"])
 
     def train(self) -> None:
