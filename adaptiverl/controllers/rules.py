@@ -45,6 +45,8 @@ a rule reads; ``loss`` unless stated):
   growth), bounded.
 * :class:`TargetRule` -- stateless ``m = (ema / target) ** gain``: pulls a knob
   toward a target of a metric (routing entropy, routing sparsity).
+* :class:`LinearRule` -- stateless ``m = 1 + gain * clip(ema, lo, hi)`` (expert
+  specialisation bonus).
 * :class:`~adaptiverl.controllers.plateau.Plateau` -- patience / cooldown / big drop
   (``torch.optim.lr_scheduler.ReduceLROnPlateau`` semantics), in ``plateau.py``.
 
@@ -342,6 +344,25 @@ class TargetRule(Rule):
             return 1.0
         mult = (max(sig.ema, _EPS) / self.target) ** self.gain
         return min(max(mult, self.min_mult), self.max_mult)
+
+
+class LinearRule(Rule):
+    """Stateless ``1 + gain * clip(ema, lo, hi)``: a bonus proportional to a bounded metric."""
+
+    def __init__(self, signal: str, *, gain: float, lo: float = 0.0, hi: float = 1.0,
+                 name: str = "linear") -> None:
+        if lo > hi:
+            raise ValueError(f"LinearRule({signal}): need lo <= hi, got lo={lo}, hi={hi}")
+        if 1.0 + gain * lo <= 0 or 1.0 + gain * hi <= 0:
+            raise ValueError(f"LinearRule({signal}): 1 + gain * x must stay > 0 on [lo, hi], got gain={gain}")
+        self.signal, self.gain, self.lo, self.hi = signal, gain, lo, hi
+        self.name = name
+
+    def __call__(self, signals: Signals) -> float:
+        sig = _signal(signals, self.signal)
+        if sig is None or sig.ema is None:
+            return 1.0
+        return 1.0 + self.gain * min(max(sig.ema, self.lo), self.hi)
 
 
 # ---- names --------------------------------------------------------------------------------------
