@@ -1,0 +1,170 @@
+"""HTTPJudgeReward against a real OpenAI-compatible server on 127.0.0.1 (started in a thread)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import pickle
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from adaptiverl.rewards import CompositeReward
+from adaptiverl.rewards.judge import HTTPJudgeReward, JudgeError, parse_grade, parse_yes_no
+
+SECRET = "sk-test-SECRET-7f3a9c"
+KEY_ENV = "ADAPTIVERL_TEST_JUDGE_KEY"
+
+
+class JudgeServer:
+    """A tiny chat-completions server. ``behaviour``: ok | 500 | flaky | garbage | words."""
+
+    def __init__(self) -> None:
+        self.behaviour = "ok"
+        self.requests: list[dict] = []
+        self.auth: list[str | None] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.failures_left = 0
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with server.lock:
+                    server.requests.append(body)
+                    server.auth.append(self.headers.get("Authorization"))
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                    fail = server.behaviour == "500" or (server.behaviour == "flaky" and server.failures_left > 0)
+                    if server.behaviour == "flaky" and server.failures_left > 0:
+                        server.failures_left -= 1
+                time.sleep(0.05)
+                with server.lock:
+                    server.in_flight -= 1
+                if self.path != "/v1/chat/completions":
+                    self._send(404, b"not found")
+                elif fail:
+                    self._send(500, b"internal error")
+                elif server.behaviour == "garbage":
+                    self._send(200, b"<html>this is not json")
+                else:
+                    user = body["messages"][-1]["content"]
+                    answer = "I cannot grade" if server.behaviour == "words" else \
+                        ("9" if "good" in user else "2")
+                    reply = {"id": "x", "object": "chat.completion",
+                             "choices": [{"index": 0, "message": {"role": "assistant", "content": answer},
+                                          "finish_reason": "stop"}]}
+                    self._send(200, json.dumps(reply).encode())
+
+            def _send(self, code: int, payload: bytes) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server(monkeypatch):
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    srv = JudgeServer()
+    yield srv
+    srv.close()
+
+
+def judge(url: str, **kwargs) -> HTTPJudgeReward:
+    defaults = {"model": "judge-model", "api_key_env": KEY_ENV, "backoff": 0.01, "max_retries": 2,
+                "timeout": 5.0}
+    return HTTPJudgeReward(url, **{**defaults, **kwargs})
+
+
+def test_parsers():
+    assert parse_grade("Rating: 10/10") == 1.0
+    assert parse_grade("1") == 0.0 and parse_grade("I'd say 7.") == pytest.approx(6 / 9)
+    assert parse_grade("eleven") is None and parse_grade("42") is None
+    assert parse_yes_no(" Yes, it is") == 1.0 and parse_yes_no("no.") == 0.0 and parse_yes_no("maybe") is None
+
+
+def test_grades_concurrently_with_key_in_header(server):
+    reward = judge(server.url, max_concurrency=3)
+    prompts = ["q"] * 6
+    completions = ["a good answer", "bad", "good", "meh", "good stuff", "nope"]
+    out = asyncio.run(reward(prompts=prompts, completions=completions))
+    assert out == pytest.approx([8 / 9, 1 / 9, 8 / 9, 1 / 9, 8 / 9, 1 / 9])
+    assert server.auth == [f"Bearer {SECRET}"] * 6
+    assert server.requests[0]["model"] == "judge-model"
+    assert "a good answer" in server.requests[0]["messages"][-1]["content"]
+    assert 1 < server.max_in_flight <= 3
+
+
+def test_retries_transient_errors_with_backoff(server):
+    server.behaviour, server.failures_left = "flaky", 2
+    out = asyncio.run(judge(server.url, max_concurrency=1)(completions=["good"]))
+    assert out == pytest.approx([8 / 9]) and len(server.requests) == 3
+
+
+def test_outages_give_clear_errors_without_the_key(server, caplog):
+    caplog.set_level(logging.DEBUG)
+    reward = judge(server.url)
+    failures = []
+    for behaviour, expected in (("500", "HTTP 500"), ("garbage", "not JSON"), ("words", "cannot parse")):
+        server.behaviour = behaviour
+        with pytest.raises(JudgeError, match=expected) as err:
+            asyncio.run(reward(completions=["good"]))
+        assert "sample 0" in str(err.value)
+        failures.append(str(err.value))
+    assert len([a for a in server.auth if a]) == 3 + 1 + 1  # 500 retried twice, others not retried
+    # Server down: nothing listens on the port any more.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead_port = s.getsockname()[1]
+    down = judge(f"http://127.0.0.1:{dead_port}/v1")
+    with pytest.raises(JudgeError, match=r"ConnectError.*gave up after 3 attempts") as err:
+        asyncio.run(down(completions=["x"]))
+    failures.append(str(err.value))
+    for text in (*failures, repr(reward), caplog.text, str(pickle.dumps(reward)), str(vars(reward))):
+        assert SECRET not in text
+
+
+def test_on_error_none_and_inside_a_composite(server, caplog):
+    server.behaviour = "500"
+    lenient = judge(server.url, on_error="none", max_retries=0)
+    with pytest.warns(RuntimeWarning, match="HTTP 500"):
+        assert asyncio.run(lenient(completions=["a", "b"])) == [None, None]
+    assert SECRET not in caplog.text
+    server.behaviour = "ok"
+
+    def length(completions, **kwargs):
+        return [float(len(c)) for c in completions]
+
+    comp = CompositeReward([(judge(server.url), 2.0), (length, 0.0)])
+    out = asyncio.run(comp(prompts=["q", "q"], completions=["good", "bad"]))
+    assert out == pytest.approx([16 / 9, 2 / 9])
+    assert comp.last_components["http_judge"] == pytest.approx(0.5)
+
+
+def test_bad_config_is_rejected():
+    with pytest.raises(ValueError, match="base_url"):
+        HTTPJudgeReward("127.0.0.1:8000", model="m")
+    with pytest.raises(ValueError, match="completion"):
+        HTTPJudgeReward("http://x/v1", model="m", template="no fields")
+    with pytest.raises(ValueError, match="prompt.*completion"):
+        HTTPJudgeReward("http://x/v1", model="m", template="{completion} {other}")
