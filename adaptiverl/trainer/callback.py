@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
 from adaptiverl.signals import ScalarSignal
@@ -219,7 +220,7 @@ class AdaptiveCallback(TrainerCallback):
             return
         summary = self._last.get("summary", {})
         reward = logs.get("reward", self._last.get("reward"))
-        print(format_console_line(state.global_step, reward, logs.get("loss"), summary), flush=True)
+        tqdm.write(format_console_line(state.global_step, reward, logs.get("loss"), summary))
 
     # ---- helpers ----------------------------------------------------------
     def _step_loss(self) -> float | None:

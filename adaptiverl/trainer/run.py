@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
+from transformers.trainer_callback import ProgressCallback
 
 from adaptiverl.trainer.callback import AdaptiveCallback
 from adaptiverl.trainer.config import (
@@ -189,6 +190,13 @@ def build_trainer(c: TrainConfig, model, tokenizer, dataset, optimizer):
                      processing_class=tokenizer, optimizers=(optimizer, None))
 
 
+class QuietProgressCallback(ProgressCallback):
+    """The HF progress bar without its raw log dicts: AdaptiveCallback prints the summary line."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        return
+
+
 class SaveConfigCallback(TrainerCallback):
     """Copies the resolved config into every checkpoint folder."""
 
@@ -224,6 +232,8 @@ def train(config: TrainConfig | dict[str, Any] | str | Path) -> TrainResult:
     trainer = build_trainer(c, model, tokenizer, dataset, optimizer)
     callback = AdaptiveCallback().attach(trainer)
     trainer.add_callback(SaveConfigCallback(c))
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(QuietProgressCallback())
     output = trainer.train(resume_from_checkpoint=resume_from)
     trainer.save_model(str(out))
     plot_path = None
