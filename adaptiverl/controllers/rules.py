@@ -101,6 +101,11 @@ def _signal(signals: Signals, name: str) -> ScalarSignal | None:
     return signals.signals.get(name)
 
 
+def _bounded_exp(exponent: float, min_mult: float, max_mult: float) -> float:
+    """``clip(exp(exponent), min_mult, max_mult)`` without overflow."""
+    return math.exp(min(max(exponent, math.log(min_mult)), math.log(max_mult)))
+
+
 def _check_bounds(min_mult: float, max_mult: float) -> None:
     if not 0.0 < min_mult <= 1.0 <= max_mult:
         raise ValueError(f"need 0 < min_mult <= 1 <= max_mult, got min_mult={min_mult}, max_mult={max_mult}")
@@ -266,7 +271,7 @@ class LevelRule(Rule):
         if self.ref is None:
             self.ref = sig.ema
         rel = (sig.ema - self.ref) / (abs(self.ref) + _EPS)
-        return min(max(math.exp(self.gain * rel), self.min_mult), self.max_mult)
+        return _bounded_exp(self.gain * rel, self.min_mult, self.max_mult)
 
 
 class SlopeRule(Rule):
@@ -286,7 +291,7 @@ class SlopeRule(Rule):
         if sig is None:
             return 1.0
         tau = -sig.trend if self.higher_is_better else sig.trend
-        return min(max(math.exp(-self.gain * tau), self.min_mult), self.max_mult)
+        return _bounded_exp(-self.gain * tau, self.min_mult, self.max_mult)
 
 
 class ThresholdRule(Rule):
