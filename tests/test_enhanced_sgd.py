@@ -394,3 +394,26 @@ def test_seed_usage_example_runs_and_learns():
     assert len(losses) == 100 and losses[-1] < 0.3 * losses[0]
     assert optimizer.q_controller.epoch == 99 and optimizer.q_controller.decisions == 100
     assert optimizer.signals.loss.last == pytest.approx(losses[-1])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_anchor_and_all_features():
+    a, b = _mlp().cuda(), _mlp().cuda()
+    x, y = (t.cuda() for t in _data())
+    opt_a = EnhancedSGD(a.parameters(), lr=0.05, **OFF)
+    opt_b = torch.optim.SGD(b.parameters(), lr=0.05, momentum=0.9, foreach=True)
+    for model, opt in ((a, opt_a), (b, opt_b)):
+        for _ in range(10):
+            opt.zero_grad()
+            nn.functional.mse_loss(model(x), y).backward()
+            opt.step()
+    assert _max_diff(a, b) < 1e-6
+    model = _mlp().cuda()
+    opt = EnhancedSGD(model.parameters(), lr=0.05, bayesian_init=True, **ALL_ON)
+    for _ in range(10):
+        opt.zero_grad()
+        loss = nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        opt.step(closure=lambda loss=loss: loss)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert opt.state_dict()["enhanced_sgd"]["generators"].keys() == {"cuda:0"}
