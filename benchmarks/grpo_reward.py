@@ -1,0 +1,189 @@
+"""GRPO reward: the quickstart's RL task, per optimizer, reward against step.
+
+The task is ``configs/quickstart.json`` as a user runs it (TRL ``GRPOTrainer``, the composite reward
+of regex + length + cosine similarity to a reference, a freshly built tiny GPT-2 from
+:func:`adaptiverl.tiny.build_tiny_gpt2`), with ``STEPS`` shortened to the benchmark budget and
+``LOGGING_STEPS = 1`` so TRL logs the mean batch reward of every step. Each optimizer runs for the
+same number of steps with 3 seeds; the model, data, trainer and reward are built with
+:mod:`adaptiverl.trainer.run`'s own pieces (``load_model_and_tokenizer``, ``load_dataset_for``,
+``build_optimizer``, ``build_trainer``), so the benchmark measures what ``train(config)`` runs.
+
+Optimizers: ``adamw`` (torch AdamW at the config's LR, constant schedule: the *AdamW-default* run),
+``adamw_cosine`` (same with HF's cosine schedule), ``schedulefree_adamw`` and ``prodigy`` (their
+package defaults), and ours through the config's ``OPTIM``: ``online_adamw`` (``adamw``),
+``adaptive_optimizer`` (``AdamW`` wrapped with the default rules), ``enhanced_sgd``; ours are fed by
+:class:`adaptiverl.trainer.callback.AdaptiveCallback` as in ``train(config)``.
+
+Figures: reward against step (mean over seeds, 5-step moving mean); final reward (mean of the last
+5 steps); and *steps to reach* the AdamW-default run's final reward: the first step at which a
+method's smoothed mean curve reaches it, as a ratio to the number of steps (``inf`` if never).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.common import markdown_table, plot_lines, write_json, write_markdown
+
+NAME = "grpo_reward"
+CONFIG = Path(__file__).resolve().parent.parent / "configs" / "quickstart.json"
+STEPS, QUICK_STEPS = 30, 2
+SEEDS, QUICK_SEEDS = (0, 1, 2), (0,)
+SMOOTH = 5
+BASELINE = "adamw"
+OURS_HEADLINE = "online_adamw"
+
+
+def _torch_adamw(model: torch.nn.Module, lr: float) -> Any:
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+
+
+def _schedulefree(model: torch.nn.Module, lr: float) -> Any:
+    import schedulefree
+
+    return schedulefree.AdamWScheduleFree([p for p in model.parameters() if p.requires_grad])
+
+
+def _prodigy(model: torch.nn.Module, lr: float) -> Any:
+    from prodigyopt import Prodigy
+
+    return Prodigy([p for p in model.parameters() if p.requires_grad], lr=1.0)
+
+
+# name -> (config overrides, optimizer factory or None to let build_optimizer(config) build it)
+METHODS: dict[str, tuple[dict[str, Any], Callable[[torch.nn.Module, float], Any] | None]] = {
+    "adamw": ({}, _torch_adamw),
+    "adamw_cosine": ({"LR_SCHEDULER": "cosine"}, _torch_adamw),
+    "schedulefree_adamw": ({}, _schedulefree),
+    "prodigy": ({}, _prodigy),
+    "online_adamw": ({"OPTIM": "adamw"}, None),
+    "adaptive_optimizer": ({"OPTIM": "AdamW"}, None),
+    "enhanced_sgd": ({"OPTIM": "enhanced_sgd", "LRATE": 1e-2}, None),
+}
+
+
+def _config(model_dir: Path, out_dir: Path, steps: int, seed: int, overrides: dict[str, Any]):
+    from adaptiverl.trainer.config import parse_config
+
+    raw = json.loads(CONFIG.read_text())
+    raw.update(MODEL=str(model_dir), OUTPUT_DIR=str(out_dir), STEPS=steps, SEED=seed,
+               LOGGING_STEPS=1, SAVE_STEPS=0, REPORT_TO=[], PLOT=False, **overrides)
+    return parse_config(raw, base_dir=CONFIG.parent)
+
+
+def run_one(method: str, model_dir: Path, work_dir: Path, steps: int, seed: int) -> dict[str, Any]:
+    """One GRPO run; returns per-step rewards and wall time."""
+    from transformers import PrinterCallback, ProgressCallback, set_seed
+
+    from adaptiverl.trainer.callback import AdaptiveCallback
+    from adaptiverl.trainer.run import (
+        build_optimizer,
+        build_trainer,
+        load_dataset_for,
+        load_model_and_tokenizer,
+    )
+
+    overrides, factory = METHODS[method]
+    c = _config(model_dir, work_dir / f"{method}-{seed}", steps, seed, overrides)
+    set_seed(c.SEED)
+    model, tokenizer = load_model_and_tokenizer(c)
+    dataset = load_dataset_for(c, tokenizer)
+    optimizer = build_optimizer(c, model) if factory is None else factory(model, c.LRATE)
+    trainer = build_trainer(c, model, tokenizer, dataset, optimizer)
+    for cb in (ProgressCallback, PrinterCallback):
+        trainer.remove_callback(cb)
+    if factory is None:
+        AdaptiveCallback(print_console=False, history_file=None).attach(trainer)
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):
+        trainer.train()
+    seconds = time.perf_counter() - start
+    rewards = [row["reward"] for row in trainer.state.log_history if "reward" in row]
+    return {"method": method, "seed": seed, "lr": c.LRATE, "rewards": rewards,
+            "sec_per_step": seconds / max(1, trainer.state.global_step)}
+
+
+def _moving_mean(values: list[float], width: int) -> list[float]:
+    return [statistics.fmean(values[max(0, i - width + 1):i + 1]) for i in range(len(values))]
+
+
+def run(out_dir: Path, quick: bool = False, *, methods: list[str] | None = None) -> dict[str, Any]:
+    """Run every method for the step budget and seeds; write ``grpo_reward.{json,md,png}``."""
+    import datasets
+    import transformers
+
+    from adaptiverl.tiny import build_tiny_gpt2
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    out_dir = Path(out_dir)
+    steps = QUICK_STEPS if quick else STEPS
+    seeds = QUICK_SEEDS if quick else SEEDS
+    names = list(METHODS) if methods is None else [BASELINE, *(m for m in methods if m != BASELINE)]
+    unknown = [m for m in names if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown GRPO method(s) {unknown}; valid: {list(METHODS)}")
+    runs: dict[str, list[dict[str, Any]]] = {}
+    errors: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="grpo-bench-") as tmp:
+        model_dir = build_tiny_gpt2(Path(tmp) / "tiny-gpt2")
+        for name in names:
+            try:
+                runs[name] = [run_one(name, model_dir, Path(tmp), steps, s) for s in seeds]
+            except Exception as err:  # one optimizer's failure is a row in the report
+                errors[name] = f"{type(err).__name__}: {err}"
+
+    curves = {}
+    for name, rs in runs.items():
+        length = min(len(r["rewards"]) for r in rs)
+        mean = [statistics.fmean(r["rewards"][i] for r in rs) for i in range(length)]
+        curves[name] = _moving_mean(mean, SMOOTH)
+    target_reward = curves[BASELINE][-1] if curves.get(BASELINE) else math.nan
+    rows = []
+    for name, curve in curves.items():
+        reach = next((i + 1 for i, v in enumerate(curve) if v >= target_reward), None)
+        finals = [statistics.fmean(r["rewards"][-SMOOTH:]) for r in runs[name]]
+        rows.append({
+            "method": name, "lr": runs[name][0]["lr"],
+            "final reward": statistics.fmean(finals),
+            "final reward sd": statistics.stdev(finals) if len(finals) > 1 else 0.0,
+            "steps to AdamW-default final": reach if reach is not None else "never",
+            "ratio": reach / steps if reach is not None else math.inf,
+            "s/step": statistics.fmean(r["sec_per_step"] for r in runs[name]),
+        })
+    ours = next((r for r in rows if r["method"] == OURS_HEADLINE), None)
+    targets = [{
+        "target": "OnlineAdamW reaches the AdamW-default final reward in <= 0.75x the steps",
+        "value": "n/a" if ours is None else ours["ratio"], "threshold": 0.75,
+        "met": "n/a" if ours is None else ("yes" if ours["ratio"] <= 0.75 else "NO")}]
+    data = {"quick": quick, "steps": steps, "seeds": list(seeds), "config": str(CONFIG.name),
+            "target_reward": target_reward, "table": rows, "targets": targets, "errors": errors,
+            "reward_curves": curves,
+            "runs": {n: [{"seed": r["seed"], "rewards": r["rewards"]} for r in rs] for n, rs in runs.items()}}
+    write_json(out_dir, NAME, data)
+    if curves:
+        plot_lines(out_dir / f"{NAME}.png", curves, title=f"GRPO quickstart: reward vs step "
+                   f"(mean of {len(seeds)} seeds, {SMOOTH}-step moving mean)", xlabel="step",
+                   ylabel="reward")
+    sections = [
+        ("Setup", f"- `{CONFIG.name}` with STEPS={steps}, seeds {list(seeds)}; AdamW-default final "
+                  f"reward (smoothed) = {target_reward:.4g}\n"),
+        ("Targets", markdown_table(targets, ["target", "value", "threshold", "met"])),
+        ("Reward", markdown_table(rows) + f"\n![reward]({NAME}.png)\n"),
+    ]
+    if errors:
+        sections.append(("Failed", "\n".join(f"- `{k}`: {v}" for k, v in errors.items()) + "\n"))
+    write_markdown(out_dir, NAME, "GRPO reward (quickstart task)", sections)
+    return data
