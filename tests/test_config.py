@@ -1,0 +1,140 @@
+"""The JSON training config: coercion of seed-style string values, and errors that name the culprit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from adaptiverl.trainer.config import ConfigError, TrainConfig, load_config, parse_config
+
+
+@pytest.fixture()
+def prompts_file(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text(json.dumps({"prompt": "Return the", "reference": "value"}) + "\n")
+    return str(path)
+
+
+def base(prompts_file, **overrides):
+    raw = {"MODEL": "gpt2", "TRAIN_FILE": prompts_file,
+           "REWARDS": [{"type": "length", "target": 10}]}
+    raw.update(overrides)
+    return raw
+
+
+def test_seed_example_with_string_values_resolves_to_native_types(tmp_path, prompts_file):
+    # The seed's example config (FP16 switched off so it is valid on a CPU machine).
+    seed = {"MODEL": "gpt2", "TRAIN_FILE": prompts_file, "OUTPUT_DIR": "checkpoints",
+            "BATCH_SIZE": "2", "EPOCHS": "3", "LRATE": "5e-5", "STEPS": "1000", "OPTIM": "adamw",
+            "MAXSEQ": "512", "BF16": "false", "FP16": "false", "LOAD_4BIT": "false",
+            "LOAD_8BIT": "false", "FULLTUNE": "true", "REWARDS": [{"type": "length", "target": 5}]}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(seed))
+    c = load_config(path)
+    assert (c.BATCH_SIZE, c.EPOCHS, c.LRATE, c.STEPS, c.MAXSEQ) == (2, 3.0, 5e-5, 1000, 512)
+    assert c.BF16 is False and c.FULLTUNE is True and c.OPTIM == "adamw"
+    native = parse_config({**seed, "BATCH_SIZE": 2, "EPOCHS": 3, "LRATE": 5e-5, "STEPS": 1000,
+                           "MAXSEQ": 512, "BF16": False, "FP16": False, "LOAD_4BIT": False,
+                           "LOAD_8BIT": False, "FULLTUNE": True})
+    assert native == c
+
+
+def test_resolved_config_round_trips_through_save(tmp_path, prompts_file):
+    c = parse_config(base(prompts_file, REPORT_TO="tensorboard, wandb", OPTIM="adagrad"))
+    assert c.REPORT_TO == ["tensorboard", "wandb"] and c.OPTIM == "Adagrad"
+    saved = c.save(tmp_path / "out" / "config.json")
+    assert parse_config(json.loads(saved.read_text())) == c
+
+
+def test_unknown_key_names_itself_suggests_closest_and_lists_valid_keys(prompts_file):
+    with pytest.raises(ConfigError) as err:
+        parse_config(base(prompts_file, BATCH_SIZ="2"))
+    message = str(err.value)
+    assert "'BATCH_SIZ'" in message and "Did you mean 'BATCH_SIZE'?" in message
+    assert "SAVE_STEPS" in message and "NUM_GENERATIONS" in message
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("BATCH_SIZE", "two"), ("BATCH_SIZE", 2.5), ("LRATE", "fast"), ("FP16", "maybe"),
+    ("FULLTUNE", 3), ("STEPS", True), ("MODEL", 7), ("REWARDS", {"type": "length"}),
+])
+def test_wrong_type_names_key_and_value(prompts_file, key, value):
+    with pytest.raises(ConfigError) as err:
+        parse_config(base(prompts_file, **{key: value}))
+    assert repr(key) in str(err.value) and repr(value) in str(err.value)
+
+
+@pytest.mark.parametrize(("key", "value", "fragment"), [
+    ("MODE", "ppo", "must be one of rl, rloo, sft"),
+    ("BATCH_SIZE", 0, "must be >= 1"),
+    ("STEPS", 0, "positive number of steps"),
+    ("LRATE", -1, "must be > 0"),
+    ("OPTIM", "adamww", "Did you mean 'adamw'?"),
+    ("NUM_GENERATIONS", 1, "at least 2"),
+    ("MAX_COMPLETION_LENGTH", 600, "smaller than MAXSEQ"),
+    ("REWARDS", [], "needs at least one reward spec"),
+    ("LORA_DROPOUT", 1.5, "[0, 1)"),
+])
+def test_invalid_values_name_key(prompts_file, key, value, fragment):
+    with pytest.raises(ConfigError) as err:
+        parse_config(base(prompts_file, **{key: value}))
+    assert repr(key) in str(err.value) and fragment in str(err.value)
+
+
+def test_missing_train_file_names_the_path(tmp_path):
+    missing = tmp_path / "nowhere" / "data.jsonl"
+    with pytest.raises(ConfigError) as err:
+        parse_config({"MODEL": "gpt2", "TRAIN_FILE": str(missing), "MODE": "sft"})
+    assert "TRAIN_FILE" in str(err.value) and str(missing) in str(err.value)
+
+
+def test_train_file_is_also_found_next_to_the_config(tmp_path):
+    (tmp_path / "texts.csv").write_text("text\nhello world\n")
+    (tmp_path / "config.json").write_text(json.dumps({"MODEL": "gpt2", "TRAIN_FILE": "texts.csv", "MODE": "sft"}))
+    c = load_config(tmp_path / "config.json")
+    resolved = Path(c.TRAIN_FILE)
+    assert resolved == (tmp_path / "texts.csv").resolve()
+
+
+def test_unsupported_train_file_type(tmp_path):
+    (tmp_path / "data.txt").write_text("hello")
+    with pytest.raises(ConfigError, match="unsupported file type '.txt'"):
+        parse_config({"MODEL": "gpt2", "TRAIN_FILE": str(tmp_path / "data.txt"), "MODE": "sft"})
+
+
+def test_missing_required_key(prompts_file):
+    with pytest.raises(ConfigError, match="missing required key.*MODEL"):
+        parse_config({"TRAIN_FILE": prompts_file, "MODE": "sft"})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only error")
+@pytest.mark.parametrize("key", ["FP16", "LOAD_8BIT", "LOAD_4BIT"])
+def test_precision_and_quantization_the_machine_cannot_do(prompts_file, key):
+    with pytest.raises(ConfigError) as err:
+        parse_config(base(prompts_file, **{key: "true", "FULLTUNE": "false"}))
+    assert repr(key) in str(err.value) and "CUDA" in str(err.value)
+
+
+def test_bf16_runs_on_cpu_and_conflicting_switches_fail(prompts_file):
+    if not torch.cuda.is_available():
+        assert parse_config(base(prompts_file, BF16="true")).BF16 is True
+    with pytest.raises(ConfigError, match="mutually exclusive"):
+        parse_config(base(prompts_file, BF16="true", FP16="true"))
+    with pytest.raises(ConfigError, match="FULLTUNE"):
+        parse_config(base(prompts_file, LOAD_8BIT="true"), check_hardware=False)
+
+
+def test_every_field_has_help_text():
+    import dataclasses
+
+    for f in dataclasses.fields(TrainConfig):
+        assert len(f.metadata.get("help", "")) > 10, f.name
+
+
+@pytest.mark.parametrize("name", ["quickstart", "gpt2_full", "gpt2_lora", "gpt2_8bit", "gpt2_sft"])
+def test_shipped_configs_are_valid(name):
+    c = load_config(Path(__file__).parent.parent / "configs" / f"{name}.json", check_hardware=False)
+    assert c.MODEL
