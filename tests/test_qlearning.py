@@ -63,6 +63,21 @@ def test_learns_the_rewarding_action_and_is_deterministic_in_its_seed():
     assert _run_env(_explorer(seed=4), 50) != _run_env(_explorer(seed=3), 50)
 
 
+def test_interval_holds_the_multipliers_and_rewards_the_whole_interval():
+    q = QLearningController(interval=5, epsilon=1.0, initial_mix_prob=1.0, entropy_weight=0.0, seed=1)
+    signals = Signals(beta=0.5)
+    history, emas = [], []
+    for i in range(30):
+        signals.observe(loss=10.0 - 0.2 * i)
+        emas.append(signals.loss.ema)
+        history.append(q.step(signals, entropy=0.5))
+    for start in range(0, 30, 5):
+        assert len(set(history[start:start + 5])) == 1
+    assert q.decisions == 6
+    assert len(set(history)) > 1
+    assert q.last_reward == pytest.approx((emas[20] - emas[25]) / emas[20])  # decisions at 0, 5, ..., 25
+
+
 def test_epsilon_decays_to_its_floor_and_multipliers_stay_in_bounds():
     q = QLearningController(epsilon=1.0, epsilon_decay=0.9, min_epsilon=0.05,
                             lr_multiplier_bounds=(0.5, 2.0), momentum_multiplier_bounds=(0.9, 1.05))
@@ -121,7 +136,7 @@ def test_load_rejects_a_table_of_another_shape():
     ({"learning_rate": 0.0}, "learning_rate"), ({"discount": 1.0}, "discount"),
     ({"epsilon": 1.5}, "epsilon"), ({"epsilon_decay": 0.0}, "epsilon_decay"),
     ({"initial_mix_prob": 1.5}, "initial_mix_prob"), ({"lr_factors": ()}, "lr_factors"),
-    ({"trend_edges": (1.0, 0.0)}, "trend_edges"), ({"lr_multiplier_bounds": (2.0, 3.0)}, "lr_multiplier_bounds"),
+    ({"trend_edges": (1.0, 0.0)}, "trend_edges"), ({"interval": 0}, "interval"), ({"lr_multiplier_bounds": (2.0, 3.0)}, "lr_multiplier_bounds"),
 ])
 def test_bad_arguments_name_the_culprit(kwargs, name):
     with pytest.raises(ValueError, match=name):

@@ -14,8 +14,11 @@ The controller sees the training run as a small Markov decision process (Watkins
   They act multiplicatively on the running multipliers,
   ``m_lr <- clip(m_lr * f_lr, *lr_multiplier_bounds)`` and likewise ``m_mom``, so the controller
   composes with any time-based schedule that rewrites ``group["lr"]``.
-* **Reward** ``r_t = rel_improvement(loss EMA) + entropy_weight * H_t``: the relative drop of the
-  loss EMA since the previous step (positive = better), plus a bonus for a spread-out gradient
+* **Decisions** are taken every ``interval`` calls of :meth:`QLearningController.step` (one call
+  per optimizer step); in between the multipliers are held, so each action is judged on the
+  ``interval`` steps it governed rather than on one noisy minibatch.
+* **Reward** ``r = (m_prev - m_now) / |m_prev| + entropy_weight * H``: the relative drop of the
+  loss EMA ``m`` since the previous decision (positive = better), plus a bonus for a spread-out gradient
   distribution (a low ``H_t`` means a few coordinates dominate the update, the typical shape of an
   unstable step).
 * **Update**: ``Q(s, a) <- Q(s, a) + alpha * (r + gamma * max_a' Q(s', a') - Q(s, a))`` with
@@ -75,6 +78,7 @@ class QLearningController:
         lr_factors / momentum_factors: per-decision factors; their product set is the action set.
         lr_multiplier_bounds / momentum_multiplier_bounds: clip range of the running multipliers.
         trend_edges / entropy_edges / variance_edges: bucket edges of the three state features.
+        interval: optimizer steps per decision (``>= 1``).
         seed: seed of the controller's own :class:`random.Random`.
     """
 
@@ -89,7 +93,7 @@ class QLearningController:
                  trend_edges: Sequence[float] = (-1e-3, 1e-3),
                  entropy_edges: Sequence[float] = (1 / 3, 2 / 3),
                  variance_edges: Sequence[float] = (0.02, 0.1),
-                 seed: int = 0) -> None:
+                 interval: int = 1, seed: int = 0) -> None:
         if not 0.0 < learning_rate <= 1.0:
             raise ValueError(f"learning_rate must be in (0, 1], got {learning_rate}")
         if not 0.0 <= discount < 1.0:
@@ -105,6 +109,8 @@ class QLearningController:
                              f"min_mix_prob={min_mix_prob}, initial_mix_prob={initial_mix_prob}")
         if mix_prob_step < 0:
             raise ValueError(f"mix_prob_step must be >= 0, got {mix_prob_step}")
+        if interval < 1:
+            raise ValueError(f"interval must be >= 1, got {interval}")
         if entropy_weight < 0:
             raise ValueError(f"entropy_weight must be >= 0, got {entropy_weight}")
         for name, (low, high) in (("lr_multiplier_bounds", lr_multiplier_bounds),
@@ -143,6 +149,9 @@ class QLearningController:
         self.best_loss = math.inf
         self.epoch: int | None = None
         self.decisions = 0
+        self.interval = interval
+        self.calls = 0
+        self.decision_loss: float | None = None
 
     # ---- state and reward ------------------------------------------------
     def encode_state(self, trend: float, entropy: float, variance: float) -> int:
@@ -178,18 +187,24 @@ class QLearningController:
         return td_error
 
     def step(self, signals: Signals, entropy: float) -> tuple[float, float]:
-        """Learn from the last decision, pick the next one, return ``(lr_mult, momentum_mult)``.
+        """Once per ``interval`` calls: learn from the last decision and take the next one.
 
-        ``signals.loss`` must have been fed the newest loss. Without a loss yet, the multipliers
-        are returned unchanged and nothing is learned.
+        Returns ``(lr_mult, momentum_mult)``, held between decisions. ``signals.loss`` must have
+        been fed the newest loss; without a loss yet (or with a non-finite entropy), nothing is
+        counted, learned or changed.
         """
         if not signals.loss.ready or not math.isfinite(entropy):
             return self.lr_multiplier, self.momentum_multiplier
+        self.calls += 1
+        if (self.calls - 1) % self.interval != 0:
+            return self.lr_multiplier, self.momentum_multiplier
         loss = signals.loss
         state = self.encode_state(loss.trend, entropy, loss.rel_std)
-        if self.last_state is not None and self.last_action is not None:
-            self.last_reward = self.reward(loss.rel_improvement, entropy)
+        if self.last_state is not None and self.last_action is not None and self.decision_loss is not None:
+            improvement = (self.decision_loss - loss.ema) / (abs(self.decision_loss) + 1e-12)
+            self.last_reward = self.reward(improvement, entropy)
             self.learn(self.last_state, self.last_action, self.last_reward, state)
+        self.decision_loss = loss.ema
         action = self.choose(state)
         f_lr, f_mom = self.actions[action]
         self.lr_multiplier = min(max(self.lr_multiplier * f_lr, self.lr_multiplier_bounds[0]),
@@ -230,7 +245,8 @@ class QLearningController:
                 "lr_multiplier": self.lr_multiplier, "momentum_multiplier": self.momentum_multiplier,
                 "last_state": self.last_state, "last_action": self.last_action,
                 "last_reward": self.last_reward, "best_loss": self.best_loss, "epoch": self.epoch,
-                "decisions": self.decisions, "rng_state": self.rng.getstate()}
+                "decisions": self.decisions, "calls": self.calls, "decision_loss": self.decision_loss,
+                "rng_state": self.rng.getstate()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         table = torch.as_tensor(state["q_table"], dtype=torch.float64)
@@ -239,7 +255,8 @@ class QLearningController:
                              f"{tuple(self.q_table.shape)} (different edges or factors?)")
         self.q_table = table.clone()
         for key in ("epsilon", "mix_prob", "lr_multiplier", "momentum_multiplier", "last_state",
-                    "last_action", "last_reward", "best_loss", "epoch", "decisions"):
+                    "last_action", "last_reward", "best_loss", "epoch", "decisions", "calls",
+                    "decision_loss"):
             setattr(self, key, state[key])
         rng_state = state["rng_state"]
         self.rng.setstate((rng_state[0], tuple(rng_state[1]), rng_state[2]))
