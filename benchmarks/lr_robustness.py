@@ -76,8 +76,12 @@ def _run_one(job: tuple[str, str, float, int, bool, bool]) -> dict[str, Any]:
 
 def _run_jobs(jobs: list[tuple], workers: int) -> list[dict[str, Any]]:
     if workers <= 1:
+        threads = torch.get_num_threads()
         _init_worker()
-        return [_run_one(job) for job in jobs]
+        try:
+            return [_run_one(job) for job in jobs]
+        finally:
+            torch.set_num_threads(threads)
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
                              initializer=_init_worker) as pool:
         return list(pool.map(_run_one, jobs, chunksize=1))
