@@ -62,3 +62,21 @@ def test_signals_state_dict_round_trip_continues_identically():
         a.observe(loss=math.sin(i), reward=i * 0.1)
         b.observe(loss=math.sin(i), reward=i * 0.1)
     assert a.summary() == b.summary() and a.step == b.step
+
+
+def test_trend_tstat_uses_the_residual_of_the_fit():
+    ramp = ScalarSignal("loss", window=10)
+    for t in range(10):
+        ramp.update(5.0 - 0.01 * t)
+    assert ramp.trend_tstat < -1e6  # an exact line, however shallow, is significant
+    noisy = ScalarSignal("loss", window=5)
+    for value in (1.0, 2.0, 1.0, 2.0, 1.0):
+        noisy.update(value)
+    assert noisy.trend_tstat == 0.0  # zero slope
+    rising = ScalarSignal("loss", window=5)
+    for value in (1.0, 1.3, 1.1, 1.6, 1.5):
+        rising.update(value)
+    x = [0, 1, 2, 3, 4]
+    slope = sum((i - 2) * (y - 1.3) for i, y in zip(x, rising.values, strict=True)) / 10.0
+    residual = sum((y - 1.3 - slope * (i - 2)) ** 2 for i, y in zip(x, rising.values, strict=True)) / 3.0
+    assert rising.trend_tstat == pytest.approx(slope / math.sqrt(residual / 10.0))

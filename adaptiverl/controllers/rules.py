@@ -13,10 +13,10 @@ a rule reads; ``loss`` unless stated):
 * :class:`TrendRule` -- multiplicative accumulator driven by the window trend.
   With ``tau = s.trend`` (least-squares slope per step relative to the window
   mean, sign flipped for reward so that ``tau < 0`` always means "getting
-  better") and its standard error ``se = rel_std / sqrt(n (n^2 - 1) / 12)``::
+  better") and ``t = s.trend_tstat`` (slope over its standard error)::
 
-      improving  if -tau > threshold and |tau| > z * se
-      worsening  if  tau > threshold and |tau| > z * se
+      improving  if -tau > threshold and |t| > z
+      worsening  if  tau > threshold and |t| > z
       log m <- (1 - leak) * log m + log(up | down | 1)
       m <- clip(m, min_mult, max_mult)
 
@@ -147,7 +147,7 @@ class TrendRule(Rule):
     _state_keys = ("log_mult", "last_direction")
 
     def __init__(self, signal: str = "loss", *, up: float = 1.05, down: float = 0.7,
-                 threshold: float = 1e-4, z: float = 2.0, leak: float = 0.01,
+                 threshold: float = 1e-4, z: float = 3.0, leak: float = 0.01,
                  min_mult: float = 1e-3, max_mult: float = 1e3, higher_is_better: bool | None = None,
                  name: str = "trend") -> None:
         if up <= 0 or down <= 0:
@@ -173,10 +173,8 @@ class TrendRule(Rule):
         sig = _signal(signals, self.signal)
         if sig is None or len(sig.values) < 3:
             return 0
-        n = len(sig.values)
         tau = -sig.trend if self.higher_is_better else sig.trend
-        stderr = sig.rel_std / math.sqrt(n * (n * n - 1) / 12.0)
-        if abs(tau) <= self.threshold or abs(tau) <= self.z * stderr:
+        if abs(tau) <= self.threshold or abs(sig.trend_tstat) <= self.z:
             return 0
         return 1 if tau < 0 else -1
 

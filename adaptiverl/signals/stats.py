@@ -135,6 +135,29 @@ class ScalarSignal:
         return (sxy / sxx) / (abs(y_mean) + 1e-8)
 
     @property
+    def trend_tstat(self) -> float:
+        """t-statistic of the window's least-squares slope: slope / standard error.
+
+        The standard error uses the residual variance ``(Syy - Sxy^2 / Sxx) / (n - 2)``
+        of the fit, so a clean ramp is highly significant whatever its steepness;
+        0 with fewer than three values or a flat window, +-inf for an exact line.
+        """
+        n = len(self._values)
+        if n < 3:
+            return 0.0
+        x_mean = (n - 1) / 2.0
+        y_mean = sum(self._values) / n
+        sxx = sum((i - x_mean) ** 2 for i in range(n))
+        sxy = sum((i - x_mean) * (y - y_mean) for i, y in enumerate(self._values))
+        syy = sum((y - y_mean) ** 2 for y in self._values)
+        if sxy == 0.0:
+            return 0.0
+        residual = max(syy - sxy * sxy / sxx, 0.0) / (n - 2)
+        if residual == 0.0:
+            return math.copysign(math.inf, sxy)
+        return (sxy / sxx) / math.sqrt(residual / sxx)
+
+    @property
     def rel_improvement(self) -> float:
         """(prev_ema - ema) / |prev_ema|: positive when the EMA went down this step."""
         if self.ema is None or self.prev_ema is None:
