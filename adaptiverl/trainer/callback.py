@@ -9,11 +9,12 @@ Works with the plain ``transformers.Trainer`` and TRL's ``GRPOTrainer`` /
 
 What it does at every optimizer step (not only at logging steps):
 
-* **loss**: ``attach`` wraps ``trainer.compute_loss`` so the loss of every
-  micro-batch is recorded (detached); just before the optimizer steps
-  (``on_pre_optimizer_step``) their mean over the accumulation window,
-  averaged over all ranks, is fed to the optimizer. Every rank's controller
-  therefore sees the same loss.
+* **loss**: ``attach`` wraps ``trainer.training_step``, whose return value is
+  the micro-batch's loss already divided for gradient accumulation (what the
+  Trainer sums into its logged ``loss``); just before the optimizer steps
+  (``on_pre_optimizer_step``) the sum over the accumulation window, averaged
+  over all ranks, is fed to the optimizer. It is the loss the Trainer logs,
+  at every step, and every rank's controller sees the same value.
 * **reward** (GRPO/RLOO): TRL appends the batch's mean reward, already gathered
   over ranks, to ``trainer._metrics["train"]["reward"]`` each time it scores a
   generation batch; the callback feeds each new value once.
@@ -130,28 +131,26 @@ class AdaptiveCallback(TrainerCallback):
 
     # ---- wiring -----------------------------------------------------------
     def attach(self, trainer: Any) -> AdaptiveCallback:
-        """Register with ``trainer`` and record the loss of every micro-batch it computes."""
+        """Register with ``trainer`` and record the loss of every micro-batch it trains on."""
         if self.trainer is not None:
             raise RuntimeError("this AdaptiveCallback is already attached to a trainer")
         self.trainer = trainer
         if self not in trainer.callback_handler.callbacks:
             trainer.add_callback(self)
-        compute_loss = trainer.compute_loss
+        training_step = trainer.training_step
         log = trainer.log
 
-        def compute_loss_recorded(model, inputs, *args, **kwargs):
-            out = compute_loss(model, inputs, *args, **kwargs)
-            if model.training and torch.is_grad_enabled():
-                loss = out[0] if isinstance(out, tuple) else out
-                self._micro_losses.append(loss.detach().float().mean())
-            return out
+        def training_step_recorded(*args, **kwargs):
+            loss = training_step(*args, **kwargs)
+            self._micro_losses.append(loss.detach().float().mean())
+            return loss
 
         def log_with_dynamics(logs: dict[str, float], *args, **kwargs):
             if "loss" in logs or any(k.startswith("reward") for k in logs):
                 logs.update({LOG_PREFIX + k: v for k, v in self._last.get("summary", {}).items()})
             return log(logs, *args, **kwargs)
 
-        trainer.compute_loss = compute_loss_recorded
+        trainer.training_step = training_step_recorded
         trainer.log = log_with_dynamics
         return self
 
@@ -175,7 +174,8 @@ class AdaptiveCallback(TrainerCallback):
         self.targets = self._find_targets(optimizer, lr_scheduler)
         if not self.targets:
             raise ValueError(
-                f"AdaptiveCallback found nothing to adapt: the optimizer ({type(optimizer).__name__}) "
+                f"AdaptiveCallback found nothing to adapt: the optimizer "
+                f"({type(unwrap_optimizer(optimizer)).__name__}) "
                 "has no observe/step_loss/step_reward; pass an adaptiverl optimizer through "
                 "`optimizers=(optimizer, scheduler)` or give `targets=`")
         self._micro_losses.clear()
@@ -226,7 +226,7 @@ class AdaptiveCallback(TrainerCallback):
     def _step_loss(self) -> float | None:
         if not self._micro_losses:
             return None
-        loss = torch.stack(self._micro_losses).mean()
+        loss = torch.stack(self._micro_losses).sum()
         accelerator = getattr(self.trainer, "accelerator", None)
         if accelerator is not None and accelerator.num_processes > 1:
             loss = accelerator.reduce(loss.to(accelerator.device), reduction="mean")

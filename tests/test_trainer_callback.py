@@ -1,0 +1,193 @@
+"""AdaptiveCallback with the real HF Trainer / TRL GRPOTrainer and the real adaptiverl optimizers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    DataCollatorForLanguageModeling,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
+
+from adaptiverl.optim import AdaptiveOptimizer, OnlineAdamW, OnlineSGD
+from adaptiverl.trainer.callback import (
+    HISTORY_FILE,
+    AdaptiveCallback,
+    format_console_line,
+    unwrap_optimizer,
+)
+
+DATA = Path(__file__).resolve().parent.parent / "configs" / "data"
+
+
+def sft_dataset(tokenizer, n: int = 32):
+    from datasets import load_dataset
+
+    ds = load_dataset("json", data_files=str(DATA / "sft_text.jsonl"), split="train").select(range(n))
+    return ds.map(lambda b: tokenizer(b["text"], truncation=True, max_length=48), batched=True,
+                  remove_columns=["text"])
+
+
+def sft_trainer(model_dir, out_dir, make_optimizer, *, steps=4, logging_steps=1, scheduler="linear",
+                grad_accum=1, report_to="none"):
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    args = TrainingArguments(output_dir=str(out_dir), per_device_train_batch_size=4, max_steps=steps,
+                             learning_rate=0.05, lr_scheduler_type=scheduler, logging_steps=logging_steps,
+                             gradient_accumulation_steps=grad_accum, report_to=report_to,
+                             save_strategy="no", disable_tqdm=True, seed=0)
+    optimizer = make_optimizer(model.parameters())
+    trainer = Trainer(model=model, args=args, train_dataset=sft_dataset(tokenizer),
+                      data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+                      optimizers=(optimizer, None))
+    return trainer, optimizer
+
+
+class EffectiveLR(TrainerCallback):
+    """Measures the LR actually applied to the embedding: -(dtheta . g) / (g . g), for plain SGD."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+        self.rows: list[tuple[float, float]] = []
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        p = self.trainer.model.transformer.wte.weight
+        self.before, self.grad = p.detach().clone(), p.grad.detach().clone()
+        self.scheduled = self.trainer.lr_scheduler.get_last_lr()[0]
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        delta = self.trainer.model.transformer.wte.weight.detach() - self.before
+        applied = -(delta * self.grad).sum() / (self.grad * self.grad).sum()
+        self.rows.append((self.scheduled, float(applied)))
+
+
+def run_effective_lr(model_dir, out_dir, adapt: bool):
+    trainer, optimizer = sft_trainer(model_dir, out_dir, lambda p: OnlineSGD(p, lr=0.05, adapt=adapt),
+                                     steps=6, scheduler="linear")
+    callback = AdaptiveCallback().attach(trainer)
+    probe = EffectiveLR(trainer)
+    trainer.add_callback(probe)
+    trainer.train()
+    return probe.rows, callback
+
+
+def test_adaptation_survives_the_trainers_lambdalr(tiny_gpt2_dir, tmp_path):
+    # Control arm: without adaptation the measured LR is exactly the LambdaLR value,
+    # which proves the probe measures what was applied.
+    rows, _ = run_effective_lr(tiny_gpt2_dir, tmp_path / "plain", adapt=False)
+    scheduled = [s for s, _ in rows]
+    assert scheduled == sorted(scheduled, reverse=True) and scheduled[-1] < 0.5 * scheduled[0]
+    for sched, applied in rows:
+        assert applied == pytest.approx(sched, rel=1e-4)
+    # Adaptive arm: the scheduler still decays group["lr"], and the applied LR departs from it.
+    rows, callback = run_effective_lr(tiny_gpt2_dir, tmp_path / "adaptive", adapt=True)
+    assert [s for s, _ in rows] == scheduled
+    ratios = [applied / sched for sched, applied in rows]
+    assert max(abs(r - 1.0) for r in ratios[2:]) > 1e-2, ratios
+    assert all(0.1 - 1e-6 <= r <= 10.0 + 1e-6 for r in ratios)  # OnlineSGD's scale_bounds
+    # The logged effective LR is the controller's, not the scheduler's.
+    row = callback.history[2]
+    assert row["lr"] != pytest.approx(row["scheduler_lr"], rel=1e-3)
+    assert row["base_lr"] == pytest.approx(row["scheduler_lr"])
+
+
+def test_loss_fed_every_step_equals_trainers_loss(tiny_gpt2_dir, tmp_path, capsys):
+    trainer, optimizer = sft_trainer(tiny_gpt2_dir, tmp_path, lambda p: OnlineAdamW(p, lr=1e-3),
+                                     steps=5, logging_steps=1, grad_accum=2)
+    callback = AdaptiveCallback().attach(trainer)
+    trainer.train()
+    # The optimizer found under accelerate's AcceleratedOptimizer is ours.
+    assert callback.targets == [optimizer]
+    assert type(trainer.optimizer).__name__ == "AcceleratedOptimizer"
+    assert optimizer.signals.loss.count == 5
+    logged = [row["loss"] for row in trainer.state.log_history if "loss" in row]
+    fed = [row["loss"] for row in callback.history]
+    assert fed == pytest.approx(logged, rel=1e-3, abs=1e-4)
+    assert list(optimizer.signals.loss.values) == pytest.approx(fed)
+    # Dynamics reach the trainer's logs and the history file; the console line is printed.
+    assert "adaptive/lr" in trainer.state.log_history[0] and "adaptive/beta1" in trainer.state.log_history[0]
+    rows = [json.loads(line) for line in (tmp_path / HISTORY_FILE).read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
+    assert "Step 5 | Loss: " in capsys.readouterr().out
+
+
+def test_logging_steps_do_not_limit_feeding(tiny_gpt2_dir, tmp_path):
+    trainer, optimizer = sft_trainer(tiny_gpt2_dir, tmp_path, lambda p: OnlineAdamW(p, lr=1e-3),
+                                     steps=4, logging_steps=100)
+    AdaptiveCallback(print_console=False).attach(trainer)
+    trainer.train()
+    assert optimizer.signals.loss.count == 4
+    assert not any("loss" in row for row in trainer.state.log_history[:-1])
+
+
+def test_wrapped_torch_optimizer_and_tensorboard(tiny_gpt2_dir, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def make(params):
+        return AdaptiveOptimizer(torch.optim.Adagrad(params, lr=0.01))
+
+    trainer, optimizer = sft_trainer(tiny_gpt2_dir, tmp_path, make, steps=3, logging_steps=1,
+                                     report_to="tensorboard")
+    AdaptiveCallback(print_console=False).attach(trainer)
+    trainer.train()
+    assert optimizer.signals.loss.count == 3
+    events = list(tmp_path.glob("runs/**/events.out.tfevents.*"))
+    assert events
+    tags = EventAccumulator(str(events[0].parent)).Reload().Tags()["scalars"]
+    assert "train/adaptive/lr" in tags and "train/loss" in tags
+
+
+def test_grpo_reward_fed_each_step_equals_trl_reward(tiny_gpt2_dir, tmp_path):
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    from adaptiverl.rewards import build_rewards
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_gpt2_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir)
+    prompts = Dataset.from_list([{"prompt": p} for p in ("Return the", "This module", "If the", "A list")] * 4)
+    args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=2,
+                      max_completion_length=8, max_steps=3, logging_steps=1, report_to="none",
+                      save_strategy="no", disable_tqdm=True, learning_rate=1e-3, seed=0,
+                      bf16=False)
+    optimizer = OnlineAdamW(model.parameters(), lr=1e-3)
+    reward = build_rewards([{"type": "length", "target": 12}, {"type": "regex", "pattern": "e"}])
+    trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=prompts,
+                          processing_class=tokenizer, optimizers=(optimizer, None))
+    callback = AdaptiveCallback(print_console=False).attach(trainer)
+    trainer.train()
+    logged = [row["reward"] for row in trainer.state.log_history if "reward" in row]
+    assert len(logged) == 3
+    assert list(optimizer.signals.reward.values) == pytest.approx(logged)
+    assert [r["reward"] for r in callback.history] == pytest.approx(logged)
+    assert optimizer.signals.loss.count == 3
+
+
+def test_attach_is_required_and_something_must_adapt(tiny_gpt2_dir, tmp_path):
+    trainer, _ = sft_trainer(tiny_gpt2_dir, tmp_path, lambda p: OnlineSGD(p, lr=0.01), steps=1)
+    trainer.add_callback(AdaptiveCallback())
+    with pytest.raises(RuntimeError, match=r"attach\(trainer\)"):
+        trainer.train()
+    trainer, _ = sft_trainer(tiny_gpt2_dir, tmp_path, lambda p: torch.optim.SGD(p, lr=0.01), steps=1)
+    AdaptiveCallback().attach(trainer)
+    with pytest.raises(ValueError, match="found nothing to adapt.*SGD"):
+        trainer.train()
+
+
+def test_unwrap_and_console_line():
+    from accelerate.optimizer import AcceleratedOptimizer
+
+    opt = OnlineSGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1)
+    assert unwrap_optimizer(AcceleratedOptimizer(opt, device_placement=False)) is opt
+    line = format_console_line(50, 0.8213, -0.34561, {"lr": 3.2e-5, "momentum": 0.9123})
+    assert line == "Step 50 | Reward: 0.82 | Loss: -0.3456 | LR: 3.2e-05 | Momentum: 0.912"
+    assert format_console_line(7, None, 1.0, {"lr": 1e-3, "beta1": 0.9}) == \
+        "Step 7 | Loss: 1.0000 | LR: 1.0e-03 | Momentum: 0.900"
