@@ -28,7 +28,6 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.nn.utils.rnn import pad_sequence
 from torch.optim import Optimizer
 
 from adaptiverl.controllers.gru import GRUController
@@ -146,7 +145,8 @@ class OnlineOptimizer(Optimizer):
         width = max(counts)
         group_of_row = [gi for gi, g in enumerate(self.param_groups) for _ in g["params"]]
         new = {
-            "rows": rows, "width": width, "strides": strides,
+            "rows": rows, "width": width, "strides": strides, "count_list": counts,
+            "split_sizes": [n for c in counts for n in (c, width - c)],
             "counts": torch.tensor(counts, dtype=torch.float32, device=device),
             "numels": torch.tensor([p.numel() for p in params], dtype=torch.float32, device=device),
             "group_of_row": torch.tensor(group_of_row, dtype=torch.long, device=device),
@@ -160,8 +160,10 @@ class OnlineOptimizer(Optimizer):
             "log_scale": torch.zeros(rows, device=device),
             "noise": torch.zeros(rows, device=device),
             "grad_signal": torch.zeros(rows, device=device),
-            "knob_log_mult": torch.zeros(len(self.param_groups), len(self.KNOBS), device=device),
-            "drift_ema": torch.zeros(len(self.param_groups), device=device),
+            # float64: knob values must round-trip exactly (0.9 stays 0.9, not 0.8999999762)
+            "knob_log_mult": torch.zeros(len(self.param_groups), len(self.KNOBS), device=device,
+                                         dtype=torch.float64),
+            "drift_ema": torch.zeros(len(self.param_groups), device=device, dtype=torch.float64),
             "last_reward_count": 0,
             "steps": 0,
         }
@@ -183,14 +185,22 @@ class OnlineOptimizer(Optimizer):
 
     def _sample(self, tensors: list[Tensor], rows: list[int], ctl: dict[str, Any],
                 device: torch.device) -> Tensor:
-        """``(len(rows), width)`` float32 matrix of strided samples, zero-padded."""
-        k = self.feature_sample_size
-        strides = ctl["strides"]
-        views = [t.reshape(-1)[::strides[r]][:k] for t, r in zip(tensors, rows, strict=True)]
-        mat = pad_sequence(views, batch_first=True).to(device=device, dtype=torch.float32)
-        if mat.shape[1] < ctl["width"]:
-            mat = torch.nn.functional.pad(mat, (0, ctl["width"] - mat.shape[1]))
-        return mat
+        """``(len(rows), width)`` float32 matrix of strided samples, zero-padded.
+
+        Row r holds elements ``0, s_r, 2 s_r, ...`` (``k_r`` of them) of tensor r, read
+        through one ``as_strided`` view per tensor and written by one ``_foreach_copy_``.
+        """
+        strides, counts, width = ctl["strides"], ctl["count_list"], ctl["width"]
+        out = torch.zeros(len(rows), width, device=device)
+        if len(rows) == ctl["rows"]:
+            sizes = ctl["split_sizes"]
+        else:
+            sizes = [n for r in rows for n in (counts[r], width - counts[r])]
+        dests = out.view(-1).split(sizes)[::2]
+        srcs = [t.as_strided((counts[r],), (strides[r],)) if t.is_contiguous()
+                else t.reshape(-1)[::strides[r]][:counts[r]] for t, r in zip(tensors, rows, strict=True)]
+        torch._foreach_copy_(list(dests), srcs)
+        return out
 
     # ------------------------------------------------------------ step
     @torch.no_grad()
@@ -208,7 +218,7 @@ class OnlineOptimizer(Optimizer):
             warnings.warn(
                 f"{type(self).__name__}: non-finite gradient, step skipped (parameters, optimizer "
                 f"and controller state unchanged; {self.skipped_steps} skipped so far)",
-                RuntimeWarning, stacklevel=2)
+                RuntimeWarning, stacklevel=4)
             return loss
         for group, params, states in zip(self.param_groups, batch["by_group"], batch["states"], strict=True):
             for p, state in zip(params, states, strict=True):
@@ -387,7 +397,7 @@ class OnlineOptimizer(Optimizer):
         put("noise", noise)
         put("grad_signal", signal)
         ctl["steps"] += 1
-        packed = torch.cat([used.exp(), knob_values.flatten()]).tolist()
+        packed = torch.cat([used.exp().double(), knob_values.flatten()]).tolist()
         n = len(rows_list)
         scales, flat = packed[:n], packed[n:]
         nk = len(self.KNOBS)
@@ -417,7 +427,7 @@ class OnlineOptimizer(Optimizer):
         """
         n_groups = len(self.param_groups)
         base = torch.tensor([self._base_knobs(g) for g in self.param_groups], device=G.device,
-                            dtype=torch.float32).reshape(n_groups, len(self.KNOBS))
+                            dtype=torch.float64).reshape(n_groups, len(self.KNOBS))
         if not self.adapt_knobs or not self.KNOBS:
             return base
         counts = torch.zeros(n_groups, device=G.device).index_add_(0, group_of_row, has_prev.float())
@@ -435,10 +445,10 @@ class OnlineOptimizer(Optimizer):
         mult = ctl["knob_log_mult"]
         lo, hi = self.knob_log_bounds
         step = torch.stack([group_mean(torch.where(has_prev, signals[k], zero)) if k in signals
-                            else torch.zeros(n_groups, device=G.device) for k in self.KNOBS], dim=1)
+                            else torch.zeros(n_groups, device=G.device) for k in self.KNOBS], dim=1).double()
         active = (counts > 0).float().unsqueeze(1)
         ctl["knob_log_mult"] = (mult + self.knob_lr * step * active).clamp(lo, hi)
-        ctl["drift_ema"] = torch.where(counts > 0, 0.9 * ctl["drift_ema"] + 0.1 * group_mean(drift.abs()),
+        ctl["drift_ema"] = torch.where(counts > 0, 0.9 * ctl["drift_ema"] + 0.1 * group_mean(drift.abs()).double(),
                                        ctl["drift_ema"])
         values = base * ctl["knob_log_mult"].exp()
         cols = []

@@ -127,7 +127,7 @@ class OnlineSGD(OnlineOptimizer):
                  reward_weight: float = 1.0, explore_std: float = 0.05, knob_lr: float = 1e-2,
                  knob_scale_bounds: tuple[float, float] = (0.5, 2.0), drift_gain: float = 1.0,
                  momentum_bounds: tuple[float, float] = (0.0, 0.999),
-                 weight_decay_bounds: tuple[float, float] = (0.0, 1.0), finite_check: str = "full",
+                 weight_decay_bounds: tuple[float, float] = (0.0, 1.0), finite_check: str = "sample",
                  signal_beta: float = 0.9, signal_window: int = 20, seed: int = 0) -> None:
         _check_torch_args("OnlineSGD", lr, None, weight_decay, foreach=foreach, fused=fused,
                           capturable=False, differentiable=differentiable)
@@ -207,7 +207,7 @@ class OnlineRMSProp(OnlineOptimizer):
                  knob_lr: float = 1e-2, knob_scale_bounds: tuple[float, float] = (0.5, 2.0),
                  drift_gain: float = 1.0, alpha_bounds: tuple[float, float] = (0.9, 0.9999),
                  momentum_bounds: tuple[float, float] = (0.0, 0.999),
-                 weight_decay_bounds: tuple[float, float] = (0.0, 1.0), finite_check: str = "full",
+                 weight_decay_bounds: tuple[float, float] = (0.0, 1.0), finite_check: str = "sample",
                  signal_beta: float = 0.9, signal_window: int = 20, seed: int = 0) -> None:
         _check_torch_args("OnlineRMSProp", lr, eps, weight_decay, foreach=foreach, fused=None,
                           capturable=capturable, differentiable=differentiable)
@@ -314,7 +314,7 @@ class OnlineAdamW(OnlineOptimizer):
                  knob_lr: float = 1e-2, knob_scale_bounds: tuple[float, float] = (0.5, 2.0),
                  drift_gain: float = 1.0, beta1_bounds: tuple[float, float] = (0.0, 0.999),
                  beta2_bounds: tuple[float, float] = (0.9, 0.99999),
-                 weight_decay_bounds: tuple[float, float] = (0.0, 1.0), finite_check: str = "full",
+                 weight_decay_bounds: tuple[float, float] = (0.0, 1.0), finite_check: str = "sample",
                  signal_beta: float = 0.9, signal_window: int = 20, seed: int = 0) -> None:
         _check_torch_args("OnlineAdamW", lr, eps, weight_decay, foreach=foreach, fused=fused,
                           capturable=capturable, differentiable=differentiable)
