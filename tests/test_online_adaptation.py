@@ -1,0 +1,223 @@
+"""What adapts, and in which direction: step scales, group knobs, reward, schedules."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from adaptiverl.controllers.gru import GRUController
+from adaptiverl.optim.online import OnlineAdamW, OnlineRMSProp, OnlineSGD
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _regression() -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 16, generator=gen)
+    return x, x @ torch.randn(16, 1, generator=gen)
+
+
+def _deep_linear() -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.Linear(16, 1))
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    return model
+
+
+def _fit(opt_factory, steps: int = 60, observe_loss: bool = True) -> tuple[torch.optim.Optimizer, float]:
+    x, y = _regression()
+    model = _deep_linear()
+    opt = opt_factory(model.parameters())
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = ((model(x) - y) ** 2).mean()
+        loss.backward()
+        if observe_loss:
+            opt.observe(loss=loss)
+        opt.step()
+    return opt, loss.item()
+
+
+# A well-tuned lr for this problem, per algorithm (SGD with momentum 0.9).
+TUNED = [
+    (OnlineSGD, 5e-3, {"momentum": 0.9}),
+    (OnlineRMSProp, 3e-3, {}),
+    (OnlineAdamW, 1e-2, {}),
+]
+
+
+@pytest.mark.parametrize(("cls", "lr", "kwargs"), TUNED, ids=[c[0].__name__ for c in TUNED])
+def test_scales_rise_when_lr_10x_too_small_and_fall_when_10x_too_large(cls, lr, kwargs):
+    small, _ = _fit(lambda p: cls(p, lr=lr / 10, **kwargs))
+    large, loss_large = _fit(lambda p: cls(p, lr=lr * 10, **kwargs))
+    s_small = small.dynamics()["summary"]
+    s_large = large.dynamics()["summary"]
+    assert s_small["delta_scale_min"] > 2.0
+    assert s_large["delta_scale_mean"] < 0.8
+    assert s_large["delta_scale_max"] < 1.0
+    assert math.isfinite(loss_large)
+
+
+def test_controller_speeds_up_training_with_a_too_small_lr():
+    _, adapted = _fit(lambda p: OnlineAdamW(p, lr=1e-3))
+    _, fixed = _fit(lambda p: OnlineAdamW(p, lr=1e-3, adapt=False))
+    assert adapted < 0.2 * fixed
+
+
+def test_scheduler_rewriting_group_lr_composes_with_the_scales():
+    """A LambdaLR rewrites group["lr"]; the step uses group["lr"] * delta_scale_i."""
+    x, y = _regression()
+    model = torch.nn.Linear(16, 1)
+    opt = OnlineSGD(model.parameters(), lr=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0 / (1 + t))
+    for step in range(12):
+        opt.zero_grad()
+        ((model(x) - y) ** 2).mean().backward()
+        before = [p.detach().clone() for p in model.parameters()]
+        grads = [p.grad.clone() for p in model.parameters()]
+        opt.step()
+        tensors = opt.dynamics()["tensors"]
+        assert opt.param_groups[0]["lr"] == pytest.approx(0.01 / (1 + step))
+        for p, b, g, t in zip(model.parameters(), before, grads, tensors, strict=True):
+            expected = b - opt.param_groups[0]["lr"] * t["delta_scale"] * g
+            torch.testing.assert_close(p.detach(), expected, rtol=1e-5, atol=1e-7)
+        sched.step()
+    assert opt.dynamics()["summary"]["delta_scale_mean"] > 1.5  # the controller kept adapting
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.01 / 13)  # and never wrote the lr back
+
+
+@pytest.mark.parametrize("mode", ["loss", "reward", "both"])
+def test_loss_only_reward_only_and_both(mode):
+    x, y = _regression()
+    model = _deep_linear()
+    opt = OnlineAdamW(model.parameters(), lr=1e-3)
+    for _ in range(30):
+        opt.zero_grad()
+        loss = ((model(x) - y) ** 2).mean()
+        loss.backward()
+        opt.observe(loss=loss if mode != "reward" else None, reward=-loss.item() if mode != "loss" else None)
+        opt.step()
+    summary = opt.dynamics()["summary"]
+    assert summary["delta_scale_mean"] > 1.5
+    assert (summary["loss_trend"] < 0) == (mode != "reward")
+    assert (summary["reward_trend"] > 0) == (mode != "loss")
+    assert opt.signals.step == 30
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_reward_finite_difference_climbs_the_reward(sign):
+    """With the hypergradient off, a reward that grows with the step size makes scales
+    rise, and one that shrinks with it makes them fall."""
+    model = _deep_linear()
+    opt = OnlineSGD(model.parameters(), lr=1e-3, hypergrad_weight=0.0, explore_std=0.2, meta_lr=0.05)
+    x, y = _regression()
+    opt.observe(reward=0.0)
+    for _ in range(80):
+        before = [p.detach().clone() for p in model.parameters()]
+        opt.zero_grad()
+        ((model(x) - y) ** 2).mean().backward()
+        opt.step()
+        step_size = sum((p.detach() - b).norm() for p, b in zip(model.parameters(), before, strict=True))
+        opt.observe(reward=sign * torch.log(step_size))
+    mean_scale = opt.dynamics()["summary"]["delta_scale_mean"]
+    assert (mean_scale > 1.3) if sign > 0 else (mean_scale < 0.77)
+
+
+def test_sgd_momentum_rises_on_consistent_gradients():
+    opt, _ = _fit(lambda p: OnlineSGD(p, lr=5e-4, momentum=0.5, knob_lr=0.05), steps=40)
+    assert opt.dynamics()["summary"]["momentum"] > 0.7
+
+
+def test_weight_decay_rises_when_gradient_points_along_the_weights():
+    """Loss ||w||^2: g = 2w, so dL/dlambda = -lr g.w < 0 and the decay multiplier grows."""
+    w = torch.nn.Parameter(torch.ones(50))
+    opt = OnlineAdamW([w], lr=1e-3, weight_decay=0.01, knob_lr=0.05)
+    for _ in range(30):
+        opt.zero_grad()
+        (w ** 2).sum().backward()
+        opt.step()
+    assert opt.dynamics()["summary"]["weight_decay"] > 0.015
+
+
+def test_weight_decay_falls_when_gradient_opposes_the_weights():
+    w = torch.nn.Parameter(torch.ones(50))
+    opt = OnlineAdamW([w], lr=1e-3, weight_decay=0.01, knob_lr=0.05)
+    for _ in range(30):
+        opt.zero_grad()
+        (-w.sum()).backward()  # pushes w up, against the decay
+        opt.step()
+    assert opt.dynamics()["summary"]["weight_decay"] < 0.007
+
+
+@pytest.mark.parametrize(("cls", "knob"), [(OnlineAdamW, "beta2"), (OnlineRMSProp, "alpha")])
+def test_second_moment_horizon_shortens_when_grad_scale_drifts(cls, knob):
+    def run(drifting: bool) -> float:
+        w = torch.nn.Parameter(torch.ones(64))
+        opt = cls([w], lr=1e-3)
+        for t in range(20):
+            scale = 3.0 ** (t % 2) if drifting else 1.0
+            w.grad = torch.full_like(w, scale)
+            opt.step()
+        return opt.dynamics()["summary"][knob]
+
+    base = 0.999 if knob == "beta2" else 0.99
+    assert run(False) == pytest.approx(base)
+    assert run(True) < base - 0.0005
+
+
+def test_beta1_rises_when_gradients_alternate_and_falls_when_they_persist():
+    """dL/dbeta1 ~ -g_{t+1} . (m_{t-1} - g_t). Alternating g: m_{t-1} - g_t ~ -g_t ~ g_{t+1},
+    so beta1 grows (averaging cancels the oscillation). Persistent g: m lags behind g,
+    m_{t-1} - g_t ~ -g_{t+1}, so beta1 shrinks (less lag)."""
+    def run(alternate: bool) -> float:
+        w = torch.nn.Parameter(torch.zeros(64))
+        opt = OnlineAdamW([w], lr=1e-3, weight_decay=0.0, knob_lr=0.05)
+        gen = torch.Generator().manual_seed(0)
+        direction = torch.randn(64, generator=gen)
+        for t in range(30):
+            sign = (-1.0) ** t if alternate else 1.0
+            w.grad = sign * direction + 0.1 * torch.randn(64, generator=gen)
+            opt.step()
+        return opt.dynamics()["summary"]["beta1"]
+
+    assert run(alternate=True) > 0.95
+    assert run(alternate=False) < 0.8
+
+
+def test_knobs_stay_inside_their_absolute_bounds():
+    opt, _ = _fit(lambda p: OnlineSGD(p, lr=5e-4, momentum=0.9, momentum_bounds=(0.0, 0.95),
+                                      knob_lr=0.5, knob_scale_bounds=(0.1, 10.0)), steps=20)
+    assert 0.0 <= opt.dynamics()["summary"]["momentum"] <= 0.95
+
+
+def test_adapt_knobs_false_keeps_group_values():
+    opt, _ = _fit(lambda p: OnlineAdamW(p, lr=1e-3, adapt_knobs=False, weight_decay=0.05), steps=20)
+    summary = opt.dynamics()["summary"]
+    assert (summary["beta1"], summary["beta2"], summary["weight_decay"]) == (0.9, 0.999, 0.05)
+
+
+def test_gru_controller_output_is_bounded_and_learns_the_signal_direction():
+    ctl = GRUController(5, hidden_size=8, scale_bounds=(0.5, 4.0), meta_lr=0.05)
+    feats = torch.randn(10, 5)
+    hidden = ctl.initial_hidden(10)
+    log_s, _ = ctl(feats, hidden)
+    assert torch.equal(log_s, torch.zeros(10))  # zero-initialised head: scale 1
+    for _ in range(200):
+        ctl.learn(feats, hidden, torch.full((10,), -1.0))  # dL/dlog s < 0: grow the scale
+    log_s, new_hidden = ctl(feats, hidden)
+    assert new_hidden.shape == (10, 8)
+    assert torch.all(log_s > 0.5)
+    assert torch.all(log_s.exp() <= 4.0 + 1e-5)
+    for _ in range(400):
+        ctl.learn(feats, hidden, torch.full((10,), 1.0))
+    log_s, _ = ctl(feats, hidden)
+    assert torch.all(log_s < 0) and torch.all(log_s.exp() >= 0.5 - 1e-6)
