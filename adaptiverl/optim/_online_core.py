@@ -475,12 +475,12 @@ class OnlineOptimizer(Optimizer):
         params = self._all_params()
         ctl = self._ctl
         rows = len(params)
-        if ctl is not None and ctl["rows"] == rows:
-            scales = ctl["log_scale"].exp().tolist()
-            grad_signal = ctl["grad_signal"].tolist()
-            hidden_norm = torch.linalg.vector_norm(ctl["hidden"], dim=1).tolist()
-        else:
-            scales, grad_signal, hidden_norm = [1.0] * rows, [0.0] * rows, [0.0] * rows
+        scales, grad_signal, hidden_norm = [1.0] * rows, [0.0] * rows, [0.0] * rows
+        if ctl is not None:  # rows added by add_param_group since the last step keep the defaults
+            known = ctl["rows"]
+            scales[:known] = ctl["log_scale"].exp().tolist()
+            grad_signal[:known] = ctl["grad_signal"].tolist()
+            hidden_norm[:known] = torch.linalg.vector_norm(ctl["hidden"], dim=1).tolist()
         first, second = self._moment_stats(params)
         knobs = self.effective_knobs()
         tensors, groups = [], []
