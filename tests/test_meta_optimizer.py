@@ -239,3 +239,28 @@ def test_rl_meta_applies_lr_multipliers_and_wd_deltas() -> None:
     assert opt.param_groups[0]["weight_decay"] == 0.0  # 1e-3 - 3 * 4e-3, floored at zero
     with pytest.raises(ValueError, match="lr_actions must be positive"):
         RLMetaOptimizer(lr_actions=[0.0, 1.0])
+
+
+def test_applier_protocol_for_all_three_front_ends() -> None:
+    from adaptiverl.optim.adaptive_optimizer import AdaptiveOptimizer
+    from adaptiverl.optim.adaptive_scheduler import AdaptiveScheduler
+
+    def groups() -> list[dict[str, Any]]:
+        return [{"params": [nn.Parameter(torch.ones(2))]}, {"params": [nn.Parameter(torch.ones(2))], "lr": 0.5}]
+
+    wrapper = OptimizerWrapper(torch.optim.SGD(groups(), lr=0.1), PlateauMetaOptimizer(patience=0))
+    adaptive = AdaptiveOptimizer(torch.optim.SGD(groups(), lr=0.1), lr_rule="trend")
+    sgd = torch.optim.SGD(groups(), lr=0.1, momentum=0.9)
+    scheduler = AdaptiveScheduler(sgd, patience=0, cooldown=0)
+    for _ in range(3):
+        for applier in (wrapper, adaptive, scheduler):
+            applier.observe(loss=1.0, reward=None, grad_norm=1.0)
+        adaptive.step()
+        sgd.step()
+        scheduler.step()
+    for applier, lr0 in ((wrapper, 0.1 * 0.5 ** 2), (adaptive, 0.1), (scheduler, 0.1 * 0.5 ** 2)):
+        dyn = applier.dynamics()
+        assert set(dyn) == {"summary", "groups", "tensors"} and dyn["tensors"] == []
+        assert len(dyn["groups"]) == 2 and dyn["summary"]["lr"] == pytest.approx(lr0)
+        assert dyn["groups"][1]["lr"] == pytest.approx(lr0 * 5)
+    assert scheduler.dynamics()["summary"]["momentum"] == 0.9
