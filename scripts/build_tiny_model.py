@@ -1,6 +1,6 @@
 """Build the quickstart's tiny GPT-2 offline, optionally pre-trained briefly on Python's docstrings.
 
-    python scripts/build_tiny_model.py models/tiny-gpt2 --pretrain-steps 300
+    python scripts/build_tiny_model.py models/tiny-gpt2 --pretrain-steps 600
 
 Writes a config, weights and a BPE tokenizer with ``save_pretrained`` (see
 ``adaptiverl.tiny.build_tiny_gpt2``), so ``from_pretrained("models/tiny-gpt2")``
@@ -52,11 +52,14 @@ def pretrain(folder: Path, steps: int, block: int = 64, batch: int = 16, lr: flo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", nargs="?", default="models/tiny-gpt2")
-    parser.add_argument("--pretrain-steps", type=int, default=300,
+    parser.add_argument("--pretrain-steps", type=int, default=600,
                         help="causal-LM steps on the docstring corpus (0: keep random weights)")
     parser.add_argument("--n-layer", type=int, default=2)
     parser.add_argument("--n-embd", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (1 is fastest for this model on a small CPU)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
 
     from adaptiverl.tiny import build_tiny_gpt2
 

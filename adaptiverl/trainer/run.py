@@ -225,6 +225,10 @@ def train(config: TrainConfig | dict[str, Any] | str | Path) -> TrainResult:
             raise ConfigError(f"config key 'RESUME' = true: no checkpoint-* folder in OUTPUT_DIR {out.resolve()}")
     if int(os.environ.get("RANK", "0")) == 0:
         c.save(out / CONFIG_FILE)
+    if c.CPU_THREADS:
+        import torch
+
+        torch.set_num_threads(c.CPU_THREADS)
     set_seed(c.SEED)
     model, tokenizer = load_model_and_tokenizer(c)
     dataset = load_dataset_for(c, tokenizer)
