@@ -171,3 +171,19 @@ def test_bitsandbytes_8bit_adamw() -> None:
                             betas_rule=("relative", "variance"), wd_rule="trend")
     losses = _train(opt, model, x, y, 50)
     assert losses[-1] < losses[0] and opt.lr != 1e-3 and 0.0 < opt.betas[0] < 1.0
+
+
+def test_other_attributes_pass_through_to_the_wrapped_optimizer() -> None:
+    schedulefree = pytest.importorskip("schedulefree")
+    model, x, y = _regression()
+    base = schedulefree.AdamWScheduleFree(model.parameters(), lr=1e-2)
+    opt = AdaptiveOptimizer(base, lr_rule="trend")
+    opt.train()  # schedule-free's own mode switch, reached through the wrapper
+    assert base.param_groups[0]["train_mode"] is True
+    seen: list[int] = []
+    opt.register_step_pre_hook(lambda o, args, kwargs: seen.append(1))
+    losses = _train(opt, model, x, y, 20)
+    opt.eval()
+    assert base.param_groups[0]["train_mode"] is False and len(seen) == 20 and losses[-1] < losses[0]
+    restored = copy.deepcopy(opt)
+    assert restored.optimizer is not base and restored.lr == opt.lr

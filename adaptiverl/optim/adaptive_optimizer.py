@@ -114,7 +114,8 @@ class OptimizerProxy(Optimizer):
     """A torch ``Optimizer`` that forwards to a wrapped one (shares its groups and state).
 
     Being an ``Optimizer`` subclass lets torch/HF schedulers (``LambdaLR``) and
-    ``accelerate`` accept the wrapper where they expect an optimizer.
+    ``accelerate`` accept the wrapper where they expect an optimizer; attributes the
+    proxy does not define are looked up on the wrapped optimizer.
     """
 
     def __init__(self, optimizer: Optimizer) -> None:
@@ -140,6 +141,13 @@ class OptimizerProxy(Optimizer):
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         self.optimizer.add_param_group(param_group)
+
+    def __getattr__(self, name: str) -> Any:
+        """Anything else (``train()``/``eval()`` of schedule-free optimizers, hooks, ...) passes through."""
+        optimizer = self.__dict__.get("optimizer")
+        if optimizer is None:
+            raise AttributeError(name)
+        return getattr(optimizer, name)
 
     def __getstate__(self) -> dict[str, Any]:
         return self.__dict__
