@@ -39,6 +39,7 @@ beyond, ``lr_max``. The scheduler never reads weights or gradients.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from torch.optim import Optimizer
@@ -146,8 +147,10 @@ class AdaptiveScheduler(LRScheduler):
             self.signals.observe(**metrics)
 
     # ---- the schedule -------------------------------------------------------------------------
-    def _controller_rules(self) -> list[Rule]:
-        return [r for r in (self.trend, self.reward_trend, self.plateau) if r is not None]
+    def _controller_rules(self) -> dict[str, Rule]:
+        """The accumulating rules that move the adaptive base, by name."""
+        rules: dict[str, Rule | None] = {"trend": self.trend, "reward": self.reward_trend, "plateau": self.plateau}
+        return {name: rule for name, rule in rules.items() if rule is not None}
 
     def get_lr(self) -> list[float]:  # type: ignore[override]
         if self._is_initial:
@@ -156,10 +159,8 @@ class AdaptiveScheduler(LRScheduler):
         if metrics is not None:
             reward = metrics["reward"] if self.use_reward else None
             self.signals.observe(loss=metrics["loss"], reward=reward)
-            self.adaptive_mult = 1.0
-            for rule in self._controller_rules():
-                self.factors[rule.name if rule is not self.reward_trend else "reward"] = mult = rule(self.signals)
-                self.adaptive_mult *= mult
+            self.factors.update({name: rule(self.signals) for name, rule in self._controller_rules().items()})
+            self.adaptive_mult = math.prod(self.factors[name] for name in self._controller_rules())
             self._update_momenta()
         damp = self.variance(self.signals)
         cos = self.cosine(self.signals) if self.cosine is not None else 1.0
