@@ -1,0 +1,119 @@
+"""Reward throughput: completions/s of a regex + length + cosine composite, and each component's share.
+
+The batch mimics GRPO: ``n / 8`` prompts with 8 completions each; completions and references are
+paragraph snippets of Python's own docstrings (``adaptiverl.tiny.python_corpus``), cut to 40-160
+characters. The cosine component uses the default all-MiniLM-L6-v2 on the best available device.
+Its reference-embedding cache is cleared before every timed call, so every reference is encoded
+each time (the conservative case: new prompts every step). Target: >= 1,000 completions/s at
+1,024 completions on CPU.
+
+Run: ``python -m benchmarks.rewards [--quick] [--out benchmarks/results]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import markdown_table, median_time, plot_lines, write_json, write_markdown
+
+GENERATIONS = 8
+TARGET = 1000.0
+
+
+def make_batch(n: int, seed: int = 0) -> dict[str, list[str]]:
+    """``n`` completions for ``n / GENERATIONS`` prompts, with a reference per prompt."""
+    from adaptiverl.tiny import python_corpus
+
+    rng = random.Random(seed)
+    paragraphs = python_corpus()
+    prompts, completions, references = [], [], []
+    for _ in range(max(1, n // GENERATIONS)):
+        ref = rng.choice(paragraphs)
+        prompt, reference = ref[:30], ref[:rng.randint(40, 160)]
+        for _ in range(GENERATIONS):
+            prompts.append(prompt)
+            completions.append(rng.choice(paragraphs)[:rng.randint(40, 160)])
+            references.append(reference)
+    return {"prompts": prompts[:n], "completions": completions[:n], "reference": references[:n]}
+
+
+def build_composite() -> Any:
+    from adaptiverl.rewards import build_rewards
+
+    return build_rewards([
+        {"type": "regex", "pattern": r"\b(return|value|object)s?\b", "weight": 0.5},
+        {"type": "length", "target": 100, "weight": 0.5},
+        {"type": "cosine", "weight": 1.0},
+    ], normalize="zscore")
+
+
+def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
+    composite = build_composite()
+    cosine = composite.components[2].fn
+    sizes = [256, 1024] if quick else [128, 256, 512, 1024]
+    repeats = 3 if quick else 7
+    rows, series = [], {"composite": [], "regex": [], "length": [], "cosine": []}
+    shares: dict[str, float] = {}
+    for n in sizes:
+        batch = make_batch(n)
+
+        def call_composite(batch=batch) -> None:
+            cosine._ref_cache.clear()
+            composite(**batch)
+
+        t_total = median_time(call_composite, repeats=repeats, warmup=1)
+        row: dict[str, Any] = {"completions": n, "composite_s": t_total, "completions_per_s": n / t_total}
+        series["composite"].append(n / t_total)
+        times = {}
+        for comp in composite.components:
+            def call_one(fn=comp.fn, batch=batch) -> None:
+                if fn is cosine:
+                    cosine._ref_cache.clear()
+                fn(**batch)
+
+            times[comp.name] = median_time(call_one, repeats=repeats, warmup=1)
+            series[comp.name].append(n / times[comp.name])
+            row[f"{comp.name}_s"] = times[comp.name]
+        parts = sum(times.values())
+        row["combine_s"] = max(0.0, t_total - parts)
+        if n == sizes[-1]:
+            shares = {name: t / t_total for name, t in times.items()}
+            shares["combine"] = row["combine_s"] / t_total
+        rows.append(row)
+    headline = rows[-1]["completions_per_s"]
+    result = {"device": cosine.sentence_model.device.type, "sizes": sizes, "rows": rows,
+              "share_at_1024": shares, "completions_per_s_at_1024": headline, "target": TARGET,
+              "meets_target": headline >= TARGET,
+              "targets": [{"target": "regex+length+cosine completions/s at 1,024 (CPU)",
+                           "value": headline, "threshold": TARGET, "met": headline >= TARGET}]}
+    write_json(out_dir, "rewards", result)
+    plot_lines(out_dir / "rewards_throughput.png", {k: (sizes, v) for k, v in series.items()},
+               title="Reward throughput", xlabel="completions per call", ylabel="completions / s",
+               logx=True, logy=True)
+    share_rows = [{"component": k, "share of time": v} for k, v in shares.items()]
+    write_markdown(out_dir, "rewards", "Reward throughput (regex + length + cosine)", [
+        ("Headline", f"{headline:.0f} completions/s at 1,024 completions on {result['device']} "
+                     f"(target >= {TARGET:.0f}: {'met' if result['meets_target'] else 'NOT met'}).\n"),
+        ("Throughput", markdown_table(rows, ["completions", "completions_per_s", "composite_s",
+                                             "regex_s", "length_s", "cosine_s", "combine_s"])),
+        ("Share of time at the largest batch", markdown_table(share_rows)),
+        ("Plot", "![throughput](rewards_throughput.png)\n"),
+    ])
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", default="benchmarks/results")
+    args = parser.parse_args()
+    result = run(Path(args.out), quick=args.quick)
+    print(f"{result['completions_per_s_at_1024']:.0f} completions/s at 1,024 on {result['device']}; "
+          f"shares {', '.join(f'{k} {v:.0%}' for k, v in result['share_at_1024'].items())}")
+
+
+if __name__ == "__main__":
+    main()
