@@ -25,7 +25,8 @@ What it does at every optimizer step (not only at logging steps):
 * **logging**: ``dynamics()["summary"]`` of each target is added to the
   trainer's logs under ``adaptive/`` (so TensorBoard and W&B record it), a
   per-step history is written to ``OUTPUT_DIR/adaptive_history.jsonl`` (what
-  :mod:`adaptiverl.trainer.plot` draws), and at logging steps the main process
+  :mod:`adaptiverl.trainer.plot` draws; saved with every checkpoint and
+  continued on resume), and at logging steps the main process
   prints ``Step 50 | Reward: 0.82 | Loss: -0.3456 | LR: 3.2e-05 | Momentum: 0.912``.
 """
 
@@ -215,6 +216,12 @@ class AdaptiveCallback(TrainerCallback):
             with open(Path(args.output_dir) / self.history_file, "a") as fh:
                 fh.write(json.dumps(row) + "\n")
 
+    def on_save(self, args, state, control, **kwargs):
+        """Keep the history up to this step with the checkpoint, so a resumed run continues it."""
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if self.history_file and state.is_world_process_zero and folder.is_dir():
+            _write_rows(folder / self.history_file, self.history)
+
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not self.print_console or not state.is_world_process_zero or not logs or "loss" not in logs:
             return
@@ -248,13 +255,21 @@ class AdaptiveCallback(TrainerCallback):
         return sum(new) / len(new) if new else None
 
     def _resume_history(self, args, state) -> None:
-        """Start the history file afresh, or keep the rows up to the step a resumed run starts from."""
+        """Start the history afresh, or, when resuming, from the rows saved up to the checkpoint's step."""
         self.history = []
         if not self.history_file or not state.is_world_process_zero:
             return
-        path = Path(args.output_dir) / self.history_file
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if state.global_step > 0 and path.is_file():
-            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-            self.history = [r for r in rows if r["step"] <= state.global_step]
-        path.write_text("".join(json.dumps(r) + "\n" for r in self.history))
+        out = Path(args.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        if state.global_step > 0:
+            for source in (out / f"checkpoint-{state.global_step}" / self.history_file,
+                           out / self.history_file):
+                if source.is_file():
+                    rows = [json.loads(line) for line in source.read_text().splitlines() if line.strip()]
+                    self.history = [r for r in rows if r["step"] <= state.global_step]
+                    break
+        _write_rows(out / self.history_file, self.history)
+
+
+def _write_rows(path: Path, rows: list[dict[str, float]]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -4,7 +4,7 @@
 :func:`train`. One run is:
 
 1. validate the config (:mod:`adaptiverl.trainer.config`) before anything heavy loads,
-   write the resolved config to ``OUTPUT_DIR/config.json``;
+   write the resolved config to ``OUTPUT_DIR/train_config.json`` (and into every checkpoint);
 2. load tokenizer and model with ``from_pretrained(MODEL)`` (quantized through
    bitsandbytes if asked), wrap it with LoRA adapters unless ``FULLTUNE``;
 3. load ``TRAIN_FILE`` with ``datasets``' local loaders;
@@ -36,7 +36,7 @@ from adaptiverl.trainer.config import (
     parse_config,
 )
 
-CONFIG_FILE = "config.json"
+CONFIG_FILE = "train_config.json"
 ONLINE_CLASSES = {"sgd": "OnlineSGD", "rmsprop": "OnlineRMSProp", "adamw": "OnlineAdamW",
                   "enhanced_sgd": "EnhancedSGD"}
 
