@@ -111,6 +111,13 @@ def test_adaptive_momentum_switch():
     assert opt_a.dynamics()["summary"]["momentum"] == pytest.approx(0.9 * opt_a.q_controller.momentum_multiplier)
 
 
+def test_q_options_and_interval_reach_the_controller():
+    opt = EnhancedSGD(_mlp().parameters(), q_interval=7, adaptive_momentum=False,
+                      q_options={"lr_factors": (0.5, 2.0), "momentum_factors": (0.9, 1.1), "baseline_beta": 0.9})
+    q = opt.q_controller
+    assert (q.interval, q.lr_factors, q.momentum_factors, q.baseline_beta) == (7, (0.5, 2.0), (1.0,), 0.9)
+
+
 def test_epoch_change_feeds_update_mix_prob():
     model = _mlp()
     opt = EnhancedSGD(model.parameters(), lr=0.02, initial_mix_prob=0.5)

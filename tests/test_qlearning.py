@@ -78,6 +78,22 @@ def test_interval_holds_the_multipliers_and_rewards_the_whole_interval():
     assert q.last_reward == pytest.approx((emas[20] - emas[25]) / emas[20])  # decisions at 0, 5, ..., 25
 
 
+def test_baseline_centres_the_reward_on_its_running_mean():
+    q = QLearningController(baseline_beta=0.5, entropy_weight=0.0, epsilon=0.0)
+    plain = QLearningController(entropy_weight=0.0, epsilon=0.0)
+    signals = Signals(beta=0.0)
+    rewards, raw = [], []
+    for i in range(6):
+        signals.observe(loss=10.0 * 0.9 ** i)
+        q.step(signals, 0.5)
+        plain.step(signals, 0.5)
+        rewards.append(q.last_reward)
+        raw.append(plain.last_reward)
+    # constant relative improvement 0.1: first centred reward 0, then the baseline equals it
+    assert raw[1:] == pytest.approx([0.1] * 5)
+    assert rewards[1:] == pytest.approx([0.0] * 5)
+
+
 def test_epsilon_decays_to_its_floor_and_multipliers_stay_in_bounds():
     q = QLearningController(epsilon=1.0, epsilon_decay=0.9, min_epsilon=0.05,
                             lr_multiplier_bounds=(0.5, 2.0), momentum_multiplier_bounds=(0.9, 1.05))
@@ -136,7 +152,8 @@ def test_load_rejects_a_table_of_another_shape():
     ({"learning_rate": 0.0}, "learning_rate"), ({"discount": 1.0}, "discount"),
     ({"epsilon": 1.5}, "epsilon"), ({"epsilon_decay": 0.0}, "epsilon_decay"),
     ({"initial_mix_prob": 1.5}, "initial_mix_prob"), ({"lr_factors": ()}, "lr_factors"),
-    ({"trend_edges": (1.0, 0.0)}, "trend_edges"), ({"interval": 0}, "interval"), ({"lr_multiplier_bounds": (2.0, 3.0)}, "lr_multiplier_bounds"),
+    ({"trend_edges": (1.0, 0.0)}, "trend_edges"), ({"interval": 0}, "interval"),
+    ({"baseline_beta": 1.0}, "baseline_beta"), ({"lr_multiplier_bounds": (2.0, 3.0)}, "lr_multiplier_bounds"),
 ])
 def test_bad_arguments_name_the_culprit(kwargs, name):
     with pytest.raises(ValueError, match=name):

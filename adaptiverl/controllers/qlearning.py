@@ -93,7 +93,7 @@ class QLearningController:
                  trend_edges: Sequence[float] = (-1e-3, 1e-3),
                  entropy_edges: Sequence[float] = (1 / 3, 2 / 3),
                  variance_edges: Sequence[float] = (0.02, 0.1),
-                 interval: int = 1, seed: int = 0) -> None:
+                 interval: int = 1, baseline_beta: float = 0.0, seed: int = 0) -> None:
         if not 0.0 < learning_rate <= 1.0:
             raise ValueError(f"learning_rate must be in (0, 1], got {learning_rate}")
         if not 0.0 <= discount < 1.0:
@@ -109,6 +109,8 @@ class QLearningController:
                              f"min_mix_prob={min_mix_prob}, initial_mix_prob={initial_mix_prob}")
         if mix_prob_step < 0:
             raise ValueError(f"mix_prob_step must be >= 0, got {mix_prob_step}")
+        if not 0.0 <= baseline_beta < 1.0:
+            raise ValueError(f"baseline_beta must be in [0, 1), got {baseline_beta}")
         if interval < 1:
             raise ValueError(f"interval must be >= 1, got {interval}")
         if entropy_weight < 0:
@@ -152,6 +154,8 @@ class QLearningController:
         self.interval = interval
         self.calls = 0
         self.decision_loss: float | None = None
+        self.baseline_beta = baseline_beta
+        self.baseline: float | None = None
 
     # ---- state and reward ------------------------------------------------
     def encode_state(self, trend: float, entropy: float, variance: float) -> int:
@@ -202,7 +206,13 @@ class QLearningController:
         state = self.encode_state(loss.trend, entropy, loss.rel_std)
         if self.last_state is not None and self.last_action is not None and self.decision_loss is not None:
             improvement = (self.decision_loss - loss.ema) / (abs(self.decision_loss) + 1e-12)
-            self.last_reward = self.reward(improvement, entropy)
+            raw = self.reward(improvement, entropy)
+            if self.baseline_beta > 0.0:
+                baseline = raw if self.baseline is None else self.baseline
+                self.last_reward = raw - baseline
+                self.baseline = self.baseline_beta * baseline + (1.0 - self.baseline_beta) * raw
+            else:
+                self.last_reward = raw
             self.learn(self.last_state, self.last_action, self.last_reward, state)
         self.decision_loss = loss.ema
         action = self.choose(state)
@@ -246,6 +256,7 @@ class QLearningController:
                 "last_state": self.last_state, "last_action": self.last_action,
                 "last_reward": self.last_reward, "best_loss": self.best_loss, "epoch": self.epoch,
                 "decisions": self.decisions, "calls": self.calls, "decision_loss": self.decision_loss,
+                "baseline": self.baseline,
                 "rng_state": self.rng.getstate()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -256,7 +267,7 @@ class QLearningController:
         self.q_table = table.clone()
         for key in ("epsilon", "mix_prob", "lr_multiplier", "momentum_multiplier", "last_state",
                     "last_action", "last_reward", "best_loss", "epoch", "decisions", "calls",
-                    "decision_loss"):
+                    "decision_loss", "baseline"):
             setattr(self, key, state[key])
         rng_state = state["rng_state"]
         self.rng.setstate((rng_state[0], tuple(rng_state[1]), rng_state[2]))

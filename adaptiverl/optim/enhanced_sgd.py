@@ -95,6 +95,7 @@ class EnhancedSGD(Optimizer):
         weight_decay, dampening, nesterov: as in ``torch.optim.SGD``.
         q_learning: use the Q-learning controller at all.
         q_interval: optimizer steps per Q-learning decision (multipliers held in between).
+        q_options: further :class:`QLearningController` arguments (factors, bounds, bucket edges).
         entropy_adjustment: scale the LR by the fast/slow gradient-entropy ratio.
         noise_scale, noise_decay: annealed gradient noise ``sigma_t^2 = noise_scale / (1+t)^noise_decay``.
         clip_std, clip_warmup: clipping threshold ``mean + clip_std * std`` after ``clip_warmup`` steps.
@@ -112,6 +113,7 @@ class EnhancedSGD(Optimizer):
                  adaptive_momentum: bool = True, *,
                  learning_rate: float = 0.1, discount: float = 0.9, epsilon: float = 0.2,
                  epsilon_decay: float = 0.998, initial_mix_prob: float = 0.9, q_interval: int = 1,
+                 q_options: dict[str, Any] | None = None,
                  gradient_clipping: bool = False, lookahead_k: int = 0, lookahead_alpha: float = 0.5,
                  loss_correction_factor: float | None = None, gradient_centering: bool = False,
                  gradient_buffer_size: int = 0, weight_decay: float = 0.0, dampening: float = 0.0,
@@ -192,11 +194,13 @@ class EnhancedSGD(Optimizer):
         self.entropy_fast = ScalarSignal("grad_entropy_fast", beta=1.0 - smoothing_factor, window=signal_window)
         self.entropy_slow = ScalarSignal("grad_entropy_slow", beta=1.0 - smoothing_factor / 10,
                                          window=signal_window)
+        options = {"momentum_factors": (0.99, 1.0, 1.01), **(q_options or {})}
+        if not adaptive_momentum:
+            options["momentum_factors"] = (1.0,)
         self.q_controller = QLearningController(
             learning_rate=learning_rate, discount=discount, epsilon=epsilon,
             epsilon_decay=epsilon_decay, initial_mix_prob=initial_mix_prob,
-            entropy_weight=entropy_weight, interval=q_interval,
-            momentum_factors=(0.99, 1.0, 1.01) if adaptive_momentum else (1.0,), seed=seed)
+            entropy_weight=entropy_weight, interval=q_interval, seed=seed, **options)
         self._generators: dict[str, torch.Generator] = {}
         self._pending_loss: Any = None
         self._lookahead_initialised = 0
