@@ -77,7 +77,7 @@ class GRUController(nn.Module):
                 weight.copy_(torch.empty(weight.shape).uniform_(-bound, bound, generator=gen))
             self.head.weight.zero_()
             self.head.bias.zero_()
-        self.meta_optimizer = torch.optim.Adam(self.parameters(), lr=meta_lr)
+        self.meta_optimizer = torch.optim.Adam(self.parameters(), lr=meta_lr, fused=True)
 
     def initial_hidden(self, rows: int, device: torch.device | str | None = None) -> Tensor:
         return torch.zeros(rows, self.hidden_size, device=device)

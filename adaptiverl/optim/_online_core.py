@@ -8,7 +8,7 @@ one and a readable single-tensor reference).
 Per step, for the T parameter tensors (rows):
 
 1. Gradient check (``finite_check``): a non-finite gradient skips the whole step.
-2. A fixed strided sample of at most ``k = feature_sample_size`` elements per tensor,
+2. A fixed sample of at most ``k = feature_sample_size`` elements per tensor (evenly spaced blocks),
    gathered into ``(T, k)`` matrices: gradient ``G``, parameter ``P`` and the
    algorithm's memory ``M`` (momentum buffer / ``exp_avg``). One batched pass; the
    last update is ``U = P - P_prev``, the change realised by the previous step
@@ -95,6 +95,7 @@ class OnlineOptimizer(Optimizer):
         self.generator = torch.Generator().manual_seed(seed)
         self.skipped_steps = 0
         self._ctl: dict[str, Any] | None = None
+        self._sample_cache: dict[Any, Any] = {}
 
     # ------------------------------------------------------------------ API
     def observe(self, loss: Any = None, reward: Any = None, **metrics: Any) -> dict[str, bool]:
@@ -139,16 +140,13 @@ class OnlineOptimizer(Optimizer):
         ctl = self._ctl
         if ctl is not None and ctl["rows"] == rows:
             return ctl
-        k = self.feature_sample_size
-        strides = [max(1, p.numel() // k) for p in params]
-        counts = [min(k, -(-p.numel() // s)) for p, s in zip(params, strides, strict=True)]
+        layout = [self._row_layout(p.numel()) for p in params]
+        counts = [b * length for b, length, _ in layout]
         width = max(counts)
         group_of_row = [gi for gi, g in enumerate(self.param_groups) for _ in g["params"]]
         new = {
-            "rows": rows, "width": width, "strides": strides, "count_list": counts,
-            "split_sizes": [n for c in counts for n in (c, width - c)],
-            "counts": torch.tensor(counts, dtype=torch.float32, device=device),
-            "numels": torch.tensor([p.numel() for p in params], dtype=torch.float32, device=device),
+            "rows": rows, "width": width, "layout": layout,
+            "counts": torch.tensor([max(c, 1) for c in counts], dtype=torch.float32, device=device),
             "group_of_row": torch.tensor(group_of_row, dtype=torch.long, device=device),
             "P_prev": torch.zeros(rows, width, device=device),
             "G_prev": torch.zeros(rows, width, device=device),
@@ -181,25 +179,59 @@ class OnlineOptimizer(Optimizer):
             new["steps"] = ctl["steps"]
         self.controller.to(device)
         self._ctl = new
+        self._sample_cache = {}
         return new
 
-    def _sample(self, tensors: list[Tensor], rows: list[int], ctl: dict[str, Any],
-                device: torch.device) -> Tensor:
-        """``(len(rows), width)`` float32 matrix of strided samples, zero-padded.
+    def _row_layout(self, numel: int) -> tuple[int, int, int]:
+        """``(blocks, block_len, block_stride)`` of a tensor's fixed sample.
 
-        Row r holds elements ``0, s_r, 2 s_r, ...`` (``k_r`` of them) of tensor r, read
-        through one ``as_strided`` view per tensor and written by one ``_foreach_copy_``.
+        A tensor of at most k elements is taken whole. A larger one gives ``B = k // 64``
+        evenly spaced contiguous blocks of ``k // B`` elements (stride ``numel // B``):
+        the same coverage as an element-wise stride but touching ~B memory pages
+        instead of k, which keeps the gather cheap on tensors of 10^7 elements.
         """
-        strides, counts, width = ctl["strides"], ctl["count_list"], ctl["width"]
-        out = torch.zeros(len(rows), width, device=device)
+        k = self.feature_sample_size
+        if numel <= k:
+            return 1, numel, numel
+        blocks = max(1, k // 64)
+        return blocks, k // blocks, numel // blocks
+
+    def _sample(self, kind: str, tensors: list[Tensor], rows: list[int], ctl: dict[str, Any],
+                device: torch.device, persistent: bool) -> Tensor:
+        """``(len(rows), width)`` float32 matrix of the tensors' fixed samples, zero-padded.
+
+        One ``as_strided`` view per tensor and one ``_foreach_copy_`` for all of them.
+        ``persistent`` tensors (parameters, optimizer buffers) keep their views between
+        steps while their storages are unchanged. With every row present, the output is
+        one of two preallocated buffers, never the one ``ctl[kind + "_prev"]`` holds.
+        """
+        layout, width = ctl["layout"], ctl["width"]
+        cache = self._sample_cache
         if len(rows) == ctl["rows"]:
-            sizes = ctl["split_sizes"]
+            prev = ctl[kind + "_prev"]
+            buffers = cache.setdefault(("out", kind), [])
+            out, dests = next(((b, d) for b, d in buffers if b.data_ptr() != prev.data_ptr()), (None, None))
+            if out is None:
+                out = torch.zeros(len(rows), width, device=device)
+                dests = [out[i, :b * length].view(b, length) for i, (b, length, _) in enumerate(layout)]
+                buffers.append((out, dests))
         else:
-            sizes = [n for r in rows for n in (counts[r], width - counts[r])]
-        dests = out.view(-1).split(sizes)[::2]
-        srcs = [t.as_strided((counts[r],), (strides[r],)) if t.is_contiguous()
-                else t.reshape(-1)[::strides[r]][:counts[r]] for t, r in zip(tensors, rows, strict=True)]
-        torch._foreach_copy_(list(dests), srcs)
+            out = torch.zeros(len(rows), width, device=device)
+            dests = [out[j, :layout[r][0] * layout[r][1]].view(layout[r][0], layout[r][1])
+                     for j, r in enumerate(rows)]
+        key = (tuple(rows), tuple(t.data_ptr() for t in tensors)) if persistent else None
+        cached = cache.get(("src", kind))
+        if key is not None and cached is not None and cached[0] == key:
+            srcs = cached[1]
+        else:
+            srcs = []
+            for t, r in zip(tensors, rows, strict=True):
+                b, length, stride = layout[r]
+                flat = t if t.is_contiguous() else t.reshape(-1)
+                srcs.append(flat.as_strided((b, length), (stride, 1)))
+            if key is not None:
+                cache[("src", kind)] = (key, srcs)
+        torch._foreach_copy_(dests, srcs)
         return out
 
     # ------------------------------------------------------------ step
@@ -292,7 +324,7 @@ class OnlineOptimizer(Optimizer):
             return not bool(found.item())
         device = grads[0].device
         ctl = self._ensure_controller_state(device)
-        sample = self._sample(grads, batch["rows"], ctl, device)
+        sample = self._sample("G", grads, batch["rows"], ctl, device, persistent=False)
         batch["G_sample"] = sample
         return bool(torch.isfinite(sample).all().item())
 
@@ -305,11 +337,11 @@ class OnlineOptimizer(Optimizer):
         rows = None if all_active else torch.tensor(rows_list, dtype=torch.long, device=device)
         G = batch.get("G_sample")
         if G is None:
-            G = self._sample(batch["grads"], rows_list, ctl, device)
-        P = self._sample(batch["params"], rows_list, ctl, device)
+            G = self._sample("G", batch["grads"], rows_list, ctl, device, persistent=False)
+        P = self._sample("P", batch["params"], rows_list, ctl, device, persistent=True)
         mems = [self._memory(s) for states in batch["states"] for s in states]
-        M = self._sample([m if m is not None else p for m, p in zip(mems, batch["params"], strict=True)],
-                         rows_list, ctl, device)
+        M = self._sample("M", [m if m is not None else p for m, p in zip(mems, batch["params"], strict=True)],
+                         rows_list, ctl, device, persistent=True)
         missing = [i for i, m in enumerate(mems) if m is None]
         if missing:
             M[missing] = 0.0
@@ -587,3 +619,4 @@ class OnlineOptimizer(Optimizer):
             ctl = {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in ctl.items()}
             self.controller.to(device)
         self._ctl = ctl
+        self._sample_cache = {}
