@@ -202,6 +202,7 @@ class AdaptiveOptimizer(OptimizerProxy):
         self.signals = signals if signals is not None else Signals(beta=beta, window=window)
         self.writer = KnobWriter()
         self.multipliers: dict[str, float] = dict.fromkeys(self.rules, 1.0)
+        self.applied: list[dict[str, float]] = []
         for slot in self.rules:
             knob = "lr" if slot == "reward" else slot
             if not any(read_knob(group, knob) for group in self.param_groups):
@@ -233,9 +234,10 @@ class AdaptiveOptimizer(OptimizerProxy):
     def update_hyperparameters(self) -> dict[str, float]:
         """Write ``base * multiplier`` into every group that has each controlled knob."""
         per_knob = self.knob_multipliers()
+        self.applied = []
         for index, group in enumerate(self.param_groups):
-            for knob, mult in per_knob.items():
-                self.writer.apply_one(index, group, knob, mult)
+            written = {knob: self.writer.apply_one(index, group, knob, mult) for knob, mult in per_knob.items()}
+            self.applied.append({knob: value for knob, value in written.items() if value is not None})
         return per_knob
 
     @torch.no_grad()
@@ -244,11 +246,22 @@ class AdaptiveOptimizer(OptimizerProxy):
         return self.optimizer.step(closure) if closure is not None else self.optimizer.step()
 
     # ---- read-only views ----------------------------------------------------------------------
+    def group_values(self) -> list[dict[str, float]]:
+        """Per group, each knob's value as used by the last ``step()`` (the group's value before
+        the first step or for uncontrolled knobs): a scheduler that rewrites ``group["lr"]``
+        after the step does not change what these report."""
+        out = []
+        for index, group in enumerate(self.param_groups):
+            values = {knob: value for knob in KNOBS if (value := read_knob(group, knob)) is not None}
+            if index < len(self.applied):
+                values.update(self.applied[index])
+            out.append(values)
+        return out
+
     def _first(self, knob: str) -> float:
-        for group in self.param_groups:
-            value = read_knob(group, knob)
-            if value is not None:
-                return value
+        for values in self.group_values():
+            if knob in values:
+                return values[knob]
         raise AttributeError(f"{type(self.optimizer).__name__} has no {knob!r} hyperparameter")
 
     @property
@@ -272,8 +285,7 @@ class AdaptiveOptimizer(OptimizerProxy):
         return self._first("alpha")
 
     def dynamics(self) -> dict[str, Any]:
-        groups = [{knob: value for knob in KNOBS if (value := read_knob(group, knob)) is not None}
-                  for group in self.param_groups]
+        groups = self.group_values()
         summary: dict[str, float] = dict(groups[0]) if groups else {}
         summary.update({f"mult_{slot}": mult for slot, mult in self.multipliers.items()})
         summary.update(self.signals.summary())
