@@ -25,6 +25,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from benchmarks.common import format_number, machine_info, markdown_table, write_json
 
 # (module name, what it measures), in run order
@@ -79,12 +81,15 @@ def run_suite(out_dir: Path, quick: bool = False, only: list[str] | None = None)
             continue
         print(f"[benchmarks] {name}: {what} ...", file=sys.stderr, flush=True)
         start = time.perf_counter()
+        threads = torch.get_num_threads()
         try:
             results[name] = _plain(module.run(out_dir, quick=quick))
             state, detail = "ok", ""
         except Exception as err:  # report it and carry on with the rest of the suite
             state, detail = "failed", f"{type(err).__name__}: {err}"
             traceback.print_exc()
+        finally:  # a benchmark that changed the thread count must not skew the next one's timings
+            torch.set_num_threads(threads)
         seconds = time.perf_counter() - start
         status[name] = {"status": state, "seconds": seconds, "what": what, "detail": detail}
         print(f"[benchmarks] {name}: {state} in {seconds:.1f} s", file=sys.stderr, flush=True)

@@ -14,6 +14,9 @@ package defaults), and ours through the config's ``OPTIM``: ``online_adamw`` (``
 ``adaptive_optimizer`` (``AdamW`` wrapped with the default rules), ``enhanced_sgd``; ours are fed by
 :class:`adaptiverl.trainer.callback.AdaptiveCallback` as in ``train(config)``.
 
+Runs go to ``workers`` spawned processes with one torch thread each (default 2; 1 in quick mode):
+tiny-model generation is fastest on one intra-op thread.
+
 Figures: reward against step (mean over seeds, 5-step moving mean); final reward (mean of the last
 5 steps); and *steps to reach* the AdamW-default run's final reward: the first step at which a
 method's smoothed mean curve reaches it, as a ratio to the number of steps (``inf`` if never).
@@ -25,6 +28,7 @@ import contextlib
 import io
 import json
 import math
+import os
 import statistics
 import tempfile
 import time
@@ -35,6 +39,7 @@ from typing import Any
 import torch
 
 from benchmarks.common import markdown_table, plot_lines, write_json, write_markdown
+from benchmarks.tasks import run_parallel
 
 NAME = "grpo_reward"
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "quickstart.json"
@@ -82,8 +87,20 @@ def _config(model_dir: Path, out_dir: Path, steps: int, seed: int, overrides: di
     return parse_config(raw, base_dir=CONFIG.parent)
 
 
-def run_one(method: str, model_dir: Path, work_dir: Path, steps: int, seed: int) -> dict[str, Any]:
-    """One GRPO run; returns per-step rewards and wall time."""
+def _quiet() -> None:
+    import datasets
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+
+
+def run_one(job: tuple[str, Path, Path, int, int]) -> dict[str, Any]:
+    """One GRPO run ``(method, model_dir, work_dir, steps, seed)``: per-step rewards and time.
+
+    Errors are returned (``"error"``), not raised, so one broken optimizer cannot stop the others.
+    """
     from transformers import PrinterCallback, ProgressCallback, set_seed
 
     from adaptiverl.trainer.callback import AdaptiveCallback
@@ -94,21 +111,26 @@ def run_one(method: str, model_dir: Path, work_dir: Path, steps: int, seed: int)
         load_model_and_tokenizer,
     )
 
+    method, model_dir, work_dir, steps, seed = job
+    _quiet()
     overrides, factory = METHODS[method]
-    c = _config(model_dir, work_dir / f"{method}-{seed}", steps, seed, overrides)
-    set_seed(c.SEED)
-    model, tokenizer = load_model_and_tokenizer(c)
-    dataset = load_dataset_for(c, tokenizer)
-    optimizer = build_optimizer(c, model) if factory is None else factory(model, c.LRATE)
-    trainer = build_trainer(c, model, tokenizer, dataset, optimizer)
-    for cb in (ProgressCallback, PrinterCallback):
-        trainer.remove_callback(cb)
-    if factory is None:
-        AdaptiveCallback(print_console=False, history_file=None).attach(trainer)
-    start = time.perf_counter()
-    with contextlib.redirect_stdout(io.StringIO()):
-        trainer.train()
-    seconds = time.perf_counter() - start
+    try:
+        c = _config(model_dir, work_dir / f"{method}-{seed}", steps, seed, overrides)
+        set_seed(c.SEED)
+        model, tokenizer = load_model_and_tokenizer(c)
+        dataset = load_dataset_for(c, tokenizer)
+        optimizer = build_optimizer(c, model) if factory is None else factory(model, c.LRATE)
+        trainer = build_trainer(c, model, tokenizer, dataset, optimizer)
+        for cb in (ProgressCallback, PrinterCallback):
+            trainer.remove_callback(cb)
+        if factory is None:
+            AdaptiveCallback(print_console=False, history_file=None).attach(trainer)
+        start = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()):
+            trainer.train()
+        seconds = time.perf_counter() - start
+    except Exception as err:  # reported as the method's row, not fatal
+        return {"method": method, "seed": seed, "error": f"{type(err).__name__}: {err}"}
     rewards = [row["reward"] for row in trainer.state.log_history if "reward" in row]
     return {"method": method, "seed": seed, "lr": c.LRATE, "rewards": rewards,
             "sec_per_step": seconds / max(1, trainer.state.global_step)}
@@ -118,32 +140,30 @@ def _moving_mean(values: list[float], width: int) -> list[float]:
     return [statistics.fmean(values[max(0, i - width + 1):i + 1]) for i in range(len(values))]
 
 
-def run(out_dir: Path, quick: bool = False, *, methods: list[str] | None = None) -> dict[str, Any]:
+def run(out_dir: Path, quick: bool = False, *, methods: list[str] | None = None,
+        workers: int | None = None) -> dict[str, Any]:
     """Run every method for the step budget and seeds; write ``grpo_reward.{json,md,png}``."""
-    import datasets
-    import transformers
-
     from adaptiverl.tiny import build_tiny_gpt2
 
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    datasets.disable_progress_bars()
     out_dir = Path(out_dir)
     steps = QUICK_STEPS if quick else STEPS
     seeds = QUICK_SEEDS if quick else SEEDS
+    if workers is None:  # spawning workers costs more than the quick runs themselves
+        workers = 1 if quick else min(2, os.cpu_count() or 1)
     names = list(METHODS) if methods is None else [BASELINE, *(m for m in methods if m != BASELINE)]
     unknown = [m for m in names if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown GRPO method(s) {unknown}; valid: {list(METHODS)}")
-    runs: dict[str, list[dict[str, Any]]] = {}
-    errors: dict[str, str] = {}
+    _quiet()
     with tempfile.TemporaryDirectory(prefix="grpo-bench-") as tmp:
         model_dir = build_tiny_gpt2(Path(tmp) / "tiny-gpt2")
-        for name in names:
-            try:
-                runs[name] = [run_one(name, model_dir, Path(tmp), steps, s) for s in seeds]
-            except Exception as err:  # one optimizer's failure is a row in the report
-                errors[name] = f"{type(err).__name__}: {err}"
+        records = run_parallel(run_one, [(n, model_dir, Path(tmp), steps, s) for n in names
+                                         for s in seeds], workers)
+    errors = {r["method"]: r["error"] for r in records if "error" in r}
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        if r["method"] not in errors:
+            runs.setdefault(r["method"], []).append(r)
 
     curves = {}
     for name, rs in runs.items():

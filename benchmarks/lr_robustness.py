@@ -24,16 +24,12 @@ import math
 import os
 import statistics
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from benchmarks.common import markdown_table, plot_lines, write_json, write_markdown
 from benchmarks.registry import BASELINE, get_methods
-from benchmarks.tasks import get_tasks, train
+from benchmarks.tasks import get_tasks, run_parallel, train
 
 NAME = "lr_robustness"
 GRID_EXPONENTS = (-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5)
@@ -53,10 +49,6 @@ def _methods() -> dict[str, Any]:
     return {m.name: m for m in get_methods()[0]}
 
 
-def _init_worker() -> None:
-    torch.set_num_threads(1)
-
-
 def _run_one(job: tuple[str, str, float, int, bool, bool]) -> dict[str, Any]:
     """One training run; errors are returned, not raised, so one broken method cannot stop the grid."""
     task_name, method_name, lr, seed, quick, keep_curve = job
@@ -72,19 +64,6 @@ def _run_one(job: tuple[str, str, float, int, bool, bool]) -> dict[str, Any]:
     if keep_curve:
         record.update(losses=result.losses, lrs=result.lrs)
     return record
-
-
-def _run_jobs(jobs: list[tuple], workers: int) -> list[dict[str, Any]]:
-    if workers <= 1:
-        threads = torch.get_num_threads()
-        _init_worker()
-        try:
-            return [_run_one(job) for job in jobs]
-        finally:
-            torch.set_num_threads(threads)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
-                             initializer=_init_worker) as pool:
-        return list(pool.map(_run_one, jobs, chunksize=1))
 
 
 def _fmt(value: float) -> float | str:
@@ -117,7 +96,7 @@ def run(out_dir: Path, quick: bool = False, *, methods: Sequence[str] | None = N
     order = sorted(tasks, key=lambda n: -tasks[n].steps * (10 if "gpt" in n else 1))
     jobs = [(t, m.name, m.default_lr * 10 ** e, s, quick, e == 0.0 and s == seeds[0])
             for t in order for m in method_list for e in exponents for s in seeds]
-    records = _run_jobs(jobs, workers)
+    records = run_parallel(_run_one, jobs, workers)
 
     errors = {r["method"]: r["error"] for r in records if "error" in r}
     cells: dict[tuple[str, str, float], list[float]] = {}

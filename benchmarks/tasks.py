@@ -36,9 +36,11 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from multiprocessing import get_context
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -49,6 +51,9 @@ LM_BLOCK = 64
 LM_BATCH = 8
 LM_EVAL_BLOCKS = 32
 DATA_SEED = 1234  # data splits and the regression teacher never depend on the run seed
+
+J = TypeVar("J")
+R = TypeVar("R")
 
 
 @dataclass
@@ -175,6 +180,30 @@ def train(task: Task, method: Method, lr: float, seed: int, steps: int | None = 
         result.final_eval_loss = final if math.isfinite(final) else math.inf
         result.diverged = not math.isfinite(final)
     return result
+
+
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def run_parallel(fn: Callable[[J], R], jobs: Sequence[J], workers: int) -> list[R]:
+    """``[fn(job) for job in jobs]`` over ``workers`` spawned processes, one torch thread each.
+
+    Tiny models run fastest on one intra-op thread, so independent runs go to separate processes
+    instead. ``fn`` must be a module-level function (it is pickled). With ``workers <= 1`` the jobs
+    run here, on one thread, and the caller's thread count is restored afterwards. Results come
+    back in job order and do not depend on ``workers``.
+    """
+    if workers <= 1:
+        threads = torch.get_num_threads()
+        _one_thread()
+        try:
+            return [fn(job) for job in jobs]
+        finally:
+            torch.set_num_threads(threads)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
+                             initializer=_one_thread) as pool:
+        return list(pool.map(fn, jobs, chunksize=1))
 
 
 # --------------------------------------------------------------------------- tiny GPT-2 LM

@@ -66,3 +66,17 @@ def test_driver_feeds_loss_to_plateau_scheduler_and_step_fn(quick_tasks):
     assert seen == pytest.approx(result.losses)
     # with patience 0 every non-improving step halves the LR, so the recorded LR must fall
     assert result.lrs[-1] < result.lrs[0]
+
+
+@pytest.mark.slow
+def test_parallel_runs_match_serial_runs():
+    from benchmarks.lr_robustness import _run_one
+    from benchmarks.tasks import run_parallel
+
+    jobs = [("digits_mlp", "adamw_foreach_cosine", 1e-3, seed, True, False) for seed in (0, 1, 2)]
+    threads = torch.get_num_threads()
+    serial = run_parallel(_run_one, jobs, workers=1)
+    assert torch.get_num_threads() == threads  # the caller's thread count is restored
+    parallel = run_parallel(_run_one, jobs, workers=2)
+    assert [r["seed"] for r in parallel] == [0, 1, 2]
+    assert [r["final"] for r in parallel] == [r["final"] for r in serial]
