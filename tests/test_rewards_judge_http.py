@@ -21,7 +21,7 @@ KEY_ENV = "ADAPTIVERL_TEST_JUDGE_KEY"
 
 
 class JudgeServer:
-    """A tiny chat-completions server. ``behaviour``: ok | 500 | flaky | garbage | words."""
+    """A tiny chat-completions server. ``behaviour``: ok | 500 | flaky | garbage | words | echo."""
 
     def __init__(self) -> None:
         self.behaviour = "ok"
@@ -54,6 +54,8 @@ class JudgeServer:
                     self._send(404, b"not found")
                 elif fail:
                     self._send(500, b"internal error")
+                elif server.behaviour == "echo":  # a careless server quoting the request headers
+                    self._send(401, f"bad credentials: {self.headers.get('Authorization')}".encode())
                 elif server.behaviour == "garbage":
                     self._send(200, b"<html>this is not json")
                 else:
@@ -125,13 +127,14 @@ def test_outages_give_clear_errors_without_the_key(server, caplog):
     caplog.set_level(logging.DEBUG)
     reward = judge(server.url)
     failures = []
-    for behaviour, expected in (("500", "HTTP 500"), ("garbage", "not JSON"), ("words", "cannot parse")):
+    for behaviour, expected in (("500", "HTTP 500"), ("garbage", "not JSON"), ("words", "cannot parse"),
+                                ("echo", r"HTTP 401.*Bearer \*\*\*")):
         server.behaviour = behaviour
         with pytest.raises(JudgeError, match=expected) as err:
             asyncio.run(reward(completions=["good"]))
         assert "sample 0" in str(err.value)
         failures.append(str(err.value))
-    assert len([a for a in server.auth if a]) == 3 + 1 + 1  # 500 retried twice, others not retried
+    assert len([a for a in server.auth if a]) == 3 + 1 + 1 + 1  # 500 retried twice, others not retried
     # Server down: nothing listens on the port any more.
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

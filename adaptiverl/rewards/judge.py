@@ -224,6 +224,9 @@ class HTTPJudgeReward(AsyncRewardFunction):
         return self._fail(j, f"{last_problem} (gave up after {self.max_retries + 1} attempts)")
 
     def _fail(self, j: int, problem: str) -> None:
+        key = os.environ.get(self.api_key_env) if self.api_key_env else None
+        if key:  # a server may echo request headers back in an error body
+            problem = problem.replace(key, "***")
         message = f"judge {self.__name__!r} failed on sample {j}: {problem}"
         if self.on_error == "raise":
             raise JudgeError(message)
