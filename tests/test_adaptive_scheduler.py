@@ -139,3 +139,16 @@ def test_bad_arguments_name_the_culprit() -> None:
         _make(up_factor=0.9)
     with pytest.raises(ValueError, match="big_drop"):
         _make(big_drop=1.5)
+
+
+def test_the_seed_pseudo_code_would_fail_the_noisy_flat_check() -> None:
+    """Seed 003's step 3 (``lr /= 1 + Var`` on the already-damped LR) on the same noisy flat loss."""
+    losses, window, lr = _noisy_flat(400, 0.2), [], 0.05
+    for loss in losses:
+        window = [*window[-19:], loss]
+        mean = sum(window) / len(window)
+        variance = sum((x - mean) ** 2 for x in window) / max(len(window) - 1, 1)
+        lr = max(lr / (1.0 + variance), 1e-7)
+    assert lr == 1e-7  # the compounding damping drives it to lr_min
+    _, scheduler = _make(patience=None)
+    assert min(_run(scheduler, losses)) > 1e-3  # the fixed scheduler on the same losses
