@@ -31,4 +31,4 @@ result = train(config)
 
 # 3. Where things are.
 print(f"done: {result.global_step} steps in {result.runtime_s:.0f} s")
-print(f"model, config.json, adaptive_history.jsonl, dynamics.png -> {result.output_dir}")
+print(f"model, train_config.json, adaptive_history.jsonl, dynamics.png -> {result.output_dir}")

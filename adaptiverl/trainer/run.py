@@ -146,8 +146,15 @@ def build_optimizer(c: TrainConfig, model):
 
 
 def training_arguments(c: TrainConfig):
-    """GRPOConfig / RLOOConfig / TrainingArguments from the config."""
-    common: dict[str, Any] = dict(
+    """GRPOConfig / RLOOConfig / TrainingArguments from the config.
+
+    Without CUDA the arguments say ``use_cpu``, so that a multi-process launch
+    (``accelerate launch --multi_gpu --num_processes N`` or ``torchrun``) on CPU
+    runs distributed data parallel over gloo.
+    """
+    import torch
+
+    common: dict[str, Any] = dict(use_cpu=not torch.cuda.is_available(),
         output_dir=c.OUTPUT_DIR, per_device_train_batch_size=c.BATCH_SIZE,
         gradient_accumulation_steps=c.GRAD_ACCUM, num_train_epochs=c.EPOCHS, max_steps=c.STEPS,
         learning_rate=c.LRATE, lr_scheduler_type=c.LR_SCHEDULER, warmup_steps=c.WARMUP_STEPS,
