@@ -349,7 +349,7 @@ def get_tasks(quick: bool = False) -> dict[str, Task]:
     """The three benchmark tasks; ``quick`` shrinks every step budget for harness checks."""
 
     def budget(full: int) -> int:
-        return max(full // 10, 10) if quick else full
+        return max(full // 20, 8) if quick else full
 
     return {
         "tiny_gpt2_lm": Task(
