@@ -138,3 +138,11 @@ def test_every_field_has_help_text():
 def test_shipped_configs_are_valid(name):
     c = load_config(Path(__file__).parent.parent / "configs" / f"{name}.json", check_hardware=False)
     assert c.MODEL
+
+
+def test_docs_table_lists_every_key():
+    import dataclasses
+
+    doc = (Path(__file__).parent.parent / "docs" / "training.md").read_text()
+    for f in dataclasses.fields(TrainConfig):
+        assert f"| `{f.name}` |" in doc, f"docs/training.md lacks config key {f.name}"

@@ -40,7 +40,7 @@ class TrainConfig:
     TRAIN_FILE: str = field(metadata={"help": "JSON, JSONL, CSV or Parquet file: a `prompt` column for rl/rloo (plus columns rewards read, e.g. `reference`), a `text` column for sft."})
     OUTPUT_DIR: str = field(default="checkpoints", metadata={"help": "Checkpoints, logs, the resolved config and the plot go here."})
     MODE: str = field(default="rl", metadata={"help": "`rl` (TRL GRPOTrainer), `rloo` (TRL RLOOTrainer) or `sft` (HF Trainer, causal-LM loss on `text`)."})
-    BATCH_SIZE: int = field(default=2, metadata={"help": "Per-device batch size (for rl/rloo: completions per device per step; must be a multiple of NUM_GENERATIONS / NUM_PROCESSES as TRL requires)."})
+    BATCH_SIZE: int = field(default=2, metadata={"help": "Per-device batch size. rl/rloo: completions per device per step; BATCH_SIZE x processes x GRAD_ACCUM must be a multiple of NUM_GENERATIONS (TRL checks it)."})
     GRAD_ACCUM: int = field(default=1, metadata={"help": "Gradient accumulation steps."})
     EPOCHS: float = field(default=1.0, metadata={"help": "Training epochs (ignored when STEPS > 0)."})
     STEPS: int = field(default=-1, metadata={"help": "Optimizer steps; -1 trains for EPOCHS."})
