@@ -133,3 +133,21 @@ def test_registered_and_dotted_path_functions():
         build_reward({"type": "test_rewards_text_exclaim", "bonsu": 2.0})
     with pytest.raises(ValueError, match="already registered"):
         register_reward("regex")(exclaim)
+
+
+def test_docs_custom_reward_example_runs():
+    """The README section's custom-reward example, executed as written."""
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "rewards.md").read_text()
+    section = doc.split("### A custom reward", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    namespace: dict = {}
+    exec(compile(code, "docs/rewards.md", "exec"), namespace)
+    composite = build_rewards(namespace["REWARDS"])
+    out = composite(prompts=["p", "p"], completions=["Source: the Python docs", "no idea"],
+                    source=["python docs", "python docs"])
+    # mentions_source gives 0.5 / 0; length (max 300 chars) gives 1 for both: weights 1 + 1.
+    assert out == [1.5, 1.0]
+    assert composite.last_components == {"mentions_source": 0.25, "length": 1.0}
