@@ -115,6 +115,8 @@ def test_registry_specs_and_errors():
         build_rewards([{"type": "regex", "pattern": "("}])
     with pytest.raises(RewardSpecError, match=r"component 0.*'weight'"):
         build_rewards([{"type": "regex", "pattern": "a", "weight": "heavy"}])
+    with pytest.raises(RewardSpecError, match=r"component 0 \(type 'learned'\): model: no such model folder"):
+        build_rewards([{"type": "learned", "model": "/nonexistent/reward-model"}])
     with pytest.raises(RewardSpecError, match="missing key 'type'"):
         build_rewards([{"pattern": "a"}])
 

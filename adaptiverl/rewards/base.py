@@ -167,6 +167,19 @@ class AsyncRewardFunction(RewardFunction):
         return checked_rewards(self.__name__, values, len(texts))
 
 
+def check_model_ref(model: str, key: str = "model") -> str:
+    """``model`` if it names a hub model or an existing local folder; a clear error for a missing
+    local path (one that starts with ``/``, ``./``, ``../`` or ``~``), raised when the spec is built
+    rather than at the first training step."""
+    import os
+
+    if not isinstance(model, str) or not model:
+        raise ValueError(f"{key} must be a model name or path, got {model!r}")
+    if model.startswith(("/", "./", "../", "~")) and not os.path.exists(os.path.expanduser(model)):
+        raise FileNotFoundError(f"{key}: no such model folder {model!r}")
+    return model
+
+
 def pick_device(device: str | None) -> str:
     """``device`` if given, else ``"cuda"`` when available, else ``"cpu"``."""
     if device is not None:

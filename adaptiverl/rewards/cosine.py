@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from adaptiverl.rewards.base import RewardFunction, dataset_column, pick_device
+from adaptiverl.rewards.base import RewardFunction, check_model_ref, dataset_column, pick_device
 
 _MODELS: dict[tuple[str, str], Any] = {}
 
@@ -63,7 +63,7 @@ class CosineReward(RewardFunction):
                 raise ValueError(f"targets must be one or more strings, got {targets!r}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.model = model
+        self.model = check_model_ref(model) if model is not None else None
         self.reference_column, self.targets, self.aggregate = reference_column, targets, aggregate
         self.device, self.batch_size, self.cache_size = device, batch_size, cache_size
         self._ref_cache: OrderedDict[str, torch.Tensor] = OrderedDict()

@@ -33,7 +33,12 @@ from typing import Any
 
 import torch
 
-from adaptiverl.rewards.base import AsyncRewardFunction, RewardFunction, pick_device
+from adaptiverl.rewards.base import (
+    AsyncRewardFunction,
+    RewardFunction,
+    check_model_ref,
+    pick_device,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +96,7 @@ class LocalJudgeReward(RewardFunction):
             raise ValueError(f"mode must be 'yes_prob' or 'grade', got {mode!r}")
         default = YES_NO_TEMPLATE if mode == "yes_prob" else GRADE_TEMPLATE
         self.template = check_template(template or default, f"reward {self.__name__!r}")
-        self.model, self.mode = model, mode
+        self.model, self.mode = check_model_ref(model), mode
         self.yes_words, self.no_words = list(yes_words), list(no_words)
         self.max_new_tokens, self.batch_size, self.device = max_new_tokens, batch_size, device
         self._loaded: tuple[Any, Any] | None = None

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from adaptiverl.rewards.base import RewardFunction, pick_device
+from adaptiverl.rewards.base import RewardFunction, check_model_ref, pick_device
 
 _MODELS: dict[tuple[str, str], tuple[Any, Any]] = {}
 
@@ -55,8 +55,7 @@ class ClassifierReward(RewardFunction):
                  output: str = "prob", include_prompt: bool = False, batch_size: int = 16,
                  device: str | None = None, name: str | None = None) -> None:
         super().__init__(name)
-        if not isinstance(model, str) or not model:
-            raise ValueError(f"model must be a name or path, got {model!r}")
+        check_model_ref(model)
         if output not in ("prob", "logit"):
             raise ValueError(f"output must be 'prob' or 'logit', got {output!r}")
         if batch_size < 1:
