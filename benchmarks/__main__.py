@@ -98,6 +98,13 @@ def run_suite(out_dir: Path, quick: bool = False, only: list[str] | None = None)
     return {"status": status, "results": results}
 
 
+def _verdict(met: Any) -> str:
+    """A target's ``met`` as ``yes`` / ``NO`` / ``n/a`` whether a module gave a bool or a word."""
+    if isinstance(met, bool):
+        return "yes" if met else "NO"
+    return "n/a" if met is None else str(met)
+
+
 def _write_report(out_dir: Path, quick: bool, status: dict[str, dict[str, Any]],
                   results: dict[str, Any]) -> Path:
     info = machine_info()
@@ -114,8 +121,9 @@ def _write_report(out_dir: Path, quick: bool, status: dict[str, dict[str, Any]],
                               "seconds": s["seconds"], "detail": s["detail"]}
                              for n, s in status.items()],
                             ["benchmark", "measures", "status", "seconds", "detail"])]
-    targets = [{"benchmark": name, **row} for name, data in results.items()
-               if isinstance(data, dict) for row in data.get("targets", []) if isinstance(row, dict)]
+    targets = [{"benchmark": name, **row, "met": _verdict(row.get("met"))}
+               for name, data in results.items() if isinstance(data, dict)
+               for row in data.get("targets", []) if isinstance(row, dict)]
     if targets:
         lines += ["## Targets (reported, never asserted)", "",
                   markdown_table(targets, ["benchmark", "target", "value", "threshold", "met"])]

@@ -60,7 +60,8 @@ def test_runner_reports_missing_and_failing_benchmarks(tmp_path, monkeypatch):
     broken.run = run
     good = types.ModuleType("benchmarks.good_for_test")
     good.run = lambda out_dir, quick=False: {"targets": [
-        {"target": "x <= 1", "value": 0.5, "threshold": 1, "met": "yes"}], "quick": quick}
+        {"target": "x <= 1", "value": 0.5, "threshold": 1, "met": "yes"},
+        {"target": "y >= 2", "value": 1.5, "threshold": 2, "met": False}], "quick": quick}
     monkeypatch.setitem(sys.modules, broken.__name__, broken)
     monkeypatch.setitem(sys.modules, good.__name__, good)
     monkeypatch.setattr(suite, "BENCHMARKS", (
@@ -75,6 +76,7 @@ def test_runner_reports_missing_and_failing_benchmarks(tmp_path, monkeypatch):
     assert results["results"]["good_for_test"]["quick"] is True
     report = (tmp_path / "report.md").read_text()
     assert "| good_for_test | x <= 1 | 0.500 | 1 | yes |" in report
+    assert "| good_for_test | y >= 2 | 1.5 | 2 | NO |" in report
     assert "not available" in report and "failed" in report
 
 
