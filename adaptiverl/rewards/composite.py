@@ -185,7 +185,8 @@ class CompositeReward:
 
     def __new__(cls, *args: Any, **kwargs: Any) -> CompositeReward:
         components = args[0] if args else kwargs.get("components", ())
-        if cls is CompositeReward and any(_is_async(_as_component(c, 0).fn) for c in components):
+        if cls is CompositeReward and any(_is_async(_as_component(c, i).fn)
+                                              for i, c in enumerate(components)):
             cls = AsyncCompositeReward
         return super().__new__(cls)
 
