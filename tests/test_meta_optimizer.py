@@ -88,6 +88,7 @@ def test_wrapper_composes_with_lambda_lr() -> None:
         opt.step()
         schedule.step()
         assert used[-1] == pytest.approx(0.1 / (1 + t) * 0.5 ** max(0, t))  # patience 0: drop every update
+        assert opt.dynamics()["summary"]["lr"] == used[-1]  # what the step used, not the schedule's rewrite
 
 
 def test_metric_errors_name_the_key() -> None:

@@ -102,6 +102,17 @@ class KnobWriter:
         self.written[self._key(index, knob)] = read_knob(group, knob)  # type: ignore[assignment]
         return value
 
+    def values(self, groups: list[dict[str, Any]]) -> list[dict[str, float]]:
+        """Per group, every knob it has: the value this writer last wrote (what the last step
+        used, even if a scheduler rewrote the group since), else the group's own value."""
+        out = []
+        for index, group in enumerate(groups):
+            values = {knob: value for knob in KNOBS if (value := read_knob(group, knob)) is not None}
+            values.update({knob: self.written[key] for knob in values
+                           if (key := self._key(index, knob)) in self.written})
+            out.append(values)
+        return out
+
     def state_dict(self) -> dict[str, Any]:
         return {"base": dict(self.base), "written": dict(self.written)}
 
@@ -202,7 +213,6 @@ class AdaptiveOptimizer(OptimizerProxy):
         self.signals = signals if signals is not None else Signals(beta=beta, window=window)
         self.writer = KnobWriter()
         self.multipliers: dict[str, float] = dict.fromkeys(self.rules, 1.0)
-        self.applied: list[dict[str, float]] = []
         for slot in self.rules:
             knob = "lr" if slot == "reward" else slot
             if not any(read_knob(group, knob) for group in self.param_groups):
@@ -234,10 +244,9 @@ class AdaptiveOptimizer(OptimizerProxy):
     def update_hyperparameters(self) -> dict[str, float]:
         """Write ``base * multiplier`` into every group that has each controlled knob."""
         per_knob = self.knob_multipliers()
-        self.applied = []
         for index, group in enumerate(self.param_groups):
-            written = {knob: self.writer.apply_one(index, group, knob, mult) for knob, mult in per_knob.items()}
-            self.applied.append({knob: value for knob, value in written.items() if value is not None})
+            for knob, mult in per_knob.items():
+                self.writer.apply_one(index, group, knob, mult)
         return per_knob
 
     @torch.no_grad()
@@ -247,16 +256,8 @@ class AdaptiveOptimizer(OptimizerProxy):
 
     # ---- read-only views ----------------------------------------------------------------------
     def group_values(self) -> list[dict[str, float]]:
-        """Per group, each knob's value as used by the last ``step()`` (the group's value before
-        the first step or for uncontrolled knobs): a scheduler that rewrites ``group["lr"]``
-        after the step does not change what these report."""
-        out = []
-        for index, group in enumerate(self.param_groups):
-            values = {knob: value for knob in KNOBS if (value := read_knob(group, knob)) is not None}
-            if index < len(self.applied):
-                values.update(self.applied[index])
-            out.append(values)
-        return out
+        """Per group, each knob's value as used by the last ``step()`` (see :meth:`KnobWriter.values`)."""
+        return self.writer.values(self.param_groups)
 
     def _first(self, knob: str) -> float:
         for values in self.group_values():

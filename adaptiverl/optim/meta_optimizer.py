@@ -40,7 +40,7 @@ from torch.optim import Optimizer
 from adaptiverl.controllers.plateau import Plateau
 from adaptiverl.controllers.reinforce import ReinforcePolicy
 from adaptiverl.controllers.rules import Compose, LinearRule, Rule, TargetRule, ThresholdRule
-from adaptiverl.optim.adaptive_optimizer import KNOBS, KnobWriter, OptimizerProxy, read_knob
+from adaptiverl.optim.adaptive_optimizer import KNOBS, KnobWriter, OptimizerProxy
 from adaptiverl.signals import Signals, to_float
 
 Adjustments = dict[str, dict[str, float]]
@@ -249,10 +249,8 @@ class OptimizerWrapper(OptimizerProxy):
         return self.optimizer.step(closure) if closure is not None else self.optimizer.step()
 
     def dynamics(self) -> dict[str, Any]:
-        groups = []
-        for group in self.param_groups:
-            values = {knob: v for knob in KNOBS if (v := read_knob(group, knob)) is not None}
-            groups.append({"role": self.meta.role_of_group(group), **values})
+        groups = [{"role": self.meta.role_of_group(group), **values}
+                  for group, values in zip(self.param_groups, self.writer.values(self.param_groups), strict=True)]
         summary: dict[str, Any] = {k: v for k, v in groups[0].items() if k != "role"} if groups else {}
         for group in groups:
             if group["role"] != "other" and "lr" in group:
