@@ -80,7 +80,8 @@ def test_all_features_off_equals_torch_sgd(kwargs):
 
 def test_q_controller_multipliers_are_what_the_update_applies():
     model = _mlp()
-    opt = EnhancedSGD(model.parameters(), lr=0.05, momentum=0.0, epsilon=1.0, seed=5)
+    opt = EnhancedSGD(model.parameters(), lr=0.05, momentum=0.0, epsilon=1.0, seed=5, q_learning=True,
+                      q_interval=1)
     x, y = _data()
     changed = 0
     for _ in range(25):
@@ -101,13 +102,13 @@ def test_q_controller_multipliers_are_what_the_update_applies():
 
 def test_adaptive_momentum_switch():
     adaptive, fixed = _mlp(), _mlp()
-    opt_a = EnhancedSGD(adaptive.parameters(), lr=0.02, epsilon=1.0, adaptive_momentum=True)
-    opt_f = EnhancedSGD(fixed.parameters(), lr=0.02, epsilon=1.0, adaptive_momentum=False)
+    opt_a = EnhancedSGD(adaptive.parameters(), lr=0.02, epsilon=1.0, adaptive_momentum=True, q_learning=True)
+    opt_f = EnhancedSGD(fixed.parameters(), lr=0.02, epsilon=1.0, adaptive_momentum=False, q_learning=True)
     _train(adaptive, opt_a, 40)
     _train(fixed, opt_f, 40)
     assert opt_f.q_controller.momentum_multiplier == 1.0
     assert opt_f.dynamics()["summary"]["momentum"] == pytest.approx(0.9)
-    assert opt_a.q_controller.momentum_multiplier != 1.0
+    assert 0.5 <= opt_a.q_controller.momentum_multiplier < 1.0
     assert opt_a.dynamics()["summary"]["momentum"] == pytest.approx(0.9 * opt_a.q_controller.momentum_multiplier)
 
 
@@ -120,7 +121,7 @@ def test_q_options_and_interval_reach_the_controller():
 
 def test_epoch_change_feeds_update_mix_prob():
     model = _mlp()
-    opt = EnhancedSGD(model.parameters(), lr=0.02, initial_mix_prob=0.5)
+    opt = EnhancedSGD(model.parameters(), lr=0.02, initial_mix_prob=0.5, q_learning=True)
     x, y = _data()
     for epoch in (1, 1, 2, 2, 3):
         opt.zero_grad()
@@ -297,7 +298,7 @@ def test_bayesian_init_samples_the_fan_in_scaled_prior():
 
 # ---- persistence ----------------------------------------------------------------------------
 
-ALL_ON = {"gradient_clipping": True, "lookahead_k": 3, "loss_correction_factor": 0.5,
+ALL_ON = {"q_learning": True, "q_interval": 2, "gradient_clipping": True, "lookahead_k": 3, "loss_correction_factor": 0.5,
           "gradient_centering": True, "gradient_buffer_size": 2, "noise_scale": 1e-3,
           "entropy_adjustment": True, "epsilon": 0.5}
 
@@ -383,6 +384,13 @@ for epoch in range(1, 101):
 '''
 
 
+def test_defaults_are_plain_sgd():
+    a, b = _mlp(), _mlp()
+    _train(a, EnhancedSGD(a.parameters(), lr=0.05), 10)
+    _train(b, torch.optim.SGD(b.parameters(), lr=0.05, momentum=0.9), 10)
+    assert _max_diff(a, b) < 1e-6
+
+
 def test_seed_usage_example_runs_and_learns():
     """A real regression: ``target = sin(x w) + x v`` on 256 fixed points, one full batch per epoch."""
     gen = torch.Generator().manual_seed(0)
@@ -399,7 +407,7 @@ def test_seed_usage_example_runs_and_learns():
     exec(compile(SEED_EXAMPLE, "seed_example", "exec"), namespace)
     optimizer = namespace["optimizer"]
     assert len(losses) == 100 and losses[-1] < 0.3 * losses[0]
-    assert optimizer.q_controller.epoch == 99 and optimizer.q_controller.decisions == 100
+    assert optimizer.q_controller.epoch == 99
     assert optimizer.signals.loss.last == pytest.approx(losses[-1])
 
 

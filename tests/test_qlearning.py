@@ -34,7 +34,7 @@ def test_reward_weights_entropy_by_entropy_weight():
     assert QLearningController(entropy_weight=0.5).reward(0.02, 0.8) == pytest.approx(0.42)
 
 
-def _run_env(q: QLearningController, steps: int) -> list[int]:
+def _run_env(q: QLearningController, steps: int, states: list[int] | None = None) -> list[int]:
     """A loss that falls only while the controller keeps raising the LR multiplier toward 3."""
     signals = Signals(window=5)
     loss = 10.0
@@ -43,7 +43,10 @@ def _run_env(q: QLearningController, steps: int) -> list[int]:
         signals.observe(loss=loss)
         q.step(signals, entropy=0.5)
         actions.append(q.last_action)
-        loss *= 1.0 - 0.05 * (q.actions[q.last_action][0] - 1.0) / 0.03
+        if states is not None:
+            states.append(q.last_state)
+        f_lr = q.actions[q.last_action][0]
+        loss *= 1.0 - 0.02 * ((f_lr > 1.0) - (f_lr < 1.0))
     return actions
 
 
@@ -54,17 +57,18 @@ def _explorer(seed: int) -> QLearningController:
 
 def test_learns_the_rewarding_action_and_is_deterministic_in_its_seed():
     q = _explorer(seed=3)
-    _run_env(q, 400)
-    visited = q.q_table.abs().sum(dim=1) > 0
-    best_actions = {q.actions[a][0] for a in q.q_table[visited].argmax(dim=1).tolist()}
-    assert best_actions == {max(q.lr_factors)}
+    states: list[int] = []
+    _run_env(q, 400, states)
+    common = max(set(states), key=states.count)
+    assert q.actions[int(q.q_table[common].argmax())][0] == max(q.lr_factors)
     assert q.lr_multiplier > 2.0
     assert _run_env(_explorer(seed=3), 50) == _run_env(_explorer(seed=3), 50)
     assert _run_env(_explorer(seed=4), 50) != _run_env(_explorer(seed=3), 50)
 
 
 def test_interval_holds_the_multipliers_and_rewards_the_whole_interval():
-    q = QLearningController(interval=5, epsilon=1.0, initial_mix_prob=1.0, entropy_weight=0.0, seed=1)
+    q = QLearningController(interval=5, epsilon=1.0, initial_mix_prob=1.0, entropy_weight=0.0, baseline_beta=0.0,
+                            seed=1)
     signals = Signals(beta=0.5)
     history, emas = [], []
     for i in range(30):
@@ -80,7 +84,7 @@ def test_interval_holds_the_multipliers_and_rewards_the_whole_interval():
 
 def test_baseline_centres_the_reward_on_its_running_mean():
     q = QLearningController(baseline_beta=0.5, entropy_weight=0.0, epsilon=0.0)
-    plain = QLearningController(entropy_weight=0.0, epsilon=0.0)
+    plain = QLearningController(entropy_weight=0.0, epsilon=0.0, baseline_beta=0.0)
     signals = Signals(beta=0.0)
     rewards, raw = [], []
     for i in range(6):
