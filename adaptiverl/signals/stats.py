@@ -37,7 +37,7 @@ def to_float(value: Any) -> float:
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
             raise ValueError(f"expected a scalar tensor, got shape {tuple(value.shape)}")
-        return float(value.detach().float().cpu().item())
+        return float(value.detach().cpu().item())
     return float(value)
 
 
