@@ -78,6 +78,26 @@ def test_resume_reproduces_an_uninterrupted_run(tiny_gpt2_dir, tmp_path):
     assert [json.loads(line)["step"] for line in history] == [1, 2, 3, 4, 5, 6]
 
 
+@pytest.mark.parametrize(("optim", "cls"), [
+    ("sgd", "OnlineSGD"), ("rmsprop", "OnlineRMSProp"), ("adamw", "OnlineAdamW"),
+    ("enhanced_sgd", "EnhancedSGD"), ("adagrad", "AdaptiveOptimizer"),
+])
+def test_every_optim_value_builds_its_optimizer_and_is_fed(tiny_gpt2_dir, tmp_path, optim, cls):
+    result = train(sft_config(tiny_gpt2_dir, tmp_path, OPTIM=optim, LRATE=0.01, STEPS=2,
+                              LR_SCHEDULER="constant"))
+    optimizer = result.trainer.optimizer.optimizer
+    assert type(optimizer).__name__ == cls
+    assert [row["step"] for row in result.history] == [1, 2]
+    assert all(row["loss"] > 0 and row["lr"] > 0 for row in result.history)
+    assert json.loads((tmp_path / "train_config.json").read_text())["OPTIM"] == \
+        ("Adagrad" if optim == "adagrad" else optim)
+
+
+def test_optim_args_errors_name_the_key(tiny_gpt2_dir, tmp_path):
+    with pytest.raises(ConfigError, match="'OPTIM_ARGS'.*adamw.*no_such_knob"):
+        train(sft_config(tiny_gpt2_dir, tmp_path, OPTIM_ARGS={"no_such_knob": 1}))
+
+
 def test_resume_without_checkpoint_names_the_folder(tiny_gpt2_dir, tmp_path):
     with pytest.raises(ConfigError, match="RESUME.*no checkpoint"):
         train(sft_config(tiny_gpt2_dir, tmp_path / "empty", RESUME=True))
