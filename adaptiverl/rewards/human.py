@@ -83,15 +83,18 @@ class HumanFeedbackReward(RewardFunction):
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "input": None, "output": None, "_pending": b""}
 
+    def _queue_file(self, name: str) -> Path:
+        if self.queue_dir is None:
+            raise ValueError(f"reward {self.__name__!r} has no queue_dir (mode={self.mode!r})")
+        return self.queue_dir / name
+
     @property
     def requests_path(self) -> Path:
-        assert self.queue_dir is not None
-        return self.queue_dir / "requests.jsonl"
+        return self._queue_file("requests.jsonl")
 
     @property
     def answers_path(self) -> Path:
-        assert self.queue_dir is not None
-        return self.queue_dir / "answers.jsonl"
+        return self._queue_file("answers.jsonl")
 
     # ---- logging -----------------------------------------------------------
     @staticmethod
