@@ -43,7 +43,7 @@ from benchmarks.tasks import run_parallel
 
 NAME = "grpo_reward"
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "quickstart.json"
-STEPS, QUICK_STEPS = 30, 2
+STEPS, QUICK_STEPS = 40, 2
 SEEDS, QUICK_SEEDS = (0, 1, 2), (0,)
 SMOOTH = 5
 BASELINE = "adamw"
