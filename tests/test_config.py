@@ -43,8 +43,8 @@ def test_seed_example_with_string_values_resolves_to_native_types(tmp_path, prom
 
 
 def test_resolved_config_round_trips_through_save(tmp_path, prompts_file):
-    c = parse_config(base(prompts_file, REPORT_TO="tensorboard, wandb", OPTIM="adagrad"))
-    assert c.REPORT_TO == ["tensorboard", "wandb"] and c.OPTIM == "Adagrad"
+    c = parse_config(base(prompts_file, REPORT_TO="tensorboard, none", OPTIM="adagrad"))
+    assert c.REPORT_TO == ["tensorboard"] and c.OPTIM == "Adagrad"
     saved = c.save(tmp_path / "out" / "config.json")
     assert parse_config(json.loads(saved.read_text())) == c
 
@@ -146,3 +146,12 @@ def test_docs_table_lists_every_key():
     doc = (Path(__file__).parent.parent / "docs" / "training.md").read_text()
     for f in dataclasses.fields(TrainConfig):
         assert f"| `{f.name}` |" in doc, f"docs/training.md lacks config key {f.name}"
+
+
+def test_missing_logger_package_is_named(prompts_file, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    with pytest.raises(ConfigError, match="REPORT_TO.*'wandb'.*not installed"):
+        parse_config(base(prompts_file, REPORT_TO="wandb"))

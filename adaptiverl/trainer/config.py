@@ -293,8 +293,22 @@ def _resolve_train_file(name: str, base_dir: str | Path | None) -> Path:
 
 
 def check_machine(c: TrainConfig) -> None:
-    """Fail early, with the key's name, if this machine cannot do the requested precision or quantization."""
+    """Fail early, with the key's name, if this machine cannot do what the config asks.
+
+    Precision and quantization need the right hardware; plotting and the TensorBoard / W&B
+    loggers need their packages.
+    """
+    import importlib.util
+
     import torch
+
+    if c.PLOT and importlib.util.find_spec("matplotlib") is None:
+        raise ConfigError("config key 'PLOT' = true needs matplotlib: pip install 'adaptiverl[plot]' "
+                          "or set PLOT to false")
+    for logger, package, extra in (("tensorboard", "tensorboard", "logging"), ("wandb", "wandb", "logging")):
+        if logger in (r.lower() for r in c.REPORT_TO) and importlib.util.find_spec(package) is None:
+            raise ConfigError(f"config key 'REPORT_TO' lists {logger!r} but {package} is not installed: "
+                              f"pip install 'adaptiverl[{extra}]' or remove it from REPORT_TO")
 
     cuda = torch.cuda.is_available()
     if c.FP16 and not cuda:
