@@ -66,6 +66,7 @@ def run_suite(out_dir: Path, quick: bool = False, only: list[str] | None = None)
     """Run the selected benchmarks into ``out_dir``; returns ``{"status": ..., "results": ...}``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    info = machine_info()  # before any benchmark can change the thread count
     status: dict[str, dict[str, Any]] = {}
     results: dict[str, Any] = {}
     for name, what in BENCHMARKS:
@@ -93,8 +94,9 @@ def run_suite(out_dir: Path, quick: bool = False, only: list[str] | None = None)
         seconds = time.perf_counter() - start
         status[name] = {"status": state, "seconds": seconds, "what": what, "detail": detail}
         print(f"[benchmarks] {name}: {state} in {seconds:.1f} s", file=sys.stderr, flush=True)
-    write_json(out_dir, "results", {"quick": quick, "status": status, "results": results})
-    _write_report(out_dir, quick, status, results)
+    write_json(out_dir, "results", {"quick": quick, "started": info, "status": status,
+                                    "results": results})
+    _write_report(out_dir, quick, info, status, results)
     return {"status": status, "results": results}
 
 
@@ -105,13 +107,12 @@ def _verdict(met: Any) -> str:
     return "n/a" if met is None else str(met)
 
 
-def _write_report(out_dir: Path, quick: bool, status: dict[str, dict[str, Any]],
-                  results: dict[str, Any]) -> Path:
-    info = machine_info()
+def _write_report(out_dir: Path, quick: bool, info: dict[str, Any],
+                  status: dict[str, dict[str, Any]], results: dict[str, Any]) -> Path:
     total = sum(s["seconds"] for s in status.values())
     mode = "QUICK (harness check, numbers meaningless)" if quick else "full"
     lines = ["# adaptiverl benchmark report", "",
-             f"_{info['time']}; python {info['python']}, torch {info['torch']}, "
+             f"_started {info['time']}; python {info['python']}, torch {info['torch']}, "
              f"{info['threads']} threads, cpu {info['cpu']}, cuda {info['cuda']}; {mode} run, "
              f"{total / 60:.1f} min in all_", "",
              "Regenerate: `python -m benchmarks" + (" --quick" if quick else "") + "`. "
