@@ -200,3 +200,24 @@ def test_unwrap_and_console_line():
     assert line == "Step 50 | Reward: 0.82 | Loss: -0.3456 | LR: 3.2e-05 | Momentum: 0.912"
     assert format_console_line(7, None, 1.0, {"lr": 1e-3, "beta1": 0.9}) == \
         "Step 7 | Loss: 1.0000 | LR: 1.0e-03 | Momentum: 0.900"
+
+
+def test_adaptive_scheduler_passed_as_the_trainers_scheduler_is_fed(tiny_gpt2_dir, tmp_path):
+    from adaptiverl.optim import AdaptiveScheduler
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_gpt2_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    scheduler = AdaptiveScheduler(optimizer, patience=None, up_factor=1.5, down_factor=0.5)
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=15,
+                             logging_steps=1, report_to="none", save_strategy="no", disable_tqdm=True)
+    trainer = Trainer(model=model, args=args, train_dataset=sft_dataset(tokenizer),
+                      data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+                      optimizers=(optimizer, scheduler))
+    callback = AdaptiveCallback(print_console=False).attach(trainer)
+    trainer.train()
+    assert callback.targets == [scheduler]  # plain SGD takes no signals; the scheduler does
+    assert scheduler.signals.loss.count == 15
+    assert list(scheduler.signals.loss.values) == pytest.approx([r["loss"] for r in callback.history])
+    assert optimizer.param_groups[0]["lr"] != pytest.approx(0.05)  # the scheduler acted
+    assert "adaptive/adaptive_mult" in trainer.state.log_history[0]
