@@ -1,7 +1,7 @@
 """Train a causal LM with an adaptive optimizer, from a JSON config.
 
     python train.py configs/quickstart.json
-    accelerate launch --num_processes 2 train.py configs/quickstart.json
+    accelerate launch --multi_gpu --num_processes 2 train.py configs/quickstart.json
 
 The config's keys are documented in docs/training.md (and in
 adaptiverl/trainer/config.py). A run, top to bottom:
@@ -29,6 +29,7 @@ except ConfigError as err:
 #    and OUTPUT_DIR/dynamics.png.
 result = train(config)
 
-# 3. Where things are.
-print(f"done: {result.global_step} steps in {result.runtime_s:.0f} s")
-print(f"model, train_config.json, adaptive_history.jsonl, dynamics.png -> {result.output_dir}")
+# 3. Where things are (printed once, by the main process of a distributed launch).
+if result.trainer.is_world_process_zero():
+    print(f"done: {result.global_step} steps in {result.runtime_s:.0f} s")
+    print(f"model, train_config.json, adaptive_history.jsonl, dynamics.png -> {result.output_dir}")
