@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from adaptiverl.trainer.config import ConfigError, TrainConfig, load_config, parse_config
+from adaptiverl.trainer.config import (
+    ConfigError,
+    TrainConfig,
+    load_config,
+    parse_config,
+    strip_comments,
+)
 
 
 @pytest.fixture()
@@ -155,3 +161,33 @@ def test_missing_logger_package_is_named(prompts_file, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
     with pytest.raises(ConfigError, match="REPORT_TO.*'wandb'.*not installed"):
         parse_config(base(prompts_file, REPORT_TO="wandb"))
+
+
+SEED_CONFIG = """{
+  "MODEL": "gpt2",
+  "TRAIN_FILE": "data.json",
+  "OUTPUT_DIR": "checkpoints",
+  "BATCH_SIZE": "2",
+  "EPOCHS": "3",
+  "LRATE": "5e-5",
+  "STEPS": "1000",
+  "OPTIM": "adamw",          // "sgd", "rmsprop", "adamw"
+  "MAXSEQ": "512",
+  "BF16": "false",
+  "FP16": "true",
+  "LOAD_4BIT": "false",
+  "LOAD_8BIT": "false",
+  "FULLTUNE": "true"
+}"""
+
+
+def test_the_seed_config_verbatim_with_its_comment(tmp_path):
+    (tmp_path / "data.json").write_text(json.dumps([{"text": "hello // not a comment"}]))
+    path = tmp_path / "config.json"
+    path.write_text(SEED_CONFIG.replace('"gpt2",', '"gpt2", "MODE": "sft",'))
+    c = load_config(path, check_hardware=False)
+    assert (c.OPTIM, c.FP16, c.BATCH_SIZE, c.LRATE) == ("adamw", True, 2, 5e-5)
+    if not torch.cuda.is_available():  # FP16 "true" as in the seed: a clear error on CPU
+        with pytest.raises(ConfigError, match="'FP16' = true.*CUDA"):
+            load_config(path)
+    assert strip_comments('{"A": "x // y", "B": 1} // c') == '{"A": "x // y", "B": 1} '

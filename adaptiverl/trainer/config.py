@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,7 @@ class TrainConfig:
     MAXSEQ: int = field(default=512, metadata={"help": "sft: tokens per example. rl/rloo: prompt tokens + MAX_COMPLETION_LENGTH (prompts are truncated to fit)."})
     NUM_GENERATIONS: int = field(default=4, metadata={"help": "rl/rloo: completions sampled per prompt."})
     MAX_COMPLETION_LENGTH: int = field(default=32, metadata={"help": "rl/rloo: new tokens per completion."})
+    LOG_COMPLETIONS: bool = field(default=False, metadata={"help": "rl/rloo: print a sample of prompts, completions and rewards at logging steps (TRL's `log_completions`)."})
     TEMPERATURE: float = field(default=1.0, metadata={"help": "rl/rloo: sampling temperature."})
     BETA: float = field(default=0.0, metadata={"help": "rl/rloo: KL coefficient against the reference model (0 skips loading one)."})
     REWARDS: list = field(default_factory=list, metadata={"help": "rl/rloo: reward specs of `adaptiverl.rewards.build_rewards` (each a dict with `type`, `weight`, ...)."})
@@ -193,13 +195,21 @@ def parse_config(raw: dict[str, Any], base_dir: str | Path | None = None,
     return config
 
 
+_STRING_OR_COMMENT = re.compile(r'("(?:\\.|[^"\\])*")|//[^\n]*')
+
+
+def strip_comments(text: str) -> str:
+    """Drop ``// ...`` line comments outside strings (the seed's example config has one)."""
+    return _STRING_OR_COMMENT.sub(lambda m: m.group(1) or "", text)
+
+
 def load_config(path: str | Path, check_hardware: bool = True) -> TrainConfig:
-    """Read and validate a JSON config file (see :func:`parse_config`)."""
+    """Read and validate a JSON config file (``//`` comments allowed; see :func:`parse_config`)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(strip_comments(path.read_text()))
     except json.JSONDecodeError as err:
         raise ConfigError(f"{path}: not valid JSON ({err})") from None
     return parse_config(raw, base_dir=path.parent, check_hardware=check_hardware)

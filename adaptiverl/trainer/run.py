@@ -168,7 +168,7 @@ def training_arguments(c: TrainConfig):
 
         return TrainingArguments(**common)
     rl = dict(num_generations=c.NUM_GENERATIONS, max_completion_length=c.MAX_COMPLETION_LENGTH,
-              temperature=c.TEMPERATURE, beta=c.BETA)
+              temperature=c.TEMPERATURE, beta=c.BETA, log_completions=c.LOG_COMPLETIONS)
     if c.MODE == "rl":
         from trl import GRPOConfig
 
