@@ -221,3 +221,24 @@ def test_adaptive_scheduler_passed_as_the_trainers_scheduler_is_fed(tiny_gpt2_di
     assert list(scheduler.signals.loss.values) == pytest.approx([r["loss"] for r in callback.history])
     assert optimizer.param_groups[0]["lr"] != pytest.approx(0.05)  # the scheduler acted
     assert "adaptive/adaptive_mult" in trainer.state.log_history[0]
+
+
+def test_feed_uses_the_seed_names_when_there_is_no_observe():
+    from adaptiverl.trainer.callback import feed, is_adaptive
+
+    class SeedStyle:  # a user's controller written against the seed's method names
+        def __init__(self):
+            self.calls = []
+
+        def step_loss(self, loss):
+            self.calls.append(("loss", loss))
+
+        def step_reward(self, reward):
+            self.calls.append(("reward", reward))
+
+    target = SeedStyle()
+    assert is_adaptive(target) and not is_adaptive(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1))
+    feed(target, 0.5, None)
+    feed(target, None, 0.25)
+    feed(target, 0.4, 0.3)
+    assert target.calls == [("loss", 0.5), ("reward", 0.25), ("loss", 0.4), ("reward", 0.3)]
