@@ -43,7 +43,8 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "reports" / "latest"
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     names = [name for name, _ in BENCHMARKS]
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description="Run the adaptiverl benchmark suite; write results.json, report.md "
+                                                 "and PNG plots into one folder.")
     parser.add_argument("--quick", action="store_true",
                         help="tiny budgets: checks the harness in about a minute, not the numbers")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
