@@ -16,6 +16,7 @@ import json
 import os
 import runpy
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -56,9 +57,12 @@ def test_two_process_launch_keeps_ranks_identical(tiny_gpt2_dir, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     launcher = str(Path(sys.executable).parent / "accelerate")
+    with socket.socket() as probe:  # a free port, so parallel runs do not collide
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     proc = subprocess.run(
         [launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
          __file__, str(config_path), str(tmp_path)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
