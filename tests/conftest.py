@@ -21,6 +21,15 @@ def tiny_gpt2_dir(tmp_path_factory) -> str:
     return str(build_tiny_gpt2(tmp_path_factory.mktemp("tiny-gpt2")))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_intra_op_thread():
+    """Tiny models run fastest on one thread; more only adds contention on a 2-core CI machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(autouse=True)
 def _seed_everything():
     torch.manual_seed(0)
