@@ -191,3 +191,20 @@ def test_async_components_make_an_async_composite():
     assert asyncio.run(comp(completions=["ab"])) == [1.0 + 2.0]
     assert comp.last_components == {"slow": 0.5, "length_reward": 2.0}
     assert isinstance(pickle.loads(pickle.dumps(comp)), AsyncCompositeReward)
+
+
+def test_missing_dataset_column_is_a_configuration_error():
+    from adaptiverl.rewards.text import SubstringReward
+
+    def needs_answer(completions, **kwargs):
+        from adaptiverl.rewards.base import dataset_column
+
+        answers = dataset_column(kwargs, "answer", len(completions), "needs_answer")
+        return [float(a in c) for a, c in zip(answers, completions, strict=True)]
+
+    comp = CompositeReward([SubstringReward("x"), needs_answer], on_error="none")
+    with pytest.raises(RewardComponentError,
+                       match=r"component 1 \('needs_answer'\).*needs the dataset column 'answer'") as err:
+        comp(completions=["x", "y"], reference=["a", "b"])
+    assert "sample" not in str(err.value)
+    assert comp(completions=["x", "y"], answer=["x", "q"]) == [2.0, 0.0]

@@ -65,11 +65,18 @@ def prompt_text(prompt: Any) -> str:
     raise TypeError(f"a prompt must be a string or a list of messages, got {type(prompt).__name__}")
 
 
+class MissingColumnError(KeyError):
+    """A reward needs a dataset column the batch does not have (a configuration error)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 def dataset_column(kwargs: dict[str, Any], key: str, n: int, owner: str) -> list[Any]:
     """The dataset column ``key`` that TRL passed as a keyword, checked to hold ``n`` values."""
     if key not in kwargs:
         present = sorted(k for k in kwargs if k not in TRL_CONTROL_KWARGS and k != "completion_ids")
-        raise KeyError(f"reward {owner!r} needs the dataset column {key!r}, but the batch has only "
+        raise MissingColumnError(f"reward {owner!r} needs the dataset column {key!r}, but the batch has only "
                        f"{present}; add the column to the dataset or change the reward's column name")
     values = list(kwargs[key])
     if len(values) != n:

@@ -45,7 +45,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from adaptiverl.rewards.base import TRL_CONTROL_KWARGS, checked_rewards, default_name
+from adaptiverl.rewards.base import (
+    TRL_CONTROL_KWARGS,
+    MissingColumnError,
+    checked_rewards,
+    default_name,
+)
 from adaptiverl.signals import ScalarSignal
 
 _EPS = 1e-8
@@ -290,6 +295,8 @@ class CompositeReward:
         fn = self.components[k].fn
         try:
             values = fn(**call_kwargs)
+        except MissingColumnError as exc:
+            raise self._config_error(k, exc) from exc
         except Exception as batch_exc:
             out: list[float | None] = []
             failed = 0
@@ -303,6 +310,10 @@ class CompositeReward:
                 out.extend(self._check(k, value, 1))
             return self._batch_only_failure(k, out, failed, batch_exc)
         return self._check(k, values, n)
+
+    def _config_error(self, k: int, exc: Exception) -> RewardComponentError:
+        """A configuration problem (e.g. a missing dataset column): never per-sample, never silenced."""
+        return RewardComponentError(f"{self._where(k)}: {exc}")
 
     def _sample_failed(self, k: int, j: int, exc: Exception) -> None:
         message = f"{self._where(k)} failed on sample {j}: {type(exc).__name__}: {exc}"
@@ -418,6 +429,8 @@ class AsyncCompositeReward(CompositeReward):
         fn = self.components[k].fn
         try:
             values = await fn(**call_kwargs)
+        except MissingColumnError as exc:
+            raise self._config_error(k, exc) from exc
         except Exception as batch_exc:
             out: list[float | None] = []
             failed = 0
