@@ -99,7 +99,7 @@ def test_interactive_mode_through_a_pty(tmp_path):
 
 def test_queue_mode_with_an_annotator_in_another_thread(tmp_path):
     queue, log = tmp_path / "queue", tmp_path / "ratings.jsonl"
-    reward = HumanFeedbackReward(mode="queue", queue_dir=queue, log_path=log, timeout=1.5, poll_interval=0.05)
+    reward = HumanFeedbackReward(mode="queue", queue_dir=queue, log_path=log, timeout=3.0, poll_interval=0.05)
     written = []
 
     def annotator():
