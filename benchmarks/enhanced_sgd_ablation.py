@@ -10,7 +10,9 @@ on ``LR_GRID``). At that LR every configuration of :data:`CONFIGS` is trained wi
 * ``all_on``: every feature together.
 
 Columns per task: mean held-out loss over seeds, its ratio to ``torch_sgd`` (< 1 = better) and the
-time of a whole training step (forward, backward, optimizer) as a ratio to ``torch_sgd``. A feature
+time of a whole training step (forward, backward, optimizer) as a ratio to ``torch_sgd``. The
+``opt step`` column times ``optimizer.step()`` alone (median of blocks of 10 steps, fixed gradients on
+the tiny GPT-2's parameters) as a ratio to ``torch.optim.SGD(foreach=True)``. A feature
 "helps" on a task when its mean loss is at least ``HELP_MARGIN`` (1%) below ``torch_sgd``'s **and**
 it beats ``torch_sgd`` on every seed. Timings on a shared machine are noisy; re-run on a quiet one.
 
@@ -31,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmarks.common import markdown_table, plot_lines, write_json, write_markdown
+from benchmarks.common import markdown_table, median_time, plot_lines, write_json, write_markdown
 from benchmarks.tasks import Driver, Method, get_tasks, train
 
 NAME = "enhanced_sgd_ablation"
@@ -76,6 +78,23 @@ def method(config: str) -> Method:
         return Driver(opt, step_fn=lambda loss: opt.step(closure=lambda: loss))
 
     return Method(config, QUICK_LR, build, family="ours")
+
+
+def optimizer_step_times(quick: bool = False) -> tuple[dict[str, float], int]:
+    """(seconds per ``optimizer.step()`` of every config, parameter count) on the tiny GPT-2, fixed gradients."""
+    model = get_tasks(quick)["tiny_gpt2_lm"].build_model(0)
+    params = [p for p in model.parameters() if p.requires_grad]
+    gen = torch.Generator().manual_seed(0)
+    for p in params:
+        p.grad = 1e-3 * torch.randn(p.shape, generator=gen)
+    loss = torch.tensor(3.0)
+    block = 10
+    times = {}
+    for config in CONFIGS:
+        driver = method(config).build(params, 1e-3, 1000)
+        times[config] = median_time(lambda driver=driver: [driver.step(loss) for _ in range(block)],
+                                    repeats=3 if quick else 7, warmup=1) / block
+    return times, sum(p.numel() for p in params)
 
 
 def _init_worker() -> None:
@@ -133,6 +152,8 @@ def run(out_dir: Path, quick: bool = False, *, workers: int | None = None) -> di
     jobs = [(t, c, tuned[t], s, quick) for t in tasks for c in CONFIGS for s in seeds
             if quick or c != "torch_sgd"]
     records = done + _run_jobs(jobs, workers)
+    _init_worker()
+    step_times, n_params = optimizer_step_times(quick)
 
     def cell(task: str, config: str) -> list[dict[str, Any]]:
         return sorted((r for r in records if r["task"] == task and r["config"] == config),
@@ -158,6 +179,9 @@ def run(out_dir: Path, quick: bool = False, *, workers: int | None = None) -> di
             summary.setdefault(config, {})[task] = {"loss": loss, "loss_ratio": ratio,
                                                     "time_ratio": time_ratio,
                                                     "seeds": [r["final"] for r in runs]}
+        row["opt step"] = step_times[config] / step_times["torch_sgd"]
+        summary[config]["opt_step_ratio"] = row["opt step"]
+        summary[config]["opt_step_sec"] = step_times[config]
         row["helps on"] = ", ".join(helped) if helped else ("-" if config == "torch_sgd" else "never")
         summary[config]["helps_on"] = helped
         rows.append(row)
@@ -169,12 +193,14 @@ def run(out_dir: Path, quick: bool = False, *, workers: int | None = None) -> di
         curves = {c: _smooth(cell(task, c)[0]["losses"]) for c in CONFIGS if c != "all_off"}
         plots.append(plot_lines(out_dir / f"{NAME}_{task}.png", curves, title=f"{task}: training loss (seed 0, "
                                 f"lr {tuned[task]:g}, 10-step mean)", xlabel="step", ylabel="loss", logy=True))
-    columns = ["config"] + [f"{t} {k}" for t in tasks for k in ("loss", "vs SGD", "time")] + ["helps on"]
+    columns = ["config"] + [f"{t} {k}" for t in tasks for k in ("loss", "vs SGD", "time")] + ["opt step", "helps on"]
     settings = ", ".join(f"`{k}={v}`" for k, v in ALL_ON.items())
     body = ("Tuned constant LR of SGD(momentum 0.9) per task: "
             + ", ".join(f"{t} {lr:g}" for t, lr in tuned.items())
             + f". Seeds {list(seeds)}. `loss` = mean held-out loss, `vs SGD` = ratio to torch SGD "
-            f"(< 1 better), `time` = training-step time ratio to torch SGD(foreach). A feature helps "
+            f"(< 1 better), `time` = training-step time ratio to torch SGD(foreach), `opt step` = "
+            f"`optimizer.step()` time alone on the tiny GPT-2 ({n_params / 1e6:.2f}M parameters) as a ratio "
+            f"to torch SGD(foreach) ({step_times['torch_sgd'] * 1e3:.2f} ms). A feature helps "
             f"on a task when it is >= {HELP_MARGIN:.0%} better on the mean and better on every seed.\n\n"
             + markdown_table(rows, columns)
             + f"\nAnchor: |all_off - torch_sgd| mean loss gap = {anchor_gap:.2e}.\n\n"
@@ -182,7 +208,7 @@ def run(out_dir: Path, quick: bool = False, *, workers: int | None = None) -> di
             f"`all_on` settings: {settings}.\n")
     data = {"quick": quick, "seeds": list(seeds), "tuned_lr": tuned, "lr_grid": list(LR_GRID),
             "configs": {c: v for c, v in CONFIGS.items()}, "summary": summary, "never_helped": never,
-            "anchor_gap": anchor_gap,
+            "anchor_gap": anchor_gap, "opt_step_params": n_params,
             "tuning": [{k: v for k, v in r.items() if k != "losses"} for r in tuning],
             "runs": [{k: v for k, v in r.items() if k != "losses"} for r in records]}
     write_json(out_dir, NAME, data)

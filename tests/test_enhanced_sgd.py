@@ -143,6 +143,16 @@ def test_gradient_entropy_extremes():
     assert gp.gradient_entropy([torch.zeros(10)]).item() == 0.0
 
 
+def test_gradient_entropy_matches_a_histc_reference():
+    grads = [torch.randn(300, 70) ** 3, torch.rand(1000), torch.randn(5)]
+    sample = gp.magnitude_sample(grads, 4096)
+    hist = torch.histc(sample / sample.max(), bins=32, min=0.0, max=1.0)
+    p = hist[hist > 0] / hist.sum()
+    reference = -(p * p.log()).sum() / math.log(32)
+    assert gp.gradient_entropy(grads, bins=32, sample_size=4096).item() == pytest.approx(reference.item(), abs=1e-5)
+    assert 2048 < sample.numel() <= 4096 + 3 and 0.1 < reference.item() < 0.9
+
+
 def test_entropy_adjustment_shortens_steps_when_gradient_entropy_collapses():
     p = nn.Parameter(torch.zeros(32, 32))
     opt = EnhancedSGD([p], lr=0.1, momentum=0.0, entropy_adjustment=True, smoothing_factor=0.5, **OFF)

@@ -24,20 +24,21 @@ def total_norm(grads: list[Tensor]) -> Tensor:
 def magnitude_sample(grads: list[Tensor], sample_size: int) -> Tensor:
     """``|g|`` of a strided sample of all gradients, concatenated (float32, at most ~``sample_size`` + #tensors).
 
-    One stride ``s = max(1, N // sample_size)`` (``N`` = total element count) is used for every
+    One stride ``s = ceil(N / sample_size)`` (``N`` = total element count) is used for every
     tensor, so each tensor contributes in proportion to its size.
     """
     total = sum(g.numel() for g in grads)
-    stride = max(1, total // sample_size)
+    stride = max(1, -(-total // sample_size))
     device = grads[0].device
     return torch.cat([g.reshape(-1)[::stride].float().to(device) for g in grads]).abs_()
 
 
-def gradient_entropy(grads: list[Tensor], bins: int = 64, sample_size: int = 65536) -> Tensor:
+def gradient_entropy(grads: list[Tensor], bins: int = 64, sample_size: int = 16384) -> Tensor:
     """Normalised Shannon entropy of the histogram of gradient magnitudes, in ``[0, 1]``.
 
     ``x = |g| / max|g|`` over a strided sample (:func:`magnitude_sample`) is binned into ``bins``
-    equal bins on ``[0, 1]`` with ``torch.histc``; with ``p_b`` the bin frequencies,
+    equal bins on ``[0, 1]`` (``torch.bincount`` of ``min(floor(x * bins), bins - 1)``, the bins of
+    ``torch.histc`` at a fifth of its CPU cost); with ``p_b`` the bin frequencies,
     ``H = -sum_b p_b log p_b / log(bins)``. ``H`` is near 0 when a few huge coordinates squash all
     others into the lowest bin and near 1 when magnitudes are spread evenly over their range.
     An all-zero gradient has entropy 0. Returns a 0-d float32 tensor (no host sync).
@@ -46,7 +47,8 @@ def gradient_entropy(grads: list[Tensor], bins: int = 64, sample_size: int = 655
         raise ValueError(f"bins must be >= 2, got {bins}")
     sample = magnitude_sample(grads, sample_size)
     scaled = sample / sample.max().clamp_min(torch.finfo(torch.float32).tiny)
-    hist = torch.histc(scaled, bins=bins, min=0.0, max=1.0)
+    index = (scaled * bins).long().clamp_(0, bins - 1)
+    hist = torch.bincount(index, minlength=bins).float()
     p = hist / hist.sum().clamp_min(1.0)
     entropy = -(p * torch.log(p.clamp_min(1e-30))).sum() / math.log(bins)
     return torch.where(sample.max() > 0, entropy, torch.zeros_like(entropy))

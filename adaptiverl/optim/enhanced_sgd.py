@@ -125,7 +125,7 @@ class EnhancedSGD(Optimizer):
                  clip_warmup: int = 10, spike_threshold: float = 3.0, spike_recovery_steps: int = 10,
                  retention_score: str = "norm", retention_blend: float = 0.1,
                  retention_decay: float = 0.9, bayesian_init: bool = False, prior_std: float = 1.0,
-                 entropy_bins: int = 64, entropy_sample_size: int = 65536, max_momentum: float = 0.999,
+                 entropy_bins: int = 64, entropy_sample_size: int = 16384, max_momentum: float = 0.999,
                  signal_window: int = 20, seed: int = 0) -> None:
         if not lr > 0.0:
             raise ValueError(f"lr must be > 0, got {lr}")
@@ -325,7 +325,7 @@ class EnhancedSGD(Optimizer):
         if processing:
             grads = [torch._foreach_mul(gs, 1.0) if gs else [] for gs in grads]
             all_grads = [g for gs in grads for g in gs]
-        by_kind = _group_by_device_dtype(all_grads)
+        by_kind = _group_by_device_dtype(all_grads) if processing else []
         if self.gradient_centering:
             for gs in by_kind:
                 gp.center_(gs)
