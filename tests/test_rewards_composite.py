@@ -131,6 +131,25 @@ def test_trend_driven_weights_favour_the_stagnant_component():
     w = comp.last_weights
     assert w["flat"] > 1.0 > w["improving"] > 0
     assert w["flat"] + w["improving"] == pytest.approx(2.0)
+    # Slope over spread: batch means 1..5 -> slope 1, population std of the samples sqrt(2).
+    assert comp.scaled_trend(0) == pytest.approx(1 / math.sqrt(2), rel=1e-4)
+    expected = 2 * math.exp(0) / (math.exp(0) + math.exp(-comp.scaled_trend(0) / 0.1))
+    assert comp.weights(step=0)[1] == pytest.approx(expected)
+
+
+def test_trend_weights_stay_finite_for_zero_mean_rewards():
+    signs = iter([1.0, -1.0] * 50)
+
+    def feedback(completions, **kwargs):
+        return [next(signs) for _ in completions]
+
+    def steady(completions, **kwargs):
+        return [0.5] * len(completions)
+
+    comp = CompositeReward([feedback, steady], trend_temperature=1.0)
+    for _ in range(6):
+        comp(completions=["a", "b"])  # every batch mean is exactly 0
+    assert comp.last_weights == {"feedback": pytest.approx(1.0), "steady": pytest.approx(1.0)}
 
 
 def test_component_error_names_component_and_sample():

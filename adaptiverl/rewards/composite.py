@@ -20,10 +20,12 @@ a component's "no opinion" neither rewards nor punishes); ``R_j = None`` if none
   ``{"start": a, "end": b, "steps": N, "begin": 0}``, or any callable ``step -> mult``.
 * ``m_k`` (``trend_temperature=T``): trend-driven weights in the style of Dynamic Weight Average
   (Liu, Johns & Davison, "End-to-End Multi-Task Learning with Attention", CVPR 2019):
-  ``m = K * softmax(-trend / T)`` where ``trend_k`` is the relative least-squares slope of
-  component ``k``'s batch-mean reward over the last ``trend_window`` steps
-  (:attr:`adaptiverl.signals.ScalarSignal.trend`). Components that stopped improving get more
-  weight, fast-improving ones less; ``sum_k m_k = K``.
+  ``m = K * softmax(-trend / T)`` where ``trend_k`` is the least-squares slope per step of
+  component ``k``'s batch-mean reward over the last ``trend_window`` steps (from
+  :attr:`adaptiverl.signals.ScalarSignal.trend`) divided by the running standard deviation of the
+  component's values: improvement per step in units of the component's own spread, which stays
+  finite for rewards whose mean is near zero (such as +1/-1 feedback). Components that stopped
+  improving get more weight, fast-improving ones less; ``sum_k m_k = K``.
 
 The z-score statistics are kept here rather than in :class:`~adaptiverl.signals.ScalarSignal`
 because they are over samples (thousands per step), while a ``ScalarSignal`` is one scalar per step
@@ -245,12 +247,18 @@ class CompositeReward:
         """Effective weights ``w_k`` at ``step`` (schedule times trend multiplier)."""
         w = [c.weight_at(step) for c in self.components]
         if self.trend_temperature is not None and all(t.count >= 2 for t in self.trends):
-            logits = [-t.trend / self.trend_temperature for t in self.trends]
+            logits = [-self.scaled_trend(k) / self.trend_temperature for k in range(len(w))]
             top = max(logits)
             exps = [math.exp(v - top) for v in logits]
             total = sum(exps)
             w = [wk * len(w) * e / total for wk, e in zip(w, exps, strict=True)]
         return w
+
+    def scaled_trend(self, k: int) -> float:
+        """Slope per step of component ``k``'s batch means over its sample standard deviation."""
+        sig = self.trends[k]
+        slope = sig.trend * (abs(sig.mean) + 1e-8)  # ScalarSignal.trend is slope / (|mean| + 1e-8)
+        return slope / math.sqrt(self.stats[k].variance + _EPS)
 
     # ---- calling ---------------------------------------------------------------
     def __call__(self, prompts: Sequence[Any] | None = None, completions: Sequence[Any] | None = None,
