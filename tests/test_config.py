@@ -191,3 +191,12 @@ def test_the_seed_config_verbatim_with_its_comment(tmp_path):
         with pytest.raises(ConfigError, match="'FP16' = true.*CUDA"):
             load_config(path)
     assert strip_comments('{"A": "x // y", "B": 1} // c') == '{"A": "x // y", "B": 1} '
+
+
+
+def test_bad_reward_spec_is_reported_before_any_model_loads(prompts_file):
+    """A typo inside a REWARDS spec names the component, its type and the key at validation time."""
+    raw = base(prompts_file, REWARDS=[{"type": "length", "target": 10},
+                                      {"type": "regex", "patern": "x"}])
+    with pytest.raises(ConfigError, match=r"REWARDS.*component 1.*regex.*patern"):
+        parse_config(raw)

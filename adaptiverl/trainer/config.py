@@ -258,11 +258,23 @@ def _validate(c: TrainConfig, base_dir: str | Path | None) -> None:
                             '[{"type": "length", "target": 20, "weight": 1.0}]')
         if not all(isinstance(spec, dict) for spec in c.REWARDS):
             fail("REWARDS", "must be a list of JSON objects (reward specs)")
+        _validate_rewards(c.REWARDS)
         if c.NUM_GENERATIONS < 2:
             fail("NUM_GENERATIONS", "GRPO/RLOO compare completions of one prompt: use at least 2")
         if c.MAX_COMPLETION_LENGTH >= c.MAXSEQ:
             fail("MAX_COMPLETION_LENGTH", f"must be smaller than MAXSEQ ({c.MAXSEQ}) to leave room for the prompt")
     c.TRAIN_FILE = str(_resolve_train_file(c.TRAIN_FILE, base_dir))
+
+
+def _validate_rewards(specs: list) -> None:
+    """Build the composite once: spec errors (unknown type or key, bad weight, missing model folder)
+    surface here, naming the component, before any model loads. Building loads no model."""
+    from adaptiverl.rewards import RewardSpecError, build_rewards
+
+    try:
+        build_rewards(specs)
+    except RewardSpecError as exc:
+        raise ConfigError(f"config key 'REWARDS': {exc}") from exc
 
 
 def _validate_optim(c: TrainConfig, fail) -> None:
