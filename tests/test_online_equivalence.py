@@ -7,6 +7,7 @@ controller on, and bad arguments raise errors that name the argument.
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -189,3 +190,14 @@ def test_params_without_grad_are_left_alone_and_rows_stay_aligned():
     tensors = opt.dynamics()["tensors"]
     assert len(tensors) == 4
     assert all(t["delta_scale"] > 0 for t in tensors)
+
+
+def test_complex_parameters_are_rejected_before_anything_changes():
+    w = torch.nn.Parameter(torch.randn(4, dtype=torch.complex64))
+    before = w.detach().clone()
+    opt = OnlineAdamW([w], lr=0.1)
+    w.grad = torch.randn(4, dtype=torch.complex64)
+    with pytest.raises(RuntimeError, match="complex"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        opt.step()
+    assert torch.equal(w.detach(), before)

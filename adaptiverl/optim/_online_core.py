@@ -255,6 +255,8 @@ class OnlineOptimizer(Optimizer):
         for group, params, states in zip(self.param_groups, batch["by_group"], batch["states"], strict=True):
             for p, state in zip(params, states, strict=True):
                 if not state:
+                    if torch.is_complex(p):
+                        raise RuntimeError(f"{type(self).__name__} does not support complex parameters")
                     state.update(self._init_state(p, group))
         if self.adapt:
             scales, knob_values = self._adapt(batch)
@@ -283,17 +285,17 @@ class OnlineOptimizer(Optimizer):
         grads_by_group: list[list[Tensor]] = []
         states: list[list[dict[str, Any]]] = []
         row = 0
+        state = self.state
         for group in self.param_groups:
             gp, gg, gs = [], [], []
             for p in group["params"]:
-                if p.grad is not None:
-                    if p.grad.is_sparse:
+                grad = p.grad
+                if grad is not None:
+                    if grad.is_sparse:
                         raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
-                    if torch.is_complex(p):
-                        raise RuntimeError(f"{type(self).__name__} does not support complex parameters")
                     gp.append(p)
-                    gg.append(p.grad)
-                    gs.append(self.state[p])
+                    gg.append(grad)
+                    gs.append(state[p])
                     rows.append(row)
                 row += 1
             by_group.append(gp)
