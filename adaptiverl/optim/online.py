@@ -31,7 +31,7 @@ directional derivative along the last perturbation (a simultaneous-perturbation
 finite difference, Spall 1992), and ``-reward_weight * r * eps_{t-1,i}`` is added to the
 signal: scales whose perturbation came with a reward increase are pushed up.
 
-**Features** (one row per tensor, from a fixed strided sample of at most
+**Features** (one row per tensor, from a fixed sample (evenly spaced blocks) of at most
 ``feature_sample_size`` elements, all in about [-1, 1]): ``cos(g_t, u_{t-1})``;
 ``cos(g_t, memory)`` (momentum buffer or ``exp_avg``); ``log10(rms u / rms theta) / 6``;
 ``log(rms g_t / rms g_{t-1}) / 3``; the current ``log s / log hi``; ``tanh(100 * loss trend)``
@@ -47,7 +47,7 @@ whose base value is 0 stays 0. ``adapt_knobs=False`` keeps them at the group val
 (one warning). A non-finite gradient skips the whole step with a warning: parameters,
 optimizer state, step counters, controller and generator are untouched.
 ``finite_check="full"`` checks every element (one read of all gradients,
-``torch._amp_foreach_non_finite_check_and_unscale_``), ``"sample"`` only the strided
+``torch._amp_foreach_non_finite_check_and_unscale_``), ``"sample"`` only the
 sample the features use (free, but a lone Inf outside the sample goes unseen), ``"off"``
 none.
 
