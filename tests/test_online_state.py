@@ -224,3 +224,39 @@ def test_closure_is_called_and_its_loss_returned():
     first = opt.step(closure)
     second = opt.step(closure)
     assert second < first
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_host_syncs_per_step_do_not_grow_with_the_number_of_tensors(cls, monkeypatch):
+    """The hot path: one finite-check sync and one tolist() per step, never one per tensor."""
+    calls = {"n": 0}
+
+    def counting(name):
+        original = getattr(torch.Tensor, name)
+
+        def wrapper(self, *args, **kwargs):
+            calls["n"] += 1
+            return original(self, *args, **kwargs)
+
+        return wrapper
+
+    def syncs_per_step(n_tensors: int) -> int:
+        params = [torch.nn.Parameter(torch.randn(5, 7)) for _ in range(n_tensors)]
+        opt = cls(params, lr=0.01)
+        for step in range(3):
+            for p in params:
+                p.grad = torch.randn_like(p)
+            opt.observe(loss=1.0 / (step + 1), reward=float(step))
+            if step == 2:
+                calls["n"] = 0
+                with monkeypatch.context() as patch:
+                    for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
+                        patch.setattr(torch.Tensor, name, counting(name))
+                    opt.step()
+            else:
+                opt.step()
+        return calls["n"]
+
+    few, many = syncs_per_step(3), syncs_per_step(40)
+    assert few == many
+    assert 1 <= many <= 2  # the patches do see the two syncs

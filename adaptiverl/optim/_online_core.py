@@ -21,6 +21,7 @@ Per step, for the T parameter tensors (rows):
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from collections.abc import Callable, Iterable
@@ -162,6 +163,7 @@ class OnlineOptimizer(Optimizer):
             "knob_log_mult": torch.zeros(len(self.param_groups), len(self.KNOBS), device=device,
                                          dtype=torch.float64),
             "drift_ema": torch.zeros(len(self.param_groups), device=device, dtype=torch.float64),
+            "seen": [False] * rows,  # host copy of has_prev
             "last_reward_count": 0,
             "steps": 0,
         }
@@ -175,6 +177,7 @@ class OnlineOptimizer(Optimizer):
             g_old = ctl["knob_log_mult"].shape[0]
             new["knob_log_mult"][:g_old] = ctl["knob_log_mult"]
             new["drift_ema"][:g_old] = ctl["drift_ema"]
+            new["seen"][:old] = ctl["seen"]
             new["last_reward_count"] = ctl["last_reward_count"]
             new["steps"] = ctl["steps"]
         self.controller.to(device)
@@ -389,17 +392,24 @@ class OnlineOptimizer(Optimizer):
             signal = signal - self.reward_weight * r * take("noise")
         ctl["last_reward_count"] = reward.count
 
-        learn_weight = has_prev.float()
-        if ctl["steps"] > 0:
-            full_signal = torch.zeros(ctl["rows"], device=device)
-            full_weight = torch.zeros(ctl["rows"], device=device)
+        # Learn when some active row was stepped before (decided on the host: no sync).
+        seen = ctl["seen"]
+        if any(seen) if all_active else any(seen[r] for r in rows_list):
+            learn_weight = has_prev.float()
             if all_active:
                 full_signal, full_weight = signal, learn_weight
             else:
+                full_signal = torch.zeros(ctl["rows"], device=device)
+                full_weight = torch.zeros(ctl["rows"], device=device)
                 full_signal[rows] = signal
                 full_weight[rows] = learn_weight
-            if bool(full_weight.any()):
-                self.controller.learn(ctl["x_prev"], ctl["h_in_prev"], full_signal, full_weight)
+            self.controller.learn(ctl["x_prev"], ctl["h_in_prev"], full_signal, full_weight)
+        if all_active:
+            if not all(seen):
+                ctl["seen"] = [True] * ctl["rows"]
+        else:
+            for r in rows_list:
+                seen[r] = True
 
         h_in = take("hidden")
         log_scale, h_new = self.controller(x, h_in)
@@ -595,7 +605,7 @@ class OnlineOptimizer(Optimizer):
         out = super().state_dict()
         ctl = None
         if self._ctl is not None:
-            ctl = {k: (v.clone() if isinstance(v, Tensor) else v) for k, v in self._ctl.items()}
+            ctl = {k: (v.clone() if isinstance(v, Tensor) else copy.deepcopy(v)) for k, v in self._ctl.items()}
         out["online"] = {
             "controller": self.controller.full_state_dict(),
             "ctl": ctl,
