@@ -7,7 +7,8 @@ built on the shared core: loss statistics come from :class:`adaptiverl.signals.S
 controller is :class:`adaptiverl.controllers.qlearning.QLearningController`, and the per-step
 tensor work uses ``torch._foreach_*`` kernels (:mod:`adaptiverl.optim._gradient_processing`).
 
-One step, in order (every stage but the SGD core is switched by its constructor argument):
+One step, in order (every stage but the SGD core is switched by its constructor argument; the
+gradient stages 2-6 work on one copy of the gradients, so ``p.grad`` is never modified):
 
 1. **Loss** from ``closure()`` (or the last :meth:`EnhancedSGD.observe`) is fed to ``Signals``.
 2. **Gradient centering** (``gradient_centering``): ``g <- g - mean(g)`` per weight tensor.
