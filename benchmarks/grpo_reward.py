@@ -158,7 +158,7 @@ def run(out_dir: Path, quick: bool = False, *, methods: list[str] | None = None,
     with tempfile.TemporaryDirectory(prefix="grpo-bench-") as tmp:
         model_dir = build_tiny_gpt2(Path(tmp) / "tiny-gpt2")
         records = run_parallel(run_one, [(n, model_dir, Path(tmp), steps, s) for n in names
-                                         for s in seeds], workers)
+                                         for s in seeds], workers, label=NAME)
     errors = {r["method"]: r["error"] for r in records if "error" in r}
     runs: dict[str, list[dict[str, Any]]] = {}
     for r in records:

@@ -102,7 +102,7 @@ def run(out_dir: Path, quick: bool = False, *, methods: Sequence[str] | None = N
     order = sorted(tasks, key=lambda n: -tasks[n].steps * (10 if "gpt" in n else 1))
     jobs = [(t, m.name, m.default_lr * 10 ** e, s, quick, e == 0.0 and s == seeds[0])
             for t in order for m in method_list for e in exponents for s in seeds]
-    records = run_parallel(_run_one, jobs, workers)
+    records = run_parallel(_run_one, jobs, workers, label=NAME)
 
     errors = {r["method"]: r["error"] for r in records if "error" in r}
     cells: dict[tuple[str, str, float], list[float]] = {}

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -186,24 +187,38 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
-def run_parallel(fn: Callable[[J], R], jobs: Sequence[J], workers: int) -> list[R]:
+def run_parallel(fn: Callable[[J], R], jobs: Sequence[J], workers: int,
+                 label: str | None = None) -> list[R]:
     """``[fn(job) for job in jobs]`` over ``workers`` spawned processes, one torch thread each.
 
     Tiny models run fastest on one intra-op thread, so independent runs go to separate processes
     instead. ``fn`` must be a module-level function (it is pickled). With ``workers <= 1`` the jobs
     run here, on one thread, and the caller's thread count is restored afterwards. Results come
-    back in job order and do not depend on ``workers``.
+    back in job order and do not depend on ``workers``. With a ``label``, progress goes to stderr
+    at every tenth of the jobs.
     """
+    results: list[R] = []
+    start = time.perf_counter()
+
+    def collect(outputs: Iterable[R]) -> list[R]:
+        for out in outputs:
+            results.append(out)
+            done = len(results)
+            if label and (done == len(jobs) or done % max(1, len(jobs) // 10) == 0):
+                print(f"[{label}] {done}/{len(jobs)} runs, {time.perf_counter() - start:.0f} s",
+                      file=sys.stderr, flush=True)
+        return results
+
     if workers <= 1:
         threads = torch.get_num_threads()
         _one_thread()
         try:
-            return [fn(job) for job in jobs]
+            return collect(fn(job) for job in jobs)
         finally:
             torch.set_num_threads(threads)
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
                              initializer=_one_thread) as pool:
-        return list(pool.map(fn, jobs, chunksize=1))
+        return collect(pool.map(fn, jobs, chunksize=1))
 
 
 # --------------------------------------------------------------------------- tiny GPT-2 LM
