@@ -260,3 +260,27 @@ def test_host_syncs_per_step_do_not_grow_with_the_number_of_tensors(cls, monkeyp
     few, many = syncs_per_step(3), syncs_per_step(40)
     assert few == many
     assert 1 <= many <= 2  # the patches do see the two syncs
+
+
+def test_online_adamw_resumes_from_a_torch_adamw_checkpoint():
+    """Switching optimizers mid-run: torch AdamW's state dict loads and the run continues."""
+    model = _model()
+    torch_opt = torch.optim.AdamW(model.parameters(), lr=0.01, foreach=True)
+    x, y = _batch(0)
+    for _ in range(3):
+        torch_opt.zero_grad()
+        ((model(x) - y) ** 2).mean().backward()
+        torch_opt.step()
+    twin = copy.deepcopy(model)
+    twin_opt = torch.optim.AdamW(twin.parameters(), lr=0.01, fused=True)
+    twin_opt.load_state_dict(copy.deepcopy(torch_opt.state_dict()))  # load aliases tensors
+    opt = OnlineAdamW(model.parameters(), lr=0.01, adapt=False)
+    opt.load_state_dict(copy.deepcopy(torch_opt.state_dict()))
+    for m, o in ((model, opt), (twin, twin_opt)):
+        for _ in range(3):
+            o.zero_grad()
+            ((m(x) - y) ** 2).mean().backward()
+            o.step()
+    for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
+    assert opt.state[next(model.parameters())]["step"].item() == 6

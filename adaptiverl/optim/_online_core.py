@@ -628,7 +628,8 @@ class OnlineOptimizer(Optimizer):
         ctl = online["ctl"]
         if ctl is not None:
             device = next(iter(self._all_params())).device
-            ctl = {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in ctl.items()}
+            ctl = {k: (v.to(device, copy=True) if isinstance(v, Tensor) else copy.deepcopy(v))
+                   for k, v in ctl.items()}
             self.controller.to(device)
         self._ctl = ctl
         self._sample_cache = {}

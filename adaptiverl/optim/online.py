@@ -346,6 +346,18 @@ class OnlineAdamW(OnlineOptimizer):
     def _memory(self, state: dict[str, Any]) -> Tensor | None:
         return state.get("exp_avg")
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Also accepts a torch AdamW state dict; step counters move to their parameter's
+        device, where the fused kernel reads them (once, at load time)."""
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            if self._use_reference(group):
+                continue
+            for p in group["params"]:
+                state = self.state.get(p)
+                if state and state["step"].device != p.device:
+                    state["step"] = state["step"].to(device=p.device, dtype=torch.float32)
+
     def _kernel_fast(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
                      states: list[dict[str, Any]], lrs: list[float], knobs: dict[str, float]) -> None:
         beta1, beta2, weight_decay = knobs["beta1"], knobs["beta2"], knobs["weight_decay"]
