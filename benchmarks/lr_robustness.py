@@ -32,7 +32,7 @@ from benchmarks.registry import BASELINE, get_methods
 from benchmarks.tasks import get_tasks, run_parallel, train
 
 NAME = "lr_robustness"
-GRID_EXPONENTS = (-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5)
+GRID_EXPONENTS = (-1.5, -0.75, 0.0, 0.75, 1.5)
 QUICK_GRID_EXPONENTS = (0.0,)
 SEEDS = (0, 1, 2)
 QUICK_SEEDS = (0,)
