@@ -53,8 +53,10 @@ def build_composite() -> Any:
 def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
     composite = build_composite()
     cosine = composite.components[2].fn
-    sizes = [256, 1024] if quick else [128, 256, 512, 1024]
-    repeats = 3 if quick else 7
+    # Quick mode checks the harness only (CI): a MiniLM encode of 1,024 completions alone takes
+    # about a minute on a 2-core CPU, so it stays at 64.
+    sizes = [32, 64] if quick else [128, 256, 512, 1024]
+    repeats = 1 if quick else 7
     rows, series = [], {"composite": [], "regex": [], "length": [], "cosine": []}
     shares: dict[str, float] = {}
     for n in sizes:
@@ -99,10 +101,10 @@ def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
     cost = {"encoder_params_non_embedding": params, "tokens_encoded_at_largest": tokens,
             "gflop_at_largest": gflop, "achieved_gflops": gflop / rows[-1]["cosine_s"]}
     result = {"device": cosine.sentence_model.device.type, "sizes": sizes, "rows": rows,
-              "share_at_1024": shares, "completions_per_s_at_1024": headline, "target": TARGET,
+              "largest_batch": sizes[-1], "share_at_largest": shares, "completions_per_s": headline, "target": TARGET,
               "encoder_cost": cost,
               "meets_target": headline >= TARGET,
-              "targets": [{"target": "regex+length+cosine completions/s at 1,024 (CPU)",
+              "targets": [{"target": f"regex+length+cosine completions/s at {sizes[-1]:,} (CPU)",
                            "value": headline, "threshold": TARGET, "met": headline >= TARGET}]}
     write_json(out_dir, "rewards", result)
     plot_lines(out_dir / "rewards_throughput.png", {k: (sizes, v) for k, v in series.items()},
@@ -110,7 +112,7 @@ def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
                logx=True, logy=True)
     share_rows = [{"component": k, "share of time": v} for k, v in shares.items()]
     write_markdown(out_dir, "rewards", "Reward throughput (regex + length + cosine)", [
-        ("Headline", f"{headline:.0f} completions/s at 1,024 completions on {result['device']} "
+        ("Headline", f"{headline:.0f} completions/s at {sizes[-1]:,} completions on {result['device']} "
                      f"(target >= {TARGET:.0f}: {'met' if result['meets_target'] else 'NOT met'}).\n"),
         ("Throughput", markdown_table(rows, ["completions", "completions_per_s", "composite_s",
                                              "regex_s", "length_s", "cosine_s", "combine_s"])),
@@ -130,8 +132,9 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
     result = run(Path(args.out), quick=args.quick)
-    print(f"{result['completions_per_s_at_1024']:.0f} completions/s at 1,024 on {result['device']}; "
-          f"shares {', '.join(f'{k} {v:.0%}' for k, v in result['share_at_1024'].items())}")
+    print(f"{result['completions_per_s']:.0f} completions/s at {result['largest_batch']:,} on "
+          f"{result['device']}; shares "
+          f"{', '.join(f'{k} {v:.0%}' for k, v in result['share_at_largest'].items())}")
 
 
 if __name__ == "__main__":
