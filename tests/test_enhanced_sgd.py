@@ -15,14 +15,6 @@ from adaptiverl.optim import _gradient_processing as gp
 OFF = {"q_learning": False}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: intra-op threads only add contention (50x slower on a busy 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _mlp(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)

@@ -10,14 +10,6 @@ from benchmarks import enhanced_sgd_ablation as ablation
 from benchmarks.tasks import get_tasks, train
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_all_off_row_reproduces_torch_sgd_on_a_real_task():
     task = get_tasks(quick=True)["digits_mlp"]
     reference = train(task, ablation.method("torch_sgd"), lr=0.1, seed=0)

@@ -11,14 +11,6 @@ from adaptiverl.controllers.gru import GRUController
 from adaptiverl.optim.online import OnlineAdamW, OnlineRMSProp, OnlineSGD
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _regression() -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(256, 16, generator=gen)

@@ -14,13 +14,6 @@ from adaptiverl.optim.online import OnlineAdamW, OnlineRMSProp, OnlineSGD
 CLASSES = [OnlineSGD, OnlineRMSProp, OnlineAdamW]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _model(seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)

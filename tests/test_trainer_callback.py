@@ -27,14 +27,6 @@ from adaptiverl.trainer.callback import (
 DATA = Path(__file__).resolve().parent.parent / "configs" / "data"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is as fast, and far faster on a shared, loaded CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def sft_dataset(tokenizer, n: int = 32):
     from datasets import load_dataset
