@@ -19,7 +19,8 @@ tiny-model generation is fastest on one intra-op thread.
 
 Figures: reward against step (mean over seeds, 5-step moving mean); final reward (mean of the last
 5 steps); and *steps to reach* the AdamW-default run's final reward: the first step at which a
-method's smoothed mean curve reaches it, as a ratio to the number of steps (``inf`` if never).
+method's smoothed mean curve reaches it, as a ratio to the steps the AdamW-default curve itself
+needed to first reach it (``inf`` if never; AdamW is 1.00 by construction).
 """
 
 from __future__ import annotations
@@ -50,24 +51,28 @@ BASELINE = "adamw"
 OURS_HEADLINE = "online_adamw"
 
 
-def _torch_adamw(model: torch.nn.Module, lr: float) -> Any:
-    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+def _trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
 
 
-def _schedulefree(model: torch.nn.Module, lr: float) -> Any:
+def _torch_adamw(model: torch.nn.Module, c: Any) -> Any:
+    return torch.optim.AdamW(_trainable(model), lr=c.LRATE, weight_decay=c.WEIGHT_DECAY)
+
+
+def _schedulefree(model: torch.nn.Module, c: Any) -> Any:
     import schedulefree
 
-    return schedulefree.AdamWScheduleFree([p for p in model.parameters() if p.requires_grad])
+    return schedulefree.AdamWScheduleFree(_trainable(model), weight_decay=c.WEIGHT_DECAY)
 
 
-def _prodigy(model: torch.nn.Module, lr: float) -> Any:
+def _prodigy(model: torch.nn.Module, c: Any) -> Any:
     from prodigyopt import Prodigy
 
-    return Prodigy([p for p in model.parameters() if p.requires_grad], lr=1.0)
+    return Prodigy(_trainable(model), lr=1.0, weight_decay=c.WEIGHT_DECAY)
 
 
 # name -> (config overrides, optimizer factory or None to let build_optimizer(config) build it)
-METHODS: dict[str, tuple[dict[str, Any], Callable[[torch.nn.Module, float], Any] | None]] = {
+METHODS: dict[str, tuple[dict[str, Any], Callable[[torch.nn.Module, Any], Any] | None]] = {
     "adamw": ({}, _torch_adamw),
     "adamw_cosine": ({"LR_SCHEDULER": "cosine"}, _torch_adamw),
     "schedulefree_adamw": ({}, _schedulefree),
@@ -119,7 +124,8 @@ def run_one(job: tuple[str, Path, Path, int, int]) -> dict[str, Any]:
         set_seed(c.SEED)
         model, tokenizer = load_model_and_tokenizer(c)
         dataset = load_dataset_for(c, tokenizer)
-        optimizer = build_optimizer(c, model) if factory is None else factory(model, c.LRATE)
+        optimizer = build_optimizer(c, model) if factory is None else factory(model, c)
+        lr = float(optimizer.param_groups[0]["lr"])
         trainer = build_trainer(c, model, tokenizer, dataset, optimizer)
         for cb in (ProgressCallback, PrinterCallback):
             trainer.remove_callback(cb)
@@ -131,9 +137,11 @@ def run_one(job: tuple[str, Path, Path, int, int]) -> dict[str, Any]:
         seconds = time.perf_counter() - start
     except Exception as err:  # reported as the method's row, not fatal
         return {"method": method, "seed": seed, "error": f"{type(err).__name__}: {err}"}
-    rewards = [row["reward"] for row in trainer.state.log_history if "reward" in row]
-    return {"method": method, "seed": seed, "lr": c.LRATE, "rewards": rewards,
-            "sec_per_step": seconds / max(1, trainer.state.global_step)}
+    logged = [row for row in trainer.state.log_history if "reward" in row]
+    # the LR the optimizer applied: the controller's (logged by AdaptiveCallback) or the schedule's
+    lrs = [row.get("adaptive/lr", row.get("learning_rate", math.nan)) for row in logged]
+    return {"method": method, "seed": seed, "lr": lr, "rewards": [row["reward"] for row in logged],
+            "lrs": lrs, "sec_per_step": seconds / max(1, trainer.state.global_step)}
 
 
 def _moving_mean(values: list[float], width: int) -> list[float]:
@@ -171,16 +179,23 @@ def run(out_dir: Path, quick: bool = False, *, methods: list[str] | None = None,
         mean = [statistics.fmean(r["rewards"][i] for r in rs) for i in range(length)]
         curves[name] = _moving_mean(mean, SMOOTH)
     target_reward = curves[BASELINE][-1] if curves.get(BASELINE) else math.nan
+
+    def first_reach(curve: list[float]) -> int | None:
+        return next((i + 1 for i, v in enumerate(curve) if v >= target_reward), None)
+
+    baseline_steps = first_reach(curves[BASELINE]) if curves.get(BASELINE) else None
     rows = []
     for name, curve in curves.items():
-        reach = next((i + 1 for i, v in enumerate(curve) if v >= target_reward), None)
+        reach = first_reach(curve)
         finals = [statistics.fmean(r["rewards"][-SMOOTH:]) for r in runs[name]]
+        applied = [lr for r in runs[name] for lr in r["lrs"] if math.isfinite(lr)]
         rows.append({
             "method": name, "lr": runs[name][0]["lr"],
+            "lr min": min(applied, default=math.nan), "lr max": max(applied, default=math.nan),
             "final reward": statistics.fmean(finals),
             "final reward sd": statistics.stdev(finals) if len(finals) > 1 else 0.0,
             "steps to AdamW-default final": reach if reach is not None else "never",
-            "ratio": reach / steps if reach is not None else math.inf,
+            "ratio": (reach / baseline_steps if reach is not None and baseline_steps else math.inf),
             "s/step": statistics.fmean(r["sec_per_step"] for r in runs[name]),
         })
     ours = next((r for r in rows if r["method"] == OURS_HEADLINE), None)
@@ -189,7 +204,7 @@ def run(out_dir: Path, quick: bool = False, *, methods: list[str] | None = None,
         "value": "n/a" if ours is None else ours["ratio"], "threshold": 0.75,
         "met": "n/a" if ours is None else ("yes" if ours["ratio"] <= 0.75 else "NO")}]
     data = {"quick": quick, "steps": steps, "seeds": list(seeds), "config": str(CONFIG.name),
-            "target_reward": target_reward, "table": rows, "targets": targets, "errors": errors,
+            "target_reward": target_reward, "baseline_steps": baseline_steps, "table": rows, "targets": targets, "errors": errors,
             "reward_curves": curves,
             "runs": {n: [{"seed": r["seed"], "rewards": r["rewards"]} for r in rs] for n, rs in runs.items()}}
     write_json(out_dir, NAME, data)
@@ -199,7 +214,9 @@ def run(out_dir: Path, quick: bool = False, *, methods: list[str] | None = None,
                    ylabel="reward")
     sections = [
         ("Setup", f"- `{CONFIG.name}` with STEPS={steps}, seeds {list(seeds)}; AdamW-default final "
-                  f"reward (smoothed) = {target_reward:.4g}\n"),
+                  f"reward (smoothed) = {target_reward:.4g}, which its own curve first reaches at step "
+                  f"{baseline_steps}; `ratio` = a method's steps to that reward / {baseline_steps}; "
+                  "`lr min`/`lr max`: the LR the optimizer applied (controller or schedule)\n"),
         ("Targets", markdown_table(targets, ["target", "value", "threshold", "met"])),
         ("Reward", markdown_table(rows) + f"\n![reward]({NAME}.png)\n"),
     ]
