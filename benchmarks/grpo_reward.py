@@ -10,8 +10,9 @@ same number of steps with 3 seeds; the model, data, trainer and reward are built
 
 Optimizers: ``adamw`` (torch AdamW at the config's LR, constant schedule: the *AdamW-default* run),
 ``adamw_cosine`` (same with HF's cosine schedule), ``schedulefree_adamw`` and ``prodigy`` (their
-package defaults), and ours through the config's ``OPTIM``: ``online_adamw`` (``adamw``),
-``adaptive_optimizer`` (``AdamW`` wrapped with the default rules), ``enhanced_sgd``; ours are fed by
+package defaults), and ours: ``online_adamw`` and ``enhanced_sgd`` through the config's ``OPTIM``,
+``adaptive_optimizer`` (torch AdamW wrapped with the default rules; built here because
+``OPTIM: "AdamW"`` resolves to OnlineAdamW); ours are fed by
 :class:`adaptiverl.trainer.callback.AdaptiveCallback` as in ``train(config)``.
 
 Runs go to ``workers`` spawned processes with one torch thread each (default 2; 1 in quick mode):
@@ -49,6 +50,7 @@ SEEDS, QUICK_SEEDS = (0, 1, 2), (0,)
 SMOOTH = 5
 BASELINE = "adamw"
 OURS_HEADLINE = "online_adamw"
+OURS = ("online_adamw", "adaptive_optimizer", "enhanced_sgd")  # fed by AdaptiveCallback
 
 
 def _trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -71,6 +73,17 @@ def _prodigy(model: torch.nn.Module, c: Any) -> Any:
     return Prodigy(_trainable(model), lr=1.0, weight_decay=c.WEIGHT_DECAY)
 
 
+def _adaptive_optimizer(model: torch.nn.Module, c: Any) -> Any:
+    """torch AdamW wrapped by AdaptiveOptimizer with its default rules.
+
+    Built here because the config cannot name it: ``OPTIM: "AdamW"`` resolves (case-insensitively)
+    to OnlineAdamW.
+    """
+    from adaptiverl.optim import AdaptiveOptimizer
+
+    return AdaptiveOptimizer(_torch_adamw(model, c))
+
+
 # name -> (config overrides, optimizer factory or None to let build_optimizer(config) build it)
 METHODS: dict[str, tuple[dict[str, Any], Callable[[torch.nn.Module, Any], Any] | None]] = {
     "adamw": ({}, _torch_adamw),
@@ -78,7 +91,7 @@ METHODS: dict[str, tuple[dict[str, Any], Callable[[torch.nn.Module, Any], Any] |
     "schedulefree_adamw": ({}, _schedulefree),
     "prodigy": ({}, _prodigy),
     "online_adamw": ({"OPTIM": "adamw"}, None),
-    "adaptive_optimizer": ({"OPTIM": "AdamW"}, None),
+    "adaptive_optimizer": ({}, _adaptive_optimizer),
     "enhanced_sgd": ({"OPTIM": "enhanced_sgd", "LRATE": 1e-2}, None),
 }
 
@@ -129,7 +142,7 @@ def run_one(job: tuple[str, Path, Path, int, int]) -> dict[str, Any]:
         trainer = build_trainer(c, model, tokenizer, dataset, optimizer)
         for cb in (ProgressCallback, PrinterCallback):
             trainer.remove_callback(cb)
-        if factory is None:
+        if method in OURS:
             AdaptiveCallback(print_console=False, history_file=None).attach(trainer)
         start = time.perf_counter()
         with contextlib.redirect_stdout(io.StringIO()):
