@@ -44,12 +44,34 @@ def median_time(fn: Callable[[], Any], repeats: int = 7, warmup: int = 2) -> flo
     return statistics.median(times)
 
 
+def moving_average(values: Sequence[float], width: int = 10) -> list[float]:
+    """Trailing mean over the last ``width`` values (fewer at the start), for readable loss curves."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= width:
+            total -= values[i - width]
+        out.append(total / min(i + 1, width))
+    return out
+
+
 def write_json(out_dir: Path, name: str, data: dict[str, Any]) -> Path:
+    """``<name>.json``: standard JSON, so non-finite numbers (a diverged run) are written as strings."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}.json"
-    payload = {"benchmark": name, "machine": machine_info(), **data}
-    path.write_text(json.dumps(payload, indent=2, default=_jsonable))
+    payload = _finite_json({"benchmark": name, "machine": machine_info(), **data})
+    path.write_text(json.dumps(payload, indent=2, default=_jsonable, allow_nan=False))
     return path
+
+
+def _finite_json(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # "inf", "-inf", "nan"
+    if isinstance(value, dict):
+        return {k: _finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_json(v) for v in value]
+    return value
 
 
 def _jsonable(value: Any) -> Any:
@@ -102,13 +124,15 @@ def plot_lines(path: Path, series: dict[str, Sequence[float]] | dict[str, tuple[
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
-    for label, data in series.items():
+    styles = ("-", "--", ":", "-.")
+    for index, (label, data) in enumerate(series.items()):
         if isinstance(data, tuple):
             xs, ys = data
         else:
             ys = list(data)
             xs = list(range(1, len(ys) + 1))
-        ax.plot(xs, ys, label=label, marker="o" if len(ys) <= 12 else None, linewidth=1.4)
+        ax.plot(xs, ys, label=label, marker="o" if len(ys) <= 12 else None, linewidth=1.4,
+                linestyle=styles[(index // 10) % len(styles)])  # 10 colours, then a new style
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     if logx:
         ax.set_xscale("log")

@@ -41,7 +41,7 @@ from adaptiverl.optim.meta_optimizer import (
     PlateauMetaOptimizer,
     RLMetaOptimizer,
 )
-from benchmarks.common import markdown_table, plot_lines, write_json, write_markdown
+from benchmarks.common import markdown_table, moving_average, plot_lines, write_json, write_markdown
 from benchmarks.tasks import Driver, Method, get_tasks, train
 
 NAME = "controllers"
@@ -122,15 +122,6 @@ METHODS: dict[str, Build] = {
 }
 FRONT_ENDS = [name for name in METHODS if name not in (UNCONTROLLED, "adamw_plateau")]
 
-
-def _smooth(values: list[float], width: int = 10) -> list[float]:
-    out, total = [], 0.0
-    for i, v in enumerate(values):
-        total += v
-        if i >= width:
-            total -= values[i - width]
-        out.append(total / min(i + 1, width))
-    return out
 
 
 def _geomean(values: list[float]) -> float:
@@ -229,7 +220,7 @@ def _write_report(out_dir: Path, data: dict[str, Any], curves: dict) -> None:
         for factor in data["factors"]:
             series = curves.get((task, factor), {})
             stem = f"{NAME}_{task}_x{factor:g}"
-            plot_lines(out_dir / f"{stem}_loss.png", {m: _smooth(c["losses"]) for m, c in series.items()},
+            plot_lines(out_dir / f"{stem}_loss.png", {m: moving_average(c["losses"]) for m, c in series.items()},
                        title=f"{task}, LR {factor:g}x default: training loss (seed 0, 10-step mean)",
                        xlabel="step", ylabel="training loss", logy=True)
             plot_lines(out_dir / f"{stem}_lr.png", {m: c["lrs"] for m, c in series.items()},

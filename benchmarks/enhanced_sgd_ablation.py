@@ -25,16 +25,21 @@ import argparse
 import math
 import statistics
 from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from benchmarks.common import markdown_table, median_time, plot_lines, write_json, write_markdown
-from benchmarks.tasks import Driver, Method, get_tasks, train
+from benchmarks.common import (
+    markdown_table,
+    median_time,
+    moving_average,
+    plot_lines,
+    write_json,
+    write_markdown,
+)
+from benchmarks.tasks import Driver, Method, get_tasks, run_parallel, train
 
 NAME = "enhanced_sgd_ablation"
 SEEDS = (0, 1, 2)
@@ -97,10 +102,6 @@ def optimizer_step_times(quick: bool = False) -> tuple[dict[str, float], int]:
     return times, sum(p.numel() for p in params)
 
 
-def _init_worker() -> None:
-    torch.set_num_threads(1)
-
-
 def _run_one(job: tuple[str, str, float, int, bool]) -> dict[str, Any]:
     task_name, config, lr, seed, quick = job
     result = train(get_tasks(quick)[task_name], method(config), lr, seed)
@@ -109,27 +110,8 @@ def _run_one(job: tuple[str, str, float, int, bool]) -> dict[str, Any]:
             "sec_per_step": result.sec_per_step, "losses": result.losses}
 
 
-def _run_jobs(jobs: list[tuple], workers: int) -> list[dict[str, Any]]:
-    if workers <= 1:
-        _init_worker()
-        return [_run_one(job) for job in jobs]
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
-                             initializer=_init_worker) as pool:
-        return list(pool.map(_run_one, jobs, chunksize=1))
-
-
 def _mean(values: list[float]) -> float:
     return math.inf if any(not math.isfinite(v) for v in values) else statistics.fmean(values)
-
-
-def _smooth(values: list[float], width: int = 10) -> list[float]:
-    out, acc = [], 0.0
-    for i, v in enumerate(values):
-        acc += v
-        if i >= width:
-            acc -= values[i - width]
-        out.append(acc / min(i + 1, width))
-    return out
 
 
 def run(out_dir: Path, quick: bool = False, *, workers: int | None = None) -> dict[str, Any]:
@@ -143,7 +125,7 @@ def run(out_dir: Path, quick: bool = False, *, workers: int | None = None) -> di
         tuned = dict.fromkeys(tasks, QUICK_LR)
         tuning: list[dict[str, Any]] = []
     else:
-        tuning = _run_jobs([(t, "torch_sgd", lr, s, quick) for t in tasks for lr in LR_GRID
+        tuning = run_parallel(_run_one, [(t, "torch_sgd", lr, s, quick) for t in tasks for lr in LR_GRID
                             for s in seeds], workers)
         tuned = {t: min(LR_GRID, key=lambda lr, t=t: _mean(
             [r["final"] for r in tuning if r["task"] == t and r["lr"] == lr])) for t in tasks}
@@ -151,9 +133,13 @@ def run(out_dir: Path, quick: bool = False, *, workers: int | None = None) -> di
     done = [r for r in tuning if r["lr"] == tuned[r["task"]]]
     jobs = [(t, c, tuned[t], s, quick) for t in tasks for c in CONFIGS for s in seeds
             if quick or c != "torch_sgd"]
-    records = done + _run_jobs(jobs, workers)
-    _init_worker()
-    step_times, n_params = optimizer_step_times(quick)
+    records = done + run_parallel(_run_one, jobs, workers)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # time the step on one thread, as the runs used
+    try:
+        step_times, n_params = optimizer_step_times(quick)
+    finally:
+        torch.set_num_threads(threads)
 
     def cell(task: str, config: str) -> list[dict[str, Any]]:
         return sorted((r for r in records if r["task"] == task and r["config"] == config),
@@ -190,7 +176,7 @@ def run(out_dir: Path, quick: bool = False, *, workers: int | None = None) -> di
     never = [c for c in CONFIGS if c not in ("torch_sgd", "all_off") and not summary[c]["helps_on"]]
     plots = []
     for task in tasks:
-        curves = {c: _smooth(cell(task, c)[0]["losses"]) for c in CONFIGS if c != "all_off"}
+        curves = {c: moving_average(cell(task, c)[0]["losses"]) for c in CONFIGS if c != "all_off"}
         plots.append(plot_lines(out_dir / f"{NAME}_{task}.png", curves, title=f"{task}: training loss (seed 0, "
                                 f"lr {tuned[task]:g}, 10-step mean)", xlabel="step", ylabel="loss", logy=True))
     columns = ["config"] + [f"{t} {k}" for t in tasks for k in ("loss", "vs SGD", "time")] + ["opt step", "helps on"]

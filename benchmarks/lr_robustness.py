@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import markdown_table, plot_lines, write_json, write_markdown
+from benchmarks.common import markdown_table, moving_average, plot_lines, write_json, write_markdown
 from benchmarks.registry import BASELINE, get_methods
 from benchmarks.tasks import get_tasks, run_parallel, train
 
@@ -73,15 +73,6 @@ def _run_one(job: tuple[str, str, float, int, bool, bool]) -> dict[str, Any]:
 def _fmt(value: float) -> float | str:
     return "diverged" if value == math.inf else value
 
-
-def _smooth(values: Sequence[float], width: int = 10) -> list[float]:
-    out, acc = [], 0.0
-    for i, v in enumerate(values):
-        acc += v
-        if i >= width:
-            acc -= values[i - width]
-        out.append(acc / min(i + 1, width))
-    return out
 
 
 def run(out_dir: Path, quick: bool = False, *, methods: Sequence[str] | None = None,
@@ -215,7 +206,7 @@ def _write_report(out_dir: Path, data: dict[str, Any], ran: list) -> None:
         curves = data["default_lr_curves"][t]
         if curves:
             plot_lines(out_dir / f"{NAME}_{t}_curves.png",
-                       {name: _smooth(c["losses"]) for name, c in curves.items()},
+                       {name: moving_average(c["losses"]) for name, c in curves.items()},
                        title=f"{t}: training loss at the default LR (seed 0, 10-step mean)",
                        xlabel="step", ylabel="training loss", logy=True)
             sections[-1] = (sections[-1][0], sections[-1][1] + f"\n![{t} curves]({NAME}_{t}_curves.png)\n")
