@@ -200,3 +200,14 @@ def test_bad_reward_spec_is_reported_before_any_model_loads(prompts_file):
                                       {"type": "regex", "patern": "x"}])
     with pytest.raises(ConfigError, match=r"REWARDS.*component 1.*regex.*patern"):
         parse_config(raw)
+
+
+@pytest.mark.parametrize(("given", "resolved"), [
+    ("adamw", "adamw"), ("AdamW", "adamw"), ("torch.AdamW", "torch.AdamW"),
+    ("torch.adagrad", "Adagrad"), ("torch.SGD", "torch.SGD"),
+])
+def test_torch_prefix_picks_torchs_own_optimizer_over_the_online_one(prompts_file, given, resolved):
+    c = parse_config(base(prompts_file, OPTIM=given))
+    assert resolved == c.OPTIM
+    assert resolved == parse_config(base(prompts_file, OPTIM=c.OPTIM)).OPTIM  # stable on reload
+

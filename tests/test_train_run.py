@@ -81,6 +81,7 @@ def test_resume_reproduces_an_uninterrupted_run(tiny_gpt2_dir, tmp_path):
 @pytest.mark.parametrize(("optim", "cls"), [
     ("sgd", "OnlineSGD"), ("rmsprop", "OnlineRMSProp"), ("adamw", "OnlineAdamW"),
     ("enhanced_sgd", "EnhancedSGD"), ("adagrad", "AdaptiveOptimizer"),
+    ("torch.AdamW", "AdaptiveOptimizer"),
 ])
 def test_every_optim_value_builds_its_optimizer_and_is_fed(tiny_gpt2_dir, tmp_path, optim, cls):
     result = train(sft_config(tiny_gpt2_dir, tmp_path, OPTIM=optim, LRATE=0.01, STEPS=2,
@@ -91,6 +92,8 @@ def test_every_optim_value_builds_its_optimizer_and_is_fed(tiny_gpt2_dir, tmp_pa
     assert all(row["loss"] > 0 and row["lr"] > 0 for row in result.history)
     assert json.loads((tmp_path / "train_config.json").read_text())["OPTIM"] == \
         ("Adagrad" if optim == "adagrad" else optim)
+    if optim == "torch.AdamW":
+        assert type(optimizer.optimizer).__name__ == "AdamW"
 
 
 def test_optim_args_errors_name_the_key(tiny_gpt2_dir, tmp_path):

@@ -48,7 +48,7 @@ class TrainConfig:
     LRATE: float = field(default=5e-5, metadata={"help": "Base learning rate (the scheduler's and the controller's multipliers act on it)."})
     LR_SCHEDULER: str = field(default="constant", metadata={"help": "HF scheduler name: `constant`, `linear`, `cosine`, `constant_with_warmup`, ..."})
     WARMUP_STEPS: int = field(default=0, metadata={"help": "Scheduler warm-up steps."})
-    OPTIM: str = field(default="adamw", metadata={"help": "`sgd`, `rmsprop`, `adamw` (OnlineSGD/OnlineRMSProp/OnlineAdamW), `enhanced_sgd`, or any `torch.optim` class name (e.g. `Adagrad`) wrapped by AdaptiveOptimizer."})
+    OPTIM: str = field(default="adamw", metadata={"help": "`sgd`, `rmsprop`, `adamw` (OnlineSGD/OnlineRMSProp/OnlineAdamW), `enhanced_sgd`, or any `torch.optim` class name (e.g. `Adagrad`; `torch.AdamW` for torch's own AdamW) wrapped by AdaptiveOptimizer."})
     OPTIM_ARGS: dict = field(default_factory=dict, metadata={"help": "Extra keyword arguments for the optimizer (e.g. `weight_decay`, `betas`, controller settings of the Online optimizers)."})
     ADAPTIVE_ARGS: dict = field(default_factory=dict, metadata={"help": "Keyword arguments of AdaptiveOptimizer when OPTIM names a torch optimizer (e.g. `lr_rule`)."})
     WEIGHT_DECAY: float = field(default=0.0, metadata={"help": "Weight decay passed to the optimizer."})
@@ -281,7 +281,8 @@ def _validate_optim(c: TrainConfig, fail) -> None:
     import torch
 
     name = c.OPTIM
-    if name.lower() in (*ONLINE_OPTIMIZERS, "enhanced_sgd"):
+    explicit_torch = name.startswith("torch.")
+    if not explicit_torch and name.lower() in (*ONLINE_OPTIMIZERS, "enhanced_sgd"):
         c.OPTIM = name.lower()
         if c.ADAPTIVE_ARGS:
             fail("ADAPTIVE_ARGS", f"only applies when OPTIM names a torch optimizer, not {c.OPTIM!r}")
@@ -290,13 +291,16 @@ def _validate_optim(c: TrainConfig, fail) -> None:
                    if isinstance(getattr(torch.optim, n), type)
                    and issubclass(getattr(torch.optim, n), torch.optim.Optimizer)
                    and n != "Optimizer"]
-    matches = [n for n in torch_names if n.lower() == name.lower()]
+    bare = name.removeprefix("torch.")
+    matches = [n for n in torch_names if n.lower() == bare.lower()]
     if not matches:
         valid = [*ONLINE_OPTIMIZERS, "enhanced_sgd", *torch_names]
         close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        fail("OPTIM", f"unknown optimizer.{hint} Valid: {', '.join(valid)}")
-    c.OPTIM = matches[0]
+        fail("OPTIM", f"unknown optimizer.{hint} Valid: {', '.join(valid)} "
+                      "(prefix a torch name with 'torch.' to pick torch's own SGD/RMSprop/AdamW)")
+    # torch's SGD / RMSprop / AdamW keep their prefix: bare, those names mean the Online optimizers.
+    c.OPTIM = ("torch." if matches[0].lower() in ONLINE_OPTIMIZERS else "") + matches[0]
 
 
 def _resolve_train_file(name: str, base_dir: str | Path | None) -> Path:

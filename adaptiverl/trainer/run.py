@@ -138,7 +138,7 @@ def build_optimizer(c: TrainConfig, model):
     try:
         if c.OPTIM in ONLINE_CLASSES:
             return getattr(optim, ONLINE_CLASSES[c.OPTIM])(params, **kwargs)
-        base = getattr(torch.optim, c.OPTIM)(params, **kwargs)
+        base = getattr(torch.optim, c.OPTIM.removeprefix("torch."))(params, **kwargs)
         return optim.AdaptiveOptimizer(base, **c.ADAPTIVE_ARGS)
     except TypeError as err:
         key = "ADAPTIVE_ARGS" if c.OPTIM not in ONLINE_CLASSES and c.ADAPTIVE_ARGS else "OPTIM_ARGS"
