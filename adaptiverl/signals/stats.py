@@ -122,16 +122,22 @@ class ScalarSignal:
         """Coefficient of variation of the window: std / (|mean| + eps)."""
         return self.std / (abs(self.mean) + 1e-8)
 
-    @property
-    def trend(self) -> float:
-        """Least-squares slope of the window per step, relative to |window mean|."""
+    def _line_fit(self) -> tuple[float, float, float, float]:
+        """Least-squares sums of the window against the step index: (y mean, Sxx, Sxy, Syy)."""
         n = len(self._values)
-        if n < 2:
-            return 0.0
         x_mean = (n - 1) / 2.0
         y_mean = sum(self._values) / n
         sxx = sum((i - x_mean) ** 2 for i in range(n))
         sxy = sum((i - x_mean) * (y - y_mean) for i, y in enumerate(self._values))
+        syy = sum((y - y_mean) ** 2 for y in self._values)
+        return y_mean, sxx, sxy, syy
+
+    @property
+    def trend(self) -> float:
+        """Least-squares slope of the window per step, relative to |window mean|."""
+        if len(self._values) < 2:
+            return 0.0
+        y_mean, sxx, sxy, _ = self._line_fit()
         return (sxy / sxx) / (abs(y_mean) + 1e-8)
 
     @property
@@ -145,11 +151,7 @@ class ScalarSignal:
         n = len(self._values)
         if n < 3:
             return 0.0
-        x_mean = (n - 1) / 2.0
-        y_mean = sum(self._values) / n
-        sxx = sum((i - x_mean) ** 2 for i in range(n))
-        sxy = sum((i - x_mean) * (y - y_mean) for i, y in enumerate(self._values))
-        syy = sum((y - y_mean) ** 2 for y in self._values)
+        _, sxx, sxy, syy = self._line_fit()
         if sxy == 0.0:
             return 0.0
         residual = max(syy - sxy * sxy / sxx, 0.0) / (n - 2)
