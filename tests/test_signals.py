@@ -1,4 +1,5 @@
 import math
+import sys
 import warnings
 
 import pytest
@@ -80,3 +81,100 @@ def test_trend_tstat_uses_the_residual_of_the_fit():
     slope = sum((i - 2) * (y - 1.3) for i, y in zip(x, rising.values, strict=True)) / 10.0
     residual = sum((y - 1.3 - slope * (i - 2)) ** 2 for i, y in zip(x, rising.values, strict=True)) / 3.0
     assert rising.trend_tstat == pytest.approx(slope / math.sqrt(residual / 10.0))
+
+
+def _float(q):
+    """A Fraction as the nearest float, +-inf beyond the float range."""
+    try:
+        return float(q)
+    except OverflowError:
+        return math.inf if q > 0 else -math.inf
+
+
+def _sqrt(q):
+    """The square root of a non-negative Fraction as a float, inf beyond the float range."""
+    from fractions import Fraction
+
+    half_exp = (q.numerator.bit_length() - q.denominator.bit_length()) // 2 if q else 0
+    return _float(Fraction(math.sqrt(float(q / Fraction(4) ** half_exp))) * Fraction(2) ** half_exp)
+
+
+def _exact_stats(values):
+    """Mean, unbiased variance and least-squares slope of ``values`` in exact rationals (0 and 0 for
+    one value, like the signal)."""
+    from fractions import Fraction
+
+    ys = [Fraction(v) for v in values]
+    n = len(ys)
+    mean = sum(ys) / n
+    if n < 2:
+        return mean, Fraction(0), Fraction(0)
+    var = sum((y - mean) ** 2 for y in ys) / (n - 1)
+    x_mean = Fraction(n - 1, 2)
+    slope = sum((i - x_mean) * (y - mean) for i, y in enumerate(ys)) / sum((i - x_mean) ** 2 for i in range(n))
+    return mean, var, slope
+
+
+HUGE_STREAMS = {
+    "loss 1e200": ("loss", [1.0, 2.0, 1.5, 1e200, 3.0, -1e200, 2.5, 1e200]),
+    "reward 1e308": ("reward", [0.5, 1e308, 1e308, 0.25, 1e308, -1e308]),
+    "largest float": ("reward", [sys.float_info.max, -sys.float_info.max, sys.float_info.max, 0.0]),
+}
+
+
+@pytest.mark.parametrize("name, stream", HUGE_STREAMS.values(), ids=list(HUGE_STREAMS))
+def test_huge_finite_values_are_statistics_like_any_other(name, stream):
+    """1e200 or 1e308 are finite: folded in (no OverflowError), every statistic that is finite in
+    exact arithmetic comes out finite and right, and only a true overflow (a variance beyond the
+    float range) reads as inf."""
+    from fractions import Fraction
+
+    s = Signals(window=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "non-finite ... ignored": these values are finite
+        for value in stream:
+            assert s.observe(**{name: value}) == {name: True}
+            sig = s[name]
+            mean, var, slope = _exact_stats(sig.values)
+            scale = abs(mean) + Fraction(1, 10**8)
+            assert sig.mean == pytest.approx(float(mean), rel=1e-12)
+            assert sig.variance == pytest.approx(_float(var), rel=1e-12)
+            assert sig.std == pytest.approx(_sqrt(var), rel=1e-12)
+            assert sig.rel_std == pytest.approx(_sqrt(var / scale**2), rel=1e-12)
+            assert sig.trend == pytest.approx(_float(slope / scale), rel=1e-12)
+            assert math.isfinite(sig.ema) and min(sig.values) <= sig.ema <= max(sig.values)
+            assert math.isfinite(sig.rel_improvement) and math.isfinite(sig.z_score)
+            assert not math.isnan(sig.trend_tstat) and not math.isnan(sig.delta)
+            assert not any(math.isnan(v) for v in s.summary().values())
+    assert s.step == len(stream) and sig.rejected == 0
+
+
+def test_huge_python_int_counts_as_non_finite():
+    s = Signals()
+    with pytest.warns(RuntimeWarning, match="non-finite loss"):
+        assert s.observe(loss=10**400) == {"loss": False}
+    assert s.loss.rejected == 1 and not s.loss.ready
+
+
+@pytest.mark.parametrize("front_end", ["OnlineAdamW", "AdaptiveOptimizer"])
+def test_optimizers_observe_huge_finite_losses_and_rewards(front_end):
+    from adaptiverl.optim import AdaptiveOptimizer, OnlineAdamW
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    if front_end == "OnlineAdamW":
+        opt = OnlineAdamW(model.parameters(), lr=1e-2)
+    else:
+        opt = AdaptiveOptimizer(torch.optim.AdamW(model.parameters(), lr=1e-2), reward_rule="trend")
+    x, y = torch.randn(16, 4), torch.randn(16, 1)
+    feeds = [dict(loss=1.0, reward=0.1), dict(loss=1e200), dict(reward=1e308), dict(loss=1e200, reward=1e308),
+             dict(loss=0.9, reward=-1e308), dict(loss=1e200, reward=0.2)] * 4
+    for feed in feeds:
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        opt.observe(**feed)
+        opt.step()
+    assert opt.signals.loss.count == sum("loss" in f for f in feeds)
+    assert opt.signals.reward.count == sum("reward" in f for f in feeds)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert all(math.isfinite(g["lr"]) for g in opt.param_groups)

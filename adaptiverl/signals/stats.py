@@ -18,6 +18,15 @@ Definitions, for a stream x_1..x_t:
   threshold.
 * z-score of the newest value against the window before it, used for spike
   detection (``z > spike_threshold``).
+
+Huge finite values (a loss of 1e200, a reward of 1e308) are statistics like any
+other. Sums are formed on the values divided by a power of two ``s`` near the
+largest magnitude involved (exact, so the squares of the scaled values cannot
+overflow) and the results multiplied back; the sums are ``math.fsum`` (correctly
+rounded), so ``[2, 1e200, 3, -1e200]`` has mean 1.25, not 0. A statistic whose
+true value lies beyond the float range (the variance of ``[1e200, -1e200]``)
+reads as ``inf``; one that is representable (its std, the mean, the trend) is
+finite and right. A Python int too large for a float counts as non-finite.
 """
 
 from __future__ import annotations
@@ -38,7 +47,38 @@ def to_float(value: Any) -> float:
         if value.numel() != 1:
             raise ValueError(f"expected a scalar tensor, got shape {tuple(value.shape)}")
         return float(value.detach().cpu().item())
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond the float range: infinite as a float
+        return math.inf if value > 0 else -math.inf
+
+
+def _pow2_scale(*magnitudes: float) -> float:
+    """A power of two ``s`` with ``max(magnitudes) / s`` in [1, 2) (1 if all are 0).
+
+    Values divided by ``s`` are exact and at most 2 in magnitude, so their sums of squares cannot
+    overflow, and results multiplied back by ``s`` are exact up to the float range.
+    """
+    top = max(magnitudes)
+    return math.ldexp(1.0, math.frexp(top)[1] - 1) if top > 0.0 else 1.0
+
+
+def _scaled(values: deque[float] | list[float], *extra: float) -> tuple[float, list[float]]:
+    """``(s, [v / s for v in values])`` for the power of two ``s`` of :func:`_pow2_scale` over
+    ``values`` and ``extra``."""
+    s = _pow2_scale(*(abs(v) for v in values), *(abs(v) for v in extra))
+    return s, [v / s for v in values]
+
+
+def _scaled_moments(values: deque[float] | list[float], *extra: float) -> tuple[float, float, float]:
+    """``(s, mean / s, variance / s**2)`` of non-empty ``values`` (unbiased variance, 0 for one
+    value), for the ``s`` of :func:`_scaled`."""
+    s, scaled = _scaled(values, *extra)
+    n = len(scaled)
+    mean = math.fsum(scaled) / n
+    if n < 2:
+        return s, mean, 0.0
+    return s, mean, math.fsum((v - mean) ** 2 for v in scaled) / (n - 1)
 
 
 class ScalarSignal:
@@ -84,16 +124,22 @@ class ScalarSignal:
                 self._warned = True
             return False
         if len(self._values) >= 2:
-            mean, var = _mean_var(self._values)
-            self.z_score = (x - mean) / math.sqrt(var + _EPS) if var > 0 else 0.0
+            s, mean, var = _scaled_moments(self._values, x)
+            self.z_score = (x / s - mean) / math.sqrt(var + _EPS / s / s) if var > 0 else 0.0
         else:
             self.z_score = 0.0
         self.count += 1
         self.last = x
         self.prev_ema = self.ema
-        self.ema = x if self.ema is None else self.beta * self.ema + (1.0 - self.beta) * x
+        self.ema = x if self.ema is None else self._ema_step(self.ema, x)
         self._values.append(x)
         return True
+
+    def _ema_step(self, ema: float, x: float) -> float:
+        """``beta * ema + (1 - beta) * x``; a convex combination of two finite values, so when
+        rounding at the edge of the float range overflows it is clamped back between them."""
+        new = self.beta * ema + (1.0 - self.beta) * x
+        return new if math.isfinite(new) else min(max(new, min(ema, x)), max(ema, x))
 
     # ---- derived statistics --------------------------------------------
     @property
@@ -104,41 +150,51 @@ class ScalarSignal:
     def values(self) -> tuple[float, ...]:
         return tuple(self._values)
 
+    def _moments(self) -> tuple[float, float, float]:
+        """``(s, mean / s, variance / s**2)`` of the window (all 0 but ``s`` when it is empty)."""
+        return _scaled_moments(self._values) if self._values else (1.0, 0.0, 0.0)
+
     @property
     def mean(self) -> float:
-        return _mean_var(self._values)[0] if self._values else 0.0
+        s, mean, _ = self._moments()
+        return mean * s
 
     @property
     def variance(self) -> float:
-        """Unbiased variance of the window (0 with fewer than two values)."""
-        return _mean_var(self._values)[1] if len(self._values) > 1 else 0.0
+        """Unbiased variance of the window (0 with fewer than two values; inf beyond the float range)."""
+        s, _, var = self._moments()
+        return var * s * s
 
     @property
     def std(self) -> float:
-        return math.sqrt(self.variance)
+        s, _, var = self._moments()
+        return math.sqrt(var) * s
 
     @property
     def rel_std(self) -> float:
         """Coefficient of variation of the window: std / (|mean| + eps)."""
-        return self.std / (abs(self.mean) + 1e-8)
+        s, mean, var = self._moments()
+        return math.sqrt(var) / (abs(mean) + 1e-8 / s)
 
-    def _line_fit(self) -> tuple[float, float, float, float]:
-        """Least-squares sums of the window against the step index: (y mean, Sxx, Sxy, Syy)."""
+    def _line_fit(self) -> tuple[float, float, float, float, float]:
+        """Least-squares sums of the window against the step index, on the window divided by the
+        power of two ``s``: (s, y mean / s, Sxx, Sxy / s, Syy / s**2)."""
         n = len(self._values)
+        s, ys = _scaled(self._values)
         x_mean = (n - 1) / 2.0
-        y_mean = sum(self._values) / n
+        y_mean = math.fsum(ys) / n
         sxx = sum((i - x_mean) ** 2 for i in range(n))
-        sxy = sum((i - x_mean) * (y - y_mean) for i, y in enumerate(self._values))
-        syy = sum((y - y_mean) ** 2 for y in self._values)
-        return y_mean, sxx, sxy, syy
+        sxy = math.fsum((i - x_mean) * (y - y_mean) for i, y in enumerate(ys))
+        syy = math.fsum((y - y_mean) ** 2 for y in ys)
+        return s, y_mean, sxx, sxy, syy
 
     @property
     def trend(self) -> float:
         """Least-squares slope of the window per step, relative to |window mean|."""
         if len(self._values) < 2:
             return 0.0
-        y_mean, sxx, sxy, _ = self._line_fit()
-        return (sxy / sxx) / (abs(y_mean) + 1e-8)
+        s, y_mean, sxx, sxy, _ = self._line_fit()
+        return (sxy / sxx) / (abs(y_mean) + 1e-8 / s)
 
     @property
     def trend_tstat(self) -> float:
@@ -151,7 +207,7 @@ class ScalarSignal:
         n = len(self._values)
         if n < 3:
             return 0.0
-        _, sxx, sxy, syy = self._line_fit()
+        _, _, sxx, sxy, syy = self._line_fit()  # the ratio is the same for the scaled window
         if sxy == 0.0:
             return 0.0
         residual = max(syy - sxy * sxy / sxx, 0.0) / (n - 2)
@@ -164,7 +220,8 @@ class ScalarSignal:
         """(prev_ema - ema) / |prev_ema|: positive when the EMA went down this step."""
         if self.ema is None or self.prev_ema is None:
             return 0.0
-        return (self.prev_ema - self.ema) / (abs(self.prev_ema) + _EPS)
+        s = _pow2_scale(abs(self.prev_ema), abs(self.ema))
+        return (self.prev_ema / s - self.ema / s) / (abs(self.prev_ema) / s + _EPS / s)
 
     @property
     def delta(self) -> float:
@@ -208,14 +265,6 @@ class ScalarSignal:
         self.z_score = state["z_score"]
         self._values = deque(state["values"], maxlen=self.window)
         self._warned = state["warned"]
-
-
-def _mean_var(values: deque[float] | list[float]) -> tuple[float, float]:
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, 0.0
-    return mean, sum((v - mean) ** 2 for v in values) / (n - 1)
 
 
 class Signals:
