@@ -12,7 +12,8 @@ The controller sees the training run as a small Markov decision process (Watkins
   semantics against its sorted ``*_edges``.
 * **Action** ``a_t``: a pair of factors ``(f_lr, f_mom)`` from ``lr_factors x momentum_factors``.
   They act multiplicatively on the running multipliers,
-  ``m_lr <- clip(m_lr * f_lr, *lr_multiplier_bounds)`` and likewise ``m_mom``, so the controller
+  ``m_lr <- clip(m_lr * f_lr, *lr_multiplier_bounds)`` and likewise ``m_mom`` (the one bounded
+  accumulator of :mod:`adaptiverl.controllers.base`, in log space), so the controller
   composes with any time-based schedule that rewrites ``group["lr"]``. The momentum multiplier is
   capped at 1 by default: raising momentum 0.9 toward 0.99 multiplies the effective step tenfold
   and was the worst action in the ablation.
@@ -51,6 +52,7 @@ from typing import Any
 
 import torch
 
+from adaptiverl.controllers.base import ALL_GROUPS, BoundedAccumulator, Controller, Multipliers
 from adaptiverl.signals import Signals
 
 
@@ -68,8 +70,13 @@ def _check_factors(name: str, factors: Sequence[float]) -> tuple[float, ...]:
     return factors
 
 
-class QLearningController:
+class QLearningController(Controller):
     """Epsilon-greedy tabular Q-learner whose actions scale the LR and momentum multipliers.
+
+    As a :class:`~adaptiverl.controllers.base.Controller`, ``controller(signals)`` reads the
+    newest ``grad_entropy`` signal and returns ``{"*": {"lr": m_lr, "momentum": m_mom}}``; the
+    momentum multiplier acts on the momentum's averaging horizon
+    (:func:`~adaptiverl.controllers.base.beta_from_multiplier`).
 
     Args:
         learning_rate: Q-learning step size ``alpha`` in ``(0, 1]``.
@@ -126,6 +133,9 @@ class QLearningController:
                                   ("momentum_multiplier_bounds", momentum_multiplier_bounds)):
             if not 0.0 < low <= 1.0 <= high:
                 raise ValueError(f"{name} must satisfy 0 < low <= 1 <= high, got {(low, high)}")
+        self.lr_accumulator = BoundedAccumulator(*lr_multiplier_bounds, name="lr_multiplier_bounds")
+        self.momentum_accumulator = BoundedAccumulator(*momentum_multiplier_bounds,
+                                                       name="momentum_multiplier_bounds")
         self.learning_rate = learning_rate
         self.discount = discount
         self.epsilon = epsilon
@@ -150,8 +160,6 @@ class QLearningController:
                          * (len(self.variance_edges) + 1))
         self.q_table = torch.zeros(self.n_states, len(self.actions), dtype=torch.float64)
         self.rng = random.Random(seed)
-        self.lr_multiplier = 1.0
-        self.momentum_multiplier = 1.0
         self.last_state: int | None = None
         self.last_action: int | None = None
         self.last_reward = 0.0
@@ -163,6 +171,32 @@ class QLearningController:
         self.decision_loss: float | None = None
         self.baseline_beta = baseline_beta
         self.baseline: float | None = None
+
+    _state_keys = ("q_table", "epsilon", "mix_prob", "last_state", "last_action", "last_reward",
+                   "best_loss", "epoch", "decisions", "calls", "decision_loss", "baseline", "rng_state")
+    _state_children = ("lr_accumulator", "momentum_accumulator")
+
+    @property
+    def lr_multiplier(self) -> float:
+        return self.lr_accumulator.value
+
+    @property
+    def momentum_multiplier(self) -> float:
+        return self.momentum_accumulator.value
+
+    @property
+    def rng_state(self) -> tuple[Any, ...]:
+        return self.rng.getstate()
+
+    @rng_state.setter
+    def rng_state(self, state: Sequence[Any]) -> None:
+        self.rng.setstate((state[0], tuple(state[1]), state[2]))
+
+    def __call__(self, signals: Signals) -> Multipliers:
+        entropy = signals.signals.get("grad_entropy")
+        value = entropy.last if entropy is not None and entropy.last is not None else math.nan
+        lr_mult, momentum_mult = self.step(signals, value)
+        return {ALL_GROUPS: {"lr": lr_mult, "momentum": momentum_mult}}
 
     # ---- state and reward ------------------------------------------------
     def encode_state(self, trend: float, entropy: float, variance: float) -> int:
@@ -224,11 +258,8 @@ class QLearningController:
         self.decision_loss = loss.ema
         action = self.choose(state)
         f_lr, f_mom = self.actions[action]
-        self.lr_multiplier = min(max(self.lr_multiplier * f_lr, self.lr_multiplier_bounds[0]),
-                                 self.lr_multiplier_bounds[1])
-        self.momentum_multiplier = min(max(self.momentum_multiplier * f_mom,
-                                           self.momentum_multiplier_bounds[0]),
-                                       self.momentum_multiplier_bounds[1])
+        self.lr_accumulator.update(f_lr)
+        self.momentum_accumulator.update(f_mom)
         self.last_state, self.last_action = state, action
         self.decisions += 1
         return self.lr_multiplier, self.momentum_multiplier
@@ -257,24 +288,9 @@ class QLearningController:
                 "q_state": float(-1 if self.last_state is None else self.last_state),
                 "q_action": float(-1 if self.last_action is None else self.last_action)}
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"q_table": self.q_table.clone(), "epsilon": self.epsilon, "mix_prob": self.mix_prob,
-                "lr_multiplier": self.lr_multiplier, "momentum_multiplier": self.momentum_multiplier,
-                "last_state": self.last_state, "last_action": self.last_action,
-                "last_reward": self.last_reward, "best_loss": self.best_loss, "epoch": self.epoch,
-                "decisions": self.decisions, "calls": self.calls, "decision_loss": self.decision_loss,
-                "baseline": self.baseline,
-                "rng_state": self.rng.getstate()}
-
     def load_state_dict(self, state: dict[str, Any]) -> None:
         table = torch.as_tensor(state["q_table"], dtype=torch.float64)
         if table.shape != self.q_table.shape:
             raise ValueError(f"q_table has shape {tuple(table.shape)}, this controller needs "
                              f"{tuple(self.q_table.shape)} (different edges or factors?)")
-        self.q_table = table.clone()
-        for key in ("epsilon", "mix_prob", "lr_multiplier", "momentum_multiplier", "last_state",
-                    "last_action", "last_reward", "best_loss", "epoch", "decisions", "calls",
-                    "decision_loss", "baseline"):
-            setattr(self, key, state[key])
-        rng_state = state["rng_state"]
-        self.rng.setstate((rng_state[0], tuple(rng_state[1]), rng_state[2]))
+        super().load_state_dict(state)

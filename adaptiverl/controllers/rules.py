@@ -1,8 +1,8 @@
 """Composable hyperparameter rules: each one reads the shared signals and returns a multiplier.
 
 A rule is a small object with ``__call__(signals) -> float`` (a positive multiplier
-for one knob, 1 = leave the knob at its base value), ``state_dict``,
-``load_state_dict`` and ``reset``. A rule is called exactly once per optimisation
+for one knob, 1 = leave the knob at its base value), and ``state_dict``,
+``load_state_dict`` and ``reset`` from :class:`~adaptiverl.controllers.base.Stateful`. A rule is called exactly once per optimisation
 step; stateful rules (trend accumulators, step counters) advance on that call.
 Rules combine by product (:class:`Compose`, written ``"trend+variance"`` in names),
 in the spirit of optax's chains of small transformations.
@@ -47,8 +47,14 @@ a rule reads; ``loss`` unless stated):
   toward a target of a metric (routing entropy, routing sparsity).
 * :class:`LinearRule` -- stateless ``m = 1 + gain * clip(ema, lo, hi)`` (expert
   specialisation bonus).
+* :class:`SpikeRule`, :class:`RatioRule`, :class:`ClipRule` -- EnhancedSGD's loss-spike brake,
+  gradient-entropy ratio and adaptive clipping (math in their docstrings).
 * :class:`~adaptiverl.controllers.plateau.Plateau` -- patience / cooldown / big drop
   (``torch.optim.lr_scheduler.ReduceLROnPlateau`` semantics), in ``plateau.py``.
+
+Every accumulating rule compounds through the one
+:class:`~adaptiverl.controllers.base.BoundedAccumulator`. :class:`RuleSet` gathers one rule per
+knob into a :class:`~adaptiverl.controllers.base.Controller` (what ``lr_rule=...`` builds).
 
 :func:`make_rule` is the ONE place where rule names are parsed.
 """
@@ -59,39 +65,31 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from adaptiverl.controllers.base import (
+    ALL_GROUPS,
+    BoundedAccumulator,
+    Controller,
+    Multipliers,
+    Stateful,
+    bounded_exp,
+    check_bounds,
+)
 from adaptiverl.signals import ScalarSignal, Signals
 
 _EPS = 1e-12
 
 
-class Rule:
-    """Base class: ``__call__(signals) -> multiplier``; state in ``state_dict``.
+class Rule(Stateful):
+    """One knob's rule: ``__call__(signals) -> multiplier``; state through :class:`Stateful`.
 
-    Subclasses list their persistent attributes in ``_state_keys``; the default
-    ``state_dict``/``load_state_dict`` copy exactly those.
+    Stateful rules advance on each call (one call per optimisation step). Several rules for the
+    knobs of one optimizer form a :class:`RuleSet`, the :class:`Controller` that front ends hold.
     """
 
-    _state_keys: tuple[str, ...] = ()
     name: str = "rule"
 
     def __call__(self, signals: Signals) -> float:
         raise NotImplementedError
-
-    def reset(self) -> None:
-        """Forget everything learned from the signals (stateless rules: no-op)."""
-
-    def state_dict(self) -> dict[str, Any]:
-        return {key: getattr(self, key) for key in self._state_keys}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        missing = [key for key in self._state_keys if key not in state]
-        if missing:
-            raise KeyError(f"{type(self).__name__}.load_state_dict: missing keys {missing}")
-        for key in self._state_keys:
-            setattr(self, key, state[key])
-
-    def __mul__(self, other: Rule) -> Compose:
-        return Compose([self, other])
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
@@ -99,16 +97,6 @@ class Rule:
 
 def _signal(signals: Signals, name: str) -> ScalarSignal | None:
     return signals.signals.get(name)
-
-
-def _bounded_exp(exponent: float, min_mult: float, max_mult: float) -> float:
-    """``clip(exp(exponent), min_mult, max_mult)`` without overflow."""
-    return math.exp(min(max(exponent, math.log(min_mult)), math.log(max_mult)))
-
-
-def _check_bounds(min_mult: float, max_mult: float) -> None:
-    if not 0.0 < min_mult <= 1.0 <= max_mult:
-        raise ValueError(f"need 0 < min_mult <= 1 <= max_mult, got min_mult={min_mult}, max_mult={max_mult}")
 
 
 class Compose(Rule):
@@ -144,7 +132,8 @@ class Compose(Rule):
 class TrendRule(Rule):
     """Bounded, leaky multiplicative accumulator driven by the significant window trend."""
 
-    _state_keys = ("log_mult", "last_direction")
+    _state_keys = ("last_direction",)
+    _state_children = ("accumulator",)
 
     def __init__(self, signal: str = "loss", *, up: float = 1.05, down: float = 0.7,
                  threshold: float = 1e-4, z: float = 3.0, leak: float = 0.01,
@@ -156,16 +145,15 @@ class TrendRule(Rule):
             raise ValueError(f"TrendRule: leak must be in [0, 1), got {leak}")
         if threshold < 0 or z < 0:
             raise ValueError(f"TrendRule: threshold and z must be >= 0, got {threshold}, {z}")
-        _check_bounds(min_mult, max_mult)
         self.signal = signal
-        self.up, self.down, self.threshold, self.z, self.leak = up, down, threshold, z, leak
-        self.min_mult, self.max_mult = min_mult, max_mult
+        self.up, self.down, self.threshold, self.z = up, down, threshold, z
+        self.accumulator = BoundedAccumulator(min_mult, max_mult, leak=leak, name=f"TrendRule({name})")
         self.higher_is_better = (signal == "reward") if higher_is_better is None else higher_is_better
         self.name = name
-        self.reset()
+        self.last_direction = 0
 
     def reset(self) -> None:
-        self.log_mult = 0.0
+        super().reset()
         self.last_direction = 0
 
     def direction(self, signals: Signals) -> int:
@@ -180,10 +168,7 @@ class TrendRule(Rule):
 
     def __call__(self, signals: Signals) -> float:
         self.last_direction = self.direction(signals)
-        step = {1: math.log(self.up), -1: math.log(self.down), 0: 0.0}[self.last_direction]
-        log_mult = (1.0 - self.leak) * self.log_mult + step
-        self.log_mult = min(max(log_mult, math.log(self.min_mult)), math.log(self.max_mult))
-        return math.exp(self.log_mult)
+        return self.accumulator.update({1: self.up, -1: self.down, 0: 1.0}[self.last_direction])
 
 
 class VarianceRule(Rule):
@@ -222,7 +207,7 @@ class CosineRule(Rule):
             raise ValueError(f"CosineRule: eta_min_scale must be in [0, 1], got {eta_min_scale}")
         self.T0, self.T_mult, self.eta_min_scale = T0, T_mult, eta_min_scale
         self.name = name
-        self.reset()
+        self.t_cur, self.t_i, self.cycle = 0, T0, 0
 
     def reset(self) -> None:
         self.t_cur = 0
@@ -253,14 +238,14 @@ class LevelRule(Rule):
 
     def __init__(self, signal: str = "loss", *, gain: float = -1.0, min_mult: float = 0.5,
                  max_mult: float = 2.0, name: str = "level") -> None:
-        _check_bounds(min_mult, max_mult)
+        check_bounds(min_mult, max_mult)
         self.signal, self.gain = signal, gain
         self.min_mult, self.max_mult = min_mult, max_mult
         self.name = name
-        self.reset()
+        self.ref: float | None = None
 
     def reset(self) -> None:
-        self.ref: float | None = None
+        self.ref = None
 
     def __call__(self, signals: Signals) -> float:
         sig = _signal(signals, self.signal)
@@ -269,7 +254,7 @@ class LevelRule(Rule):
         if self.ref is None:
             self.ref = sig.ema
         rel = (sig.ema - self.ref) / (abs(self.ref) + _EPS)
-        return _bounded_exp(self.gain * rel, self.min_mult, self.max_mult)
+        return bounded_exp(self.gain * rel, self.min_mult, self.max_mult)
 
 
 class SlopeRule(Rule):
@@ -278,7 +263,7 @@ class SlopeRule(Rule):
     def __init__(self, signal: str = "loss", *, gain: float = 10.0, min_mult: float = 0.5,
                  max_mult: float = 2.0, higher_is_better: bool | None = None,
                  name: str = "slope") -> None:
-        _check_bounds(min_mult, max_mult)
+        check_bounds(min_mult, max_mult)
         self.signal, self.gain = signal, gain
         self.higher_is_better = (signal == "reward") if higher_is_better is None else higher_is_better
         self.min_mult, self.max_mult = min_mult, max_mult
@@ -289,7 +274,7 @@ class SlopeRule(Rule):
         if sig is None:
             return 1.0
         tau = -sig.trend if self.higher_is_better else sig.trend
-        return _bounded_exp(-self.gain * tau, self.min_mult, self.max_mult)
+        return bounded_exp(-self.gain * tau, self.min_mult, self.max_mult)
 
 
 class ThresholdRule(Rule):
@@ -299,7 +284,7 @@ class ThresholdRule(Rule):
     the threshold move ``log m`` back toward 0 by that fraction.
     """
 
-    _state_keys = ("log_mult",)
+    _state_children = ("accumulator",)
 
     def __init__(self, signal: str, *, threshold: float, factor: float = 1.5, stat: str = "ema",
                  relax: float = 0.0, min_mult: float = 1e-3, max_mult: float = 10.0,
@@ -308,25 +293,20 @@ class ThresholdRule(Rule):
             raise ValueError(f"ThresholdRule: stat must be 'ema' or 'trend', got {stat!r}")
         if factor <= 0:
             raise ValueError(f"ThresholdRule: factor must be > 0, got {factor}")
-        _check_bounds(min_mult, max_mult)
+        if not 0.0 <= relax <= 1.0:
+            raise ValueError(f"ThresholdRule: relax must be in [0, 1], got {relax}")
         self.signal, self.threshold, self.factor, self.stat, self.relax = signal, threshold, factor, stat, relax
-        self.min_mult, self.max_mult = min_mult, max_mult
+        self.accumulator = BoundedAccumulator(min_mult, max_mult, name=f"ThresholdRule({name})")
         self.name = name
-        self.reset()
-
-    def reset(self) -> None:
-        self.log_mult = 0.0
 
     def __call__(self, signals: Signals) -> float:
         sig = _signal(signals, self.signal)
         if sig is not None and sig.ema is not None:
             value = sig.ema if self.stat == "ema" else sig.trend
             if value > self.threshold:
-                self.log_mult += math.log(self.factor)
-            else:
-                self.log_mult *= 1.0 - self.relax
-            self.log_mult = min(max(self.log_mult, math.log(self.min_mult)), math.log(self.max_mult))
-        return math.exp(self.log_mult)
+                return self.accumulator.update(self.factor, leak=0.0)
+            return self.accumulator.update(1.0, leak=self.relax)
+        return self.accumulator.value
 
 
 class TargetRule(Rule):
@@ -336,7 +316,7 @@ class TargetRule(Rule):
                  max_mult: float = 10.0, name: str = "target") -> None:
         if target <= 0:
             raise ValueError(f"TargetRule({signal}): target must be > 0, got {target}")
-        _check_bounds(min_mult, max_mult)
+        check_bounds(min_mult, max_mult)
         self.signal, self.target, self.gain = signal, target, gain
         self.min_mult, self.max_mult = min_mult, max_mult
         self.name = name
@@ -368,6 +348,159 @@ class LinearRule(Rule):
         return 1.0 + self.gain * min(max(sig.ema, self.lo), self.hi)
 
 
+class SpikeRule(Rule):
+    """Loss-spike brake: ``m <- m * factor`` on a spike, geometric recovery toward 1 otherwise.
+
+    A spike is a newest value whose z-score against the window before it exceeds the signal's
+    ``spike_threshold`` (:attr:`ScalarSignal.is_spike`, at least three values seen). In log space
+    (the one :class:`BoundedAccumulator`)::
+
+        spike:  log m <- log m + log factor
+        else:   log m <- (1 - 1 / recovery_steps) * log m
+
+    so ``m`` returns to 1 with time constant ``recovery_steps`` steps.
+    """
+
+    _state_keys = ("last_spike",)
+    _state_children = ("accumulator",)
+
+    def __init__(self, signal: str = "loss", *, factor: float = 0.5, recovery_steps: int = 10,
+                 min_mult: float = 1e-3, name: str = "spike") -> None:
+        if not 0.0 < factor < 1.0:
+            raise ValueError(f"SpikeRule: factor (loss_correction_factor) must be in (0, 1), got {factor}")
+        if recovery_steps < 1:
+            raise ValueError(f"SpikeRule: recovery_steps (spike_recovery_steps) must be >= 1, got {recovery_steps}")
+        self.signal, self.factor, self.recovery_steps = signal, factor, recovery_steps
+        self.accumulator = BoundedAccumulator(min_mult, 1.0, name=f"SpikeRule({name})")
+        self.name = name
+        self.last_spike = False
+
+    def reset(self) -> None:
+        super().reset()
+        self.last_spike = False
+
+    def __call__(self, signals: Signals) -> float:
+        sig = _signal(signals, self.signal)
+        if sig is None or not sig.ready:
+            return self.accumulator.value
+        self.last_spike = sig.is_spike and sig.count > 2
+        if self.last_spike:
+            return self.accumulator.update(self.factor, leak=0.0)
+        return self.accumulator.update(1.0, leak=1.0 / self.recovery_steps)
+
+
+class RatioRule(Rule):
+    """``m = clip(fast / slow, min_mult, max_mult)`` of two EMAs of the newest value of a signal.
+
+    EMA rates ``rate`` and ``rate / 10`` (``smoothing_factor`` in EnhancedSGD): a falling gradient
+    entropy (the update collapsing onto a few coordinates) shortens the step, a rising one
+    lengthens it. Values that are not finite are skipped.
+    """
+
+    _state_keys = ("fast", "slow", "seen")
+
+    def __init__(self, signal: str = "grad_entropy", *, rate: float = 0.1, min_mult: float = 0.5,
+                 max_mult: float = 2.0, name: str = "entropy_ratio") -> None:
+        if not 0.0 < rate <= 1.0:
+            raise ValueError(f"RatioRule: rate (smoothing_factor) must be in (0, 1], got {rate}")
+        check_bounds(min_mult, max_mult, "RatioRule")
+        self.signal, self.rate, self.min_mult, self.max_mult = signal, rate, min_mult, max_mult
+        self.name = name
+        self.fast = self.slow = 0.0
+        self.seen = 0
+
+    def reset(self) -> None:
+        self.fast = self.slow = 0.0
+        self.seen = 0
+
+    def __call__(self, signals: Signals) -> float:
+        sig = _signal(signals, self.signal)
+        if sig is not None and sig.count > self.seen and sig.last is not None:
+            x, self.seen = sig.last, sig.count
+            if self.seen == 1:
+                self.fast = self.slow = x
+            else:
+                self.fast += self.rate * (x - self.fast)
+                self.slow += self.rate / 10.0 * (x - self.slow)
+        if self.seen == 0:
+            return 1.0
+        return min(max(self.fast / max(self.slow, 1e-8), self.min_mult), self.max_mult)
+
+
+class ClipRule(Rule):
+    """Adaptive clipping as a gradient multiplier: ``m = min(1, c / n)``, ``c = mean + k * std``.
+
+    ``n`` is the newest value of ``raw`` (this step's gradient norm, observed before the call);
+    ``mean``/``std`` are those of the ``signal`` window (past *clipped* norms), used once it holds
+    ``warmup`` values (before that ``c = inf``). The caller observes ``min(n, c)`` into ``signal``
+    afterwards. In the spirit of AutoClip (Seetharaman et al. 2020, arXiv:2007.14469), which uses a
+    percentile of the norm history instead of ``mean + k std``.
+    """
+
+    _state_keys = ("threshold", "clipped")
+
+    def __init__(self, signal: str = "grad_norm", raw: str = "grad_norm_raw", *, k: float = 3.0,
+                 warmup: int = 10, name: str = "clip") -> None:
+        if k <= 0.0 or warmup < 2:
+            raise ValueError(f"ClipRule: need clip_std > 0 and clip_warmup >= 2, got {k}, {warmup}")
+        self.signal, self.raw, self.k, self.warmup, self.name = signal, raw, k, warmup, name
+        self.threshold = math.inf
+        self.clipped = False
+
+    def reset(self) -> None:
+        self.threshold = math.inf
+        self.clipped = False
+
+    def __call__(self, signals: Signals) -> float:
+        history, raw = _signal(signals, self.signal), _signal(signals, self.raw)
+        self.threshold = math.inf
+        if history is not None and history.count >= self.warmup:
+            self.threshold = history.mean + self.k * history.std
+        norm = raw.last if raw is not None and raw.last is not None else math.nan
+        self.clipped = math.isfinite(norm) and norm > self.threshold
+        return self.threshold / norm if self.clipped else 1.0
+
+
+class RuleSet(Controller):
+    """The controller built from ``lr_rule=...``-style arguments: one rule (or chain) per knob.
+
+    ``rules`` maps a knob to its rule; ``scale_lr`` rules (the reward rule) multiply the LR too.
+    Every call runs each rule once and returns ``{"*": {knob: product of its rules}}``.
+    """
+
+    def __init__(self, rules: dict[str, Rule], *, lr_factors: tuple[str, ...] = ("reward",)) -> None:
+        self.rules = dict(rules)
+        self.lr_factors = lr_factors
+        self.last: dict[str, float] = dict.fromkeys(self.rules, 1.0)
+
+    def knob_of(self, slot: str) -> str:
+        return "lr" if slot in self.lr_factors else slot
+
+    def __call__(self, signals: Signals) -> Multipliers:
+        self.last = {slot: rule(signals) for slot, rule in self.rules.items()}
+        out: dict[str, float] = {}
+        for slot, mult in self.last.items():
+            knob = self.knob_of(slot)
+            out[knob] = out.get(knob, 1.0) * mult
+        return {ALL_GROUPS: out}
+
+    def reset(self) -> None:
+        for rule in self.rules.values():
+            rule.reset()
+        self.last = dict.fromkeys(self.rules, 1.0)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rules": {slot: rule.state_dict() for slot, rule in self.rules.items()}, "last": dict(self.last)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if set(state["rules"]) != set(self.rules):
+            raise ValueError(f"RuleSet.load_state_dict: checkpoint has rules {sorted(state['rules'])}, "
+                             f"this controller has {sorted(self.rules)}")
+        for slot, rule in self.rules.items():
+            rule.load_state_dict(state["rules"][slot])
+        self.last = dict(state["last"])
+
+
 # ---- names --------------------------------------------------------------------------------------
 # knob -> rule name -> factory(**options). Options: cycle_length, cycle_mult (cosine).
 
@@ -388,7 +521,7 @@ RULES: dict[str, dict[str, Callable[..., Rule]]] = {
         "cosine_restart": _cosine(restart=True),
     },
     # beta-like knobs (momentum, betas, alpha) are adapted on their averaging horizon
-    # 1 / (1 - beta): a multiplier m gives beta' = 1 - (1 - beta) / m (see adaptive_optimizer).
+    # 1 / (1 - beta): a multiplier m gives beta' = 1 - (1 - beta) / m (base.beta_from_multiplier).
     "momentum": {
         "inverse": lambda **_: LevelRule("loss", gain=-1.0, min_mult=0.5, max_mult=2.0, name="inverse"),
         "relative": lambda **_: TrendRule("loss", up=1.02, down=0.9, min_mult=0.5, max_mult=2.0,
