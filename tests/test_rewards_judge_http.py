@@ -14,17 +14,21 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from adaptiverl.rewards import CompositeReward
-from adaptiverl.rewards.judge import HTTPJudgeReward, JudgeError, parse_grade, parse_yes_no
+from adaptiverl.rewards.judge import HTTPJudgeReward, JudgeError, parse_grade, parse_yes_no, redact
 
 SECRET = "sk-test-SECRET-7f3a9c"
 KEY_ENV = "ADAPTIVERL_TEST_JUDGE_KEY"
 
 
 class JudgeServer:
-    """A tiny chat-completions server. ``behaviour``: ok | 500 | flaky | garbage | words | echo."""
+    """A tiny chat-completions server. ``behaviour``: ok | 500 | flaky | garbage | words, or one of
+    the ``echo_*`` shapes of a careless server quoting the request's Authorization header (after
+    ``pad``) in an error: a 401 body, a 500 body, a non-JSON body, JSON without ``choices``, or a
+    reply whose text is no yes/no answer."""
 
     def __init__(self) -> None:
         self.behaviour = "ok"
+        self.pad = ""
         self.requests: list[dict] = []
         self.auth: list[str | None] = []
         self.in_flight = 0
@@ -54,8 +58,8 @@ class JudgeServer:
                     self._send(404, b"not found")
                 elif fail:
                     self._send(500, b"internal error")
-                elif server.behaviour == "echo":  # a careless server quoting the request headers
-                    self._send(401, f"bad credentials: {self.headers.get('Authorization')}".encode())
+                elif server.behaviour.startswith("echo"):
+                    self._echo(server.behaviour)
                 elif server.behaviour == "garbage":
                     self._send(200, b"<html>this is not json")
                 else:
@@ -65,6 +69,23 @@ class JudgeServer:
                     reply = {"id": "x", "object": "chat.completion",
                              "choices": [{"index": 0, "message": {"role": "assistant", "content": answer},
                                           "finish_reason": "stop"}]}
+                    self._send(200, json.dumps(reply).encode())
+
+            def _echo(self, shape: str) -> None:
+                auth = self.headers.get("Authorization") or ""
+                # The header once, then the bare key back to back: whichever character an excerpt
+                # of the reply is cut at, it falls inside the key.
+                quote = f"{server.pad}bad credentials: {auth} " + auth.removeprefix("Bearer ") * 12
+                if shape in ("echo", "echo_401"):
+                    self._send(401, quote.encode())
+                elif shape == "echo_500":
+                    self._send(500, quote.encode())
+                elif shape == "echo_not_json":
+                    self._send(200, f"<html>{quote}".encode())
+                elif shape == "echo_no_choices":
+                    self._send(200, json.dumps({"error": {"message": quote}}).encode())
+                elif shape == "echo_no_answer":
+                    reply = {"choices": [{"index": 0, "message": {"role": "assistant", "content": quote}}]}
                     self._send(200, json.dumps(reply).encode())
 
             def _send(self, code: int, payload: bytes) -> None:
@@ -103,6 +124,15 @@ def test_parsers():
     assert parse_grade("1") == 0.0 and parse_grade("I'd say 7.") == pytest.approx(6 / 9)
     assert parse_grade("eleven") is None and parse_grade("42") is None
     assert parse_yes_no(" Yes, it is") == 1.0 and parse_yes_no("no.") == 0.0 and parse_yes_no("maybe") is None
+
+
+def test_redact_covers_the_key_and_its_pieces():
+    key = "sk-live-KEYabcdefghij"
+    assert redact(f"x{key}{key}y", key) == "x***y"  # back to back: one run
+    assert redact("key sk-live-KEYab... and ...defghij end", key) == "key ***... and ...*** end"
+    assert redact("sk-liv", key) == "***" and redact("sk-li", key) == "sk-li"  # pieces of 6 and more
+    assert redact("a short one: ab!", "ab") == "a short one: ***!"  # a key under 6 chars: whole
+    assert redact("nothing here", key) == "nothing here" and redact(key, None) == key
 
 
 def test_grades_concurrently_with_key_in_header(server):
@@ -172,3 +202,64 @@ def test_bad_config_is_rejected():
         HTTPJudgeReward("http://x/v1", model="m", template="no fields")
     with pytest.raises(ValueError, match="prompt.*completion"):
         HTTPJudgeReward("http://x/v1", model="m", template="{completion} {other}")
+
+
+# No isolated digit, so a reply quoting it parses as neither grade nor yes/no by accident.
+LONG_SECRET = "sk-live-KEYabcdefghijKLMNOPqrstuvWXYZabcd"
+ECHO_SHAPES = ("echo_401", "echo_500", "echo_not_json", "echo_no_choices", "echo_no_answer")
+
+
+def key_pieces(secret: str, width: int = 10) -> set[str]:
+    return {secret[i:i + width] for i in range(len(secret) - width + 1)}
+
+
+def leaked(text: str, secret: str) -> list[str]:
+    return sorted(p for p in key_pieces(secret) if p in text)
+
+
+def exception_chain(exc: BaseException | None) -> list[BaseException]:
+    """``exc`` and every exception chained to it, shown in a traceback or not."""
+    chain: list[BaseException] = []
+    while exc is not None and exc not in chain:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return chain
+
+
+@pytest.mark.parametrize("on_error", ["raise", "none"])
+def test_an_echoed_key_reaches_no_message_traceback_warning_or_log(server, monkeypatch, caplog, on_error):
+    """Every error shape of a server that quotes the Authorization header, with the quote starting
+    at two neighbouring offsets (so an excerpt cut at a fixed length ends inside the key at least
+    once): no 10-character piece of the key in the error, its whole formatted traceback (chained
+    parts too), any exception in the chain, any warning or any log record."""
+    import traceback
+    import warnings
+
+    monkeypatch.setenv(KEY_ENV, LONG_SECRET)
+    caplog.set_level(logging.DEBUG)
+    seen: dict[str, str] = {}
+    for shape in ECHO_SHAPES:
+        for pad in ("", "#"):
+            server.behaviour, server.pad = shape, pad
+            reward = judge(server.url, mode="yes_no", max_retries=0, on_error=on_error)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                if on_error == "raise":
+                    with pytest.raises(JudgeError, match="sample 0") as err:
+                        asyncio.run(reward(completions=["good"]))
+                    text = "".join(traceback.format_exception(err.value))
+                    text += "".join(f"{exc!s} {exc!r} {exc.args!r}" for exc in exception_chain(err.value))
+                else:
+                    assert asyncio.run(reward(completions=["good"])) == [None]
+                    assert len(caught) == 1
+                    text = ""
+            text += "".join(str(w.message) for w in caught)
+            seen[f"{shape}{pad}"] = text
+            assert not leaked(text, LONG_SECRET), f"{shape} (pad {pad!r}) leaks the key:\n{text}"
+    assert not leaked(caplog.text, LONG_SECRET)
+    assert server.auth and all(a == f"Bearer {LONG_SECRET}" for a in server.auth)  # the key was sent
+    # The redacted messages still say what went wrong, and quote the reply where they did before.
+    for shape, needle in (("echo_401", "HTTP 401"), ("echo_500", "HTTP 500"), ("echo_not_json", "not JSON"),
+                          ("echo_no_choices", "without choices"), ("echo_no_answer", "cannot parse")):
+        assert needle in seen[shape]
+        assert ("bad credentials: Bearer ***" in seen[shape]) == (shape != "echo_500")

@@ -16,7 +16,11 @@ Two backends share the prompt templates and the reply parsing:
   HTTP 429 and 5xx) are retried ``max_retries`` times with exponential backoff
   ``backoff * 2**attempt``. It is an ``async`` reward function, so TRL gathers it with its other
   async rewards. A failure raises :class:`JudgeError` naming the sample, or with
-  ``on_error="none"`` gives that sample ``None`` (warned once).
+  ``on_error="none"`` gives that sample ``None`` (warned once). A server may quote the request's
+  Authorization header in an error reply, so every excerpt of a reply is redacted (the key, and
+  any piece of it of :data:`MIN_KEY_PIECE` characters or more) *before* it is cut to length, and
+  the :class:`JudgeError` is raised outside any ``except`` block, chaining no exception that
+  could hold the raw reply.
 
 Templates are ``str.format`` strings with the fields ``{prompt}`` and ``{completion}``.
 """
@@ -52,6 +56,11 @@ GRADE_TEMPLATE = (
 )
 _GRADE_RE = re.compile(r"(?<!\d)(10|[1-9])(?!\d)")
 _YES_RE = re.compile(r"^\W*(yes|no)\b", re.IGNORECASE)
+#: Pieces of the API key this long or longer are redacted from replies (a server may echo a
+#: shortened key); a key shorter than this is redacted whole.
+MIN_KEY_PIECE = 6
+#: Characters of a server reply quoted in an error message.
+EXCERPT_CHARS = 200
 
 
 class JudgeError(RuntimeError):
@@ -67,6 +76,28 @@ def check_template(template: str, owner: str) -> str:
         raise ValueError(f"{owner}: template may only use the fields {{prompt}} and {{completion}} "
                          f"(double other braces): {exc!r}") from None
     return template
+
+
+def redact(text: str, secret: str | None, min_piece: int = MIN_KEY_PIECE) -> str:
+    """``text`` with every run of characters covered by an occurrence of a piece of ``secret`` at
+    least ``min_piece`` long (the whole secret if it is shorter) replaced by ``***``."""
+    if not secret:
+        return text
+    width = min(min_piece, len(secret))
+    covered = bytearray(len(text))
+    for piece in {secret[i:i + width] for i in range(len(secret) - width + 1)}:
+        start = text.find(piece)
+        while start != -1:
+            covered[start:start + width] = b"\x01" * width
+            start = text.find(piece, start + 1)
+    out, i = [], 0
+    while (start := covered.find(1, i)) != -1:
+        end = covered.find(0, start)
+        end = len(text) if end == -1 else end
+        out += [text[i:start], "***"]
+        i = end
+    out.append(text[i:])
+    return "".join(out)
 
 
 def parse_grade(text: str) -> float | None:
@@ -175,28 +206,48 @@ class HTTPJudgeReward(AsyncRewardFunction):
         return (f"HTTPJudgeReward(name={self.__name__!r}, url={self.url!r}, model={self.model!r}, "
                 f"api_key_env={self.api_key_env!r})")
 
+    def _key(self) -> str | None:
+        """The API key, read from the environment at each use and never stored."""
+        return (os.environ.get(self.api_key_env) or None) if self.api_key_env else None
+
     def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}
-        if self.api_key_env:
-            key = os.environ.get(self.api_key_env)
-            if key:
-                headers["Authorization"] = f"Bearer {key}"
+        key = self._key()
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
         return headers
+
+    def _excerpt(self, text: str) -> str:
+        """A reply's text for an error message: redacted of the key first, then cut to length."""
+        return repr(redact(text, self._key())[:EXCERPT_CHARS])
 
     def _payload(self, prompt: str, completion: str) -> dict[str, Any]:
         messages = [] if self.system_prompt is None else [{"role": "system", "content": self.system_prompt}]
         messages.append({"role": "user", "content": self.template.format(prompt=prompt, completion=completion)})
         return {"model": self.model, "messages": messages, "temperature": 0.0, "max_tokens": self.max_tokens}
 
-    def _parse(self, body: Any) -> float:
+    def _read(self, resp: Any) -> float | str:
+        """The score in a final (non-retried) reply, or the problem with it as a redacted message.
+
+        Problems are returned, not raised, so that no exception holding the raw reply (a
+        ``JSONDecodeError`` keeps the whole document) is ever chained to the ``JudgeError``.
+        """
+        if resp.status_code != 200:
+            return f"HTTP {resp.status_code} from {self.url}: {self._excerpt(resp.text)}"
+        try:
+            body = resp.json()
+        except ValueError:
+            return f"reply from {self.url} is not JSON: {self._excerpt(resp.text)}"
         try:
             content = body["choices"][0]["message"]["content"]
         except (KeyError, IndexError, TypeError):
-            raise JudgeError(f"reply without choices[0].message.content: {str(body)[:200]!r}") from None
+            return f"reply without choices[0].message.content: {self._excerpt(str(body))}"
+        if not isinstance(content, str):
+            return f"reply content is {type(content).__name__}, not text: {self._excerpt(str(content))}"
         value = parse_grade(content) if self.mode == "grade" else parse_yes_no(content)
         if value is None:
-            raise JudgeError(f"cannot parse a {'grade 1-10' if self.mode == 'grade' else 'yes/no'} from "
-                             f"the reply {content[:200]!r}")
+            return (f"cannot parse a {'grade 1-10' if self.mode == 'grade' else 'yes/no'} from the reply "
+                    f"{self._excerpt(content)}")
         return value
 
     async def _one(self, client: Any, sem: asyncio.Semaphore, j: int, prompt: str, completion: str) -> float | None:
@@ -216,23 +267,13 @@ class HTTPJudgeReward(AsyncRewardFunction):
                 if resp.status_code == 429 or resp.status_code >= 500:
                     last_problem = f"HTTP {resp.status_code} from {self.url}"
                     continue
-                try:
-                    if resp.status_code != 200:
-                        raise JudgeError(f"HTTP {resp.status_code} from {self.url}: {resp.text[:200]!r}")
-                    try:
-                        body = resp.json()
-                    except ValueError:
-                        raise JudgeError(f"reply from {self.url} is not JSON: {resp.text[:200]!r}") from None
-                    return self._parse(body)
-                except JudgeError as exc:
-                    return self._fail(j, str(exc))
+                outcome = self._read(resp)
+                return self._fail(j, outcome) if isinstance(outcome, str) else outcome
         return self._fail(j, f"{last_problem} (gave up after {self.max_retries + 1} attempts)")
 
     def _fail(self, j: int, problem: str) -> None:
-        key = os.environ.get(self.api_key_env) if self.api_key_env else None
-        if key:  # a server may echo request headers back in an error body
-            problem = problem.replace(key, "***")
-        message = f"judge {self.__name__!r} failed on sample {j}: {problem}"
+        """Raise or warn about ``problem`` (never called inside an ``except`` block)."""
+        message = redact(f"judge {self.__name__!r} failed on sample {j}: {problem}", self._key())
         if self.on_error == "raise":
             raise JudgeError(message)
         if not self._warned:
