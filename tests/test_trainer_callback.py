@@ -1,4 +1,8 @@
-"""AdaptiveCallback with the real HF Trainer / TRL GRPOTrainer and the real adaptiverl optimizers."""
+"""AdaptiveCallback with the real HF Trainer / TRL GRPOTrainer and the real adaptiverl optimizers.
+
+``AdaptiveTrainer`` feeds the callback every step; the stock ``Trainer`` with
+``callbacks=[AdaptiveCallback()]`` is covered in ``test_trainers.py``.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,6 @@ from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     DataCollatorForLanguageModeling,
-    Trainer,
     TrainerCallback,
     TrainingArguments,
 )
@@ -23,6 +26,7 @@ from adaptiverl.trainer.callback import (
     format_console_line,
     unwrap_optimizer,
 )
+from adaptiverl.trainer.trainers import AdaptiveTrainer
 
 DATA = Path(__file__).resolve().parent.parent / "configs" / "data"
 
@@ -37,17 +41,17 @@ def sft_dataset(tokenizer, n: int = 32):
 
 
 def sft_trainer(model_dir, out_dir, make_optimizer, *, steps=4, logging_steps=1, scheduler="linear",
-                grad_accum=1, report_to="none"):
+                grad_accum=1, report_to="none", callback=None, trainer_cls=AdaptiveTrainer, max_grad_norm=1.0):
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     args = TrainingArguments(output_dir=str(out_dir), per_device_train_batch_size=4, max_steps=steps,
                              learning_rate=0.05, lr_scheduler_type=scheduler, logging_steps=logging_steps,
                              gradient_accumulation_steps=grad_accum, report_to=report_to,
-                             save_strategy="no", disable_tqdm=True, seed=0)
+                             save_strategy="no", disable_tqdm=True, seed=0, max_grad_norm=max_grad_norm)
     optimizer = make_optimizer(model.parameters())
-    trainer = Trainer(model=model, args=args, train_dataset=sft_dataset(tokenizer),
-                      data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
-                      optimizers=(optimizer, None))
+    trainer = trainer_cls(model=model, args=args, train_dataset=sft_dataset(tokenizer),
+                          data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+                          optimizers=(optimizer, None), callbacks=[callback or AdaptiveCallback()])
     return trainer, optimizer
 
 
@@ -57,42 +61,48 @@ class EffectiveLR(TrainerCallback):
     def __init__(self, trainer):
         self.trainer = trainer
         self.rows: list[tuple[float, float]] = []
+        self.reported: list[float] = []  # the optimizer's own delta_scale of the same tensor
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         p = self.trainer.model.transformer.wte.weight
         self.before, self.grad = p.detach().clone(), p.grad.detach().clone()
         self.scheduled = self.trainer.lr_scheduler.get_last_lr()[0]
 
-    def on_optimizer_step(self, args, state, control, **kwargs):
-        delta = self.trainer.model.transformer.wte.weight.detach() - self.before
+    def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        weight = self.trainer.model.transformer.wte.weight
+        delta = weight.detach() - self.before
         applied = -(delta * self.grad).sum() / (self.grad * self.grad).sum()
         self.rows.append((self.scheduled, float(applied)))
+        ours = unwrap_optimizer(optimizer)
+        row = next(i for i, p in enumerate(ours.param_groups[0]["params"]) if p is weight)
+        self.reported.append(ours.dynamics()["tensors"][row]["delta_scale"])
 
 
 def run_effective_lr(model_dir, out_dir, adapt: bool):
     trainer, optimizer = sft_trainer(model_dir, out_dir, lambda p: OnlineSGD(p, lr=0.05, adapt=adapt),
                                      steps=6, scheduler="linear")
-    callback = AdaptiveCallback().attach(trainer)
+    callback = trainer.adaptive_callback
     probe = EffectiveLR(trainer)
     trainer.add_callback(probe)
     trainer.train()
-    return probe.rows, callback
+    return probe.rows, probe.reported, callback
 
 
 def test_adaptation_survives_the_trainers_lambdalr(tiny_gpt2_dir, tmp_path):
     # Control arm: without adaptation the measured LR is exactly the LambdaLR value,
     # which proves the probe measures what was applied.
-    rows, _ = run_effective_lr(tiny_gpt2_dir, tmp_path / "plain", adapt=False)
+    rows, _, _ = run_effective_lr(tiny_gpt2_dir, tmp_path / "plain", adapt=False)
     scheduled = [s for s, _ in rows]
     assert scheduled == sorted(scheduled, reverse=True) and scheduled[-1] < 0.5 * scheduled[0]
     for sched, applied in rows:
         assert applied == pytest.approx(sched, rel=1e-4)
     # Adaptive arm: the scheduler still decays group["lr"], and the applied LR departs from it.
-    rows, callback = run_effective_lr(tiny_gpt2_dir, tmp_path / "adaptive", adapt=True)
+    rows, reported, callback = run_effective_lr(tiny_gpt2_dir, tmp_path / "adaptive", adapt=True)
     assert [s for s, _ in rows] == scheduled
     ratios = [applied / sched for sched, applied in rows]
     assert max(abs(r - 1.0) for r in ratios[2:]) > 1e-2, ratios
-    assert all(0.1 - 1e-6 <= r <= 10.0 + 1e-6 for r in ratios)  # OnlineSGD's scale_bounds
+    # The multiplier applied on top of LambdaLR is the one the optimizer reports.
+    assert ratios == pytest.approx(reported, rel=1e-3)
     # The logged effective LR is the controller's, not the scheduler's.
     row = callback.history[2]
     assert row["lr"] != pytest.approx(row["scheduler_lr"], rel=1e-3)
@@ -102,7 +112,7 @@ def test_adaptation_survives_the_trainers_lambdalr(tiny_gpt2_dir, tmp_path):
 def test_loss_fed_every_step_equals_trainers_loss(tiny_gpt2_dir, tmp_path, capsys):
     trainer, optimizer = sft_trainer(tiny_gpt2_dir, tmp_path, lambda p: OnlineAdamW(p, lr=1e-3),
                                      steps=5, logging_steps=1, grad_accum=2)
-    callback = AdaptiveCallback().attach(trainer)
+    callback = trainer.adaptive_callback
     trainer.train()
     # The optimizer found under accelerate's AcceleratedOptimizer is ours.
     assert callback.targets == [optimizer]
@@ -121,8 +131,7 @@ def test_loss_fed_every_step_equals_trainers_loss(tiny_gpt2_dir, tmp_path, capsy
 
 def test_logging_steps_do_not_limit_feeding(tiny_gpt2_dir, tmp_path):
     trainer, optimizer = sft_trainer(tiny_gpt2_dir, tmp_path, lambda p: OnlineAdamW(p, lr=1e-3),
-                                     steps=4, logging_steps=100)
-    AdaptiveCallback(print_console=False).attach(trainer)
+                                     steps=4, logging_steps=100, callback=AdaptiveCallback(print_console=False))
     trainer.train()
     assert optimizer.signals.loss.count == 4
     assert not any("loss" in row for row in trainer.state.log_history[:-1])
@@ -136,8 +145,7 @@ def test_wrapped_torch_optimizer_and_tensorboard(tiny_gpt2_dir, tmp_path):
         return AdaptiveOptimizer(torch.optim.Adagrad(params, lr=0.01))
 
     trainer, optimizer = sft_trainer(tiny_gpt2_dir, tmp_path, make, steps=3, logging_steps=1,
-                                     report_to="tensorboard")
-    AdaptiveCallback(print_console=False).attach(trainer)
+                                     report_to="tensorboard", callback=AdaptiveCallback(print_console=False))
     trainer.train()
     assert optimizer.signals.loss.count == 3
     events = list(tmp_path.glob("runs/**/events.out.tfevents.*"))
@@ -146,39 +154,8 @@ def test_wrapped_torch_optimizer_and_tensorboard(tiny_gpt2_dir, tmp_path):
     assert "train/adaptive/lr" in tags and "train/loss" in tags
 
 
-def test_grpo_reward_fed_each_step_equals_trl_reward(tiny_gpt2_dir, tmp_path):
-    from datasets import Dataset
-    from trl import GRPOConfig, GRPOTrainer
-
-    from adaptiverl.rewards import build_rewards
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_gpt2_dir)
-    model = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir)
-    prompts = Dataset.from_list([{"prompt": p} for p in ("Return the", "This module", "If the", "A list")] * 4)
-    args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=2,
-                      max_completion_length=8, max_steps=3, logging_steps=1, report_to="none",
-                      save_strategy="no", disable_tqdm=True, learning_rate=1e-3, seed=0,
-                      bf16=False)
-    optimizer = OnlineAdamW(model.parameters(), lr=1e-3)
-    reward = build_rewards([{"type": "length", "target": 12}, {"type": "regex", "pattern": "e"}])
-    trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=prompts,
-                          processing_class=tokenizer, optimizers=(optimizer, None))
-    callback = AdaptiveCallback(print_console=False).attach(trainer)
-    trainer.train()
-    logged = [row["reward"] for row in trainer.state.log_history if "reward" in row]
-    assert len(logged) == 3
-    assert list(optimizer.signals.reward.values) == pytest.approx(logged)
-    assert [r["reward"] for r in callback.history] == pytest.approx(logged)
-    assert optimizer.signals.loss.count == 3
-
-
-def test_attach_is_required_and_something_must_adapt(tiny_gpt2_dir, tmp_path):
-    trainer, _ = sft_trainer(tiny_gpt2_dir, tmp_path, lambda p: OnlineSGD(p, lr=0.01), steps=1)
-    trainer.add_callback(AdaptiveCallback())
-    with pytest.raises(RuntimeError, match=r"attach\(trainer\)"):
-        trainer.train()
+def test_something_must_adapt(tiny_gpt2_dir, tmp_path):
     trainer, _ = sft_trainer(tiny_gpt2_dir, tmp_path, lambda p: torch.optim.SGD(p, lr=0.01), steps=1)
-    AdaptiveCallback().attach(trainer)
     with pytest.raises(ValueError, match="found nothing to adapt.*SGD"):
         trainer.train()
 
@@ -203,10 +180,10 @@ def test_adaptive_scheduler_passed_as_the_trainers_scheduler_is_fed(tiny_gpt2_di
     scheduler = AdaptiveScheduler(optimizer, patience=None, up_factor=1.5, down_factor=0.5)
     args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=15,
                              logging_steps=1, report_to="none", save_strategy="no", disable_tqdm=True)
-    trainer = Trainer(model=model, args=args, train_dataset=sft_dataset(tokenizer),
-                      data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
-                      optimizers=(optimizer, scheduler))
-    callback = AdaptiveCallback(print_console=False).attach(trainer)
+    trainer = AdaptiveTrainer(model=model, args=args, train_dataset=sft_dataset(tokenizer),
+                              data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+                              optimizers=(optimizer, scheduler), callbacks=[AdaptiveCallback(print_console=False)])
+    callback = trainer.adaptive_callback
     trainer.train()
     assert callback.targets == [scheduler]  # plain SGD takes no signals; the scheduler does
     assert scheduler.signals.loss.count == 15

@@ -1,39 +1,57 @@
 """AdaptiveCallback: feeds an adaptive optimizer the training signals of a HF/TRL trainer.
 
-Works with the plain ``transformers.Trainer`` and TRL's ``GRPOTrainer`` /
-``RLOOTrainer`` when our optimizer is passed through ``optimizers=(opt, sched)``::
+Two ways to hook it up, neither patching the trainer::
 
-    trainer = GRPOTrainer(model=..., args=..., optimizers=(OnlineAdamW(...), None), ...)
-    AdaptiveCallback().attach(trainer)
-    trainer.train()
+    # every step's loss, reward and pre-clip gradient norm (recommended)
+    trainer = AdaptiveGRPOTrainer(model=..., args=..., reward_funcs=...,
+                                  optimizer_cls_and_kwargs=(OnlineAdamW, {}))
+    # or any stock trainer; the loss and reward then come from its logs
+    trainer = GRPOTrainer(..., optimizers=(OnlineAdamW(...), None), callbacks=[AdaptiveCallback()])
 
-What it does at every optimizer step (not only at logging steps):
+HF callbacks never see the training loss, so the per-step values come from the
+``Adaptive*Trainer`` classes of :mod:`adaptiverl.trainer.trainers`, which override
+the public ``training_step`` and hand the callback :meth:`AdaptiveCallback.record_step`
+once per optimizer step. On a stock trainer the callback does what the public
+callback events allow and warns once that it does.
 
-* **loss**: ``attach`` wraps ``trainer.training_step``, whose return value is
-  the micro-batch's loss already divided for gradient accumulation (what the
-  Trainer sums into its logged ``loss``); just before the optimizer steps
-  (``on_pre_optimizer_step``) the sum over the accumulation window, averaged
-  over all ranks, is fed to the optimizer. It is the loss the Trainer logs,
-  at every step, and every rank's controller sees the same value.
-* **reward** (GRPO/RLOO): TRL appends the batch's mean reward, already gathered
-  over ranks, to ``trainer._metrics["train"]["reward"]`` each time it scores a
-  generation batch; the callback feeds each new value once.
-* Targets: the real optimizer under accelerate's ``AcceleratedOptimizer`` (and
-  any further ``.optimizer`` wrappers), the LR scheduler, and any extra
-  ``targets`` given, whichever has ``observe(loss=, reward=)`` or the seeds'
-  ``step_loss`` / ``step_reward``.
-* **logging**: ``dynamics()["summary"]`` of each target is added to the
-  trainer's logs under ``adaptive/`` (so TensorBoard and W&B record it), a
-  per-step history is written to ``OUTPUT_DIR/adaptive_history.jsonl`` (what
-  :mod:`adaptiverl.trainer.plot` draws; saved with every checkpoint and
-  continued on resume), and at logging steps the main process
-  prints ``Step 50 | Reward: 0.82 | Loss: -0.3456 | LR: 3.2e-05 | Momentum: 0.912``.
+Per optimizer step, in ``on_pre_optimizer_step`` (after the Trainer clipped the
+gradients, before ``optimizer.step()``), every target gets one
+``observe(loss=, reward=, grad_norm=)`` call (or the seed names ``step_loss`` /
+``step_reward``):
+
+* **loss**: from an ``Adaptive*Trainer``, the sum over the accumulation window of what
+  ``training_step`` returns, averaged over ranks, i.e. exactly the loss the Trainer logs,
+  at every step. On a stock trainer: the ``loss`` of the last ``on_log`` (the mean since
+  the log before), fed at the step after the logging step.
+* **reward** (GRPO/RLOO): from an ``Adaptive*Trainer``, the mean of the batch rewards TRL
+  recorded since the last step (already gathered over ranks); on a stock trainer, the
+  ``reward`` TRL logs, as for the loss.
+* **grad_norm**: from an ``Adaptive*Trainer``, the L2 norm of all gradients after the last
+  backward of the window and before clipping, the same value the Trainer logs as
+  ``grad_norm``. On a stock trainer the norm of the gradients the optimizer is about to use
+  (after clipping: ``min(norm, max_grad_norm)`` when ``max_grad_norm > 0``). A non-finite
+  norm is passed on: the Online optimizers skip that step.
+* **horizon**: ``set_total_steps(state.max_steps)`` at train begin (also on resume), for
+  targets that have it.
+
+Targets are the real optimizer under accelerate's ``AcceleratedOptimizer`` (and any further
+``.optimizer`` wrappers), the LR scheduler, and any extra ``targets``, whichever has
+``observe`` or ``step_loss`` / ``step_reward``.
+
+Logging: ``dynamics()["summary"]`` of each target goes into the trainer's logs under
+``adaptive/`` (through the ``Adaptive*Trainer``'s ``log``, so TensorBoard and W&B record
+it), a per-step history into ``OUTPUT_DIR/adaptive_history.jsonl`` (what
+:mod:`adaptiverl.trainer.plot` draws; saved with every checkpoint and continued on resume),
+and at logging steps the main process prints
+``Step 50 | Reward: 0.82 | Loss: -0.3456 | LR: 3.2e-05 | Momentum: 0.912``.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -66,16 +84,36 @@ def is_adaptive(obj: Any) -> bool:
     return any(callable(getattr(obj, name, None)) for name in ("observe", "step_loss", "step_reward"))
 
 
-def feed(target: Any, loss: float | None, reward: float | None) -> None:
-    """Give one step's signals to ``target`` through ``observe`` or the seed names."""
+def feed(target: Any, loss: float | None, reward: float | None, grad_norm: float | None = None) -> None:
+    """Give one step's signals to ``target`` in one ``observe`` call, or through the seed names.
+
+    Seed-style targets (``step_loss`` / ``step_reward`` only) do not take a gradient norm.
+    """
     observe = getattr(target, "observe", None)
     if callable(observe):
-        observe(loss=loss, reward=reward)
+        signals = {"loss": loss, "reward": reward, "grad_norm": grad_norm}
+        observe(**{k: v for k, v in signals.items() if v is not None})
         return
     if loss is not None and callable(getattr(target, "step_loss", None)):
         target.step_loss(loss)
     if reward is not None and callable(getattr(target, "step_reward", None)):
         target.step_reward(reward)
+
+
+def gradient_norm(parameters: Iterable[torch.Tensor]) -> torch.Tensor | None:
+    """``sqrt(sum_p ||grad_p||^2)`` over every gradient, as a 0-d tensor; None when there is none.
+
+    The norm ``clip_grad_norm_`` computes (``torch.nn.utils.get_total_norm``). For sharded
+    DTensor gradients (FSDP2) the norm is all-reduced to the full-tensor value, so every
+    rank gets the same number. Gradients DeepSpeed keeps in its own partitions (ZeRO) are
+    not in ``p.grad``: None.
+    """
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return None
+    norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
+    full_tensor = getattr(norm, "full_tensor", None)
+    return full_tensor() if callable(full_tensor) else norm
 
 
 def _summary(target: Any) -> dict[str, float]:
@@ -84,6 +122,10 @@ def _summary(target: Any) -> dict[str, float]:
         return {}
     summary = dynamics().get("summary", {})
     return {k: float(v) for k, v in summary.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
 
 
 def format_console_line(step: int, reward: float | None, loss: float | None,
@@ -108,52 +150,65 @@ def format_console_line(step: int, reward: float | None, loss: float | None,
 class AdaptiveCallback(TrainerCallback):
     """Connects adaptive optimizers/controllers to a ``transformers.Trainer`` (or a TRL trainer).
 
+    Pass it in ``callbacks=[AdaptiveCallback()]`` of any trainer; the ``Adaptive*Trainer``
+    classes add one themselves and feed it every step (see the module docstring).
+
     Args:
         targets: extra objects to feed besides the trainer's optimizer and
             scheduler (controllers, wrappers; anything with ``observe`` or
             ``step_loss`` / ``step_reward``).
         print_console: print the seed's one-line summary at logging steps.
         history_file: per-step JSONL written in ``args.output_dir`` (None: none).
+        require_targets: with nothing to adapt, raise at train begin (True) or warn and
+            stay idle (False: what the ``Adaptive*Trainer`` classes add by themselves, so
+            that they also train a plain torch optimizer).
     """
 
     def __init__(self, targets: list[Any] | None = None, *, print_console: bool = True,
-                 history_file: str | None = HISTORY_FILE) -> None:
+                 history_file: str | None = HISTORY_FILE, require_targets: bool = True) -> None:
         self.extra_targets = list(targets or [])
+        self.require_targets = require_targets
         self.print_console = print_console
         self.history_file = history_file
-        self.trainer: Any = None
         self.targets: list[Any] = []
         self.history: list[dict[str, float]] = []
         self.reward_signal = ScalarSignal("reward")
-        self._micro_losses: list[torch.Tensor] = []
-        self._reward_list: list[float] | None = None
-        self._rewards_seen = 0
+        #: True once a trainer hands over per-step signals through :meth:`record_step`.
+        self.fed_by_trainer = False
+        self._pending: dict[str, float | None] = {}
+        self._from_logs: dict[str, float | None] = {}
+        self._warned_logs_only = False
         self._last: dict[str, Any] = {}
 
     # ---- wiring -----------------------------------------------------------
     def attach(self, trainer: Any) -> AdaptiveCallback:
-        """Register with ``trainer`` and record the loss of every micro-batch it trains on."""
-        if self.trainer is not None:
-            raise RuntimeError("this AdaptiveCallback is already attached to a trainer")
-        self.trainer = trainer
+        """Deprecated: register with ``trainer`` (use ``callbacks=[...]`` or an ``Adaptive*Trainer``).
+
+        Replaces an ``AdaptiveCallback`` the trainer already holds, so exactly one feeds it.
+        """
+        warnings.warn("AdaptiveCallback.attach(trainer) is deprecated: pass callbacks=[AdaptiveCallback()] "
+                      "or use the Adaptive*Trainer classes of adaptiverl.trainer.trainers",
+                      DeprecationWarning, stacklevel=2)
+        for callback in list(trainer.callback_handler.callbacks):
+            if isinstance(callback, AdaptiveCallback) and callback is not self:
+                trainer.remove_callback(callback)
         if self not in trainer.callback_handler.callbacks:
             trainer.add_callback(self)
-        training_step = trainer.training_step
-        log = trainer.log
-
-        def training_step_recorded(*args, **kwargs):
-            loss = training_step(*args, **kwargs)
-            self._micro_losses.append(loss.detach().float().mean())
-            return loss
-
-        def log_with_dynamics(logs: dict[str, float], *args, **kwargs):
-            if "loss" in logs or any(k.startswith("reward") for k in logs):
-                logs.update({LOG_PREFIX + k: v for k, v in self._last.get("summary", {}).items()})
-            return log(logs, *args, **kwargs)
-
-        trainer.training_step = training_step_recorded
-        trainer.log = log_with_dynamics
         return self
+
+    def record_step(self, *, loss: float | None = None, reward: float | None = None,
+                    grad_norm: float | None = None) -> None:
+        """This optimizer step's signals, handed over by the trainer before it clips and steps.
+
+        Called by the ``Adaptive*Trainer`` classes after the last backward of the accumulation
+        window; the values are fed to the targets in the following ``on_pre_optimizer_step``.
+        """
+        self.fed_by_trainer = True
+        self._pending = {"loss": _finite(loss), "reward": _finite(reward), "grad_norm": grad_norm}
+
+    def log_entries(self) -> dict[str, float]:
+        """The latest step's dynamics summary under ``adaptive/``, to merge into a train log."""
+        return {LOG_PREFIX + k: v for k, v in self._last.get("summary", {}).items()}
 
     def _find_targets(self, optimizer: Any, lr_scheduler: Any) -> list[Any]:
         found = [unwrap_optimizer(optimizer)] if optimizer is not None else []
@@ -168,32 +223,40 @@ class AdaptiveCallback(TrainerCallback):
 
     # ---- trainer events ---------------------------------------------------
     def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
-        if self.trainer is None:
-            raise RuntimeError(
-                "AdaptiveCallback needs the trainer to read the per-step loss and reward: "
-                "use `AdaptiveCallback().attach(trainer)` instead of `callbacks=[AdaptiveCallback()]`")
         self.targets = self._find_targets(optimizer, lr_scheduler)
         if not self.targets:
-            raise ValueError(
+            message = (
                 f"AdaptiveCallback found nothing to adapt: the optimizer "
                 f"({type(unwrap_optimizer(optimizer)).__name__}) "
-                "has no observe/step_loss/step_reward; pass an adaptiverl optimizer through "
-                "`optimizers=(optimizer, scheduler)` or give `targets=`")
-        self._micro_losses.clear()
+                "has no observe/step_loss/step_reward; give an Adaptive*Trainer "
+                "optimizer_cls_and_kwargs=(OnlineAdamW, {...}), pass an adaptiverl optimizer through "
+                "`optimizers=(optimizer, scheduler)`, or give `targets=`")
+            if self.require_targets:
+                raise ValueError(message)
+            warnings.warn(message + "; training without adaptation", UserWarning, stacklevel=2)
+        for target in self.targets:
+            if callable(getattr(target, "set_total_steps", None)):
+                target.set_total_steps(int(state.max_steps))
+        self._pending, self._from_logs = {}, {}
         self._resume_history(args, state)
 
-    def on_step_begin(self, args, state, control, **kwargs):
-        self._micro_losses.clear()
-
-    def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        loss = self._step_loss()
-        reward = self._new_reward()
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if not self.targets:
+            self._pending = {}
+            return
+        if self.fed_by_trainer:
+            signals, self._pending = self._pending, {}
+        else:
+            self._warn_logs_only(args)
+            signals, self._from_logs = self._from_logs, {}
+            norm = gradient_norm(model.parameters()) if model is not None else None
+            signals["grad_norm"] = float(norm) if norm is not None else None
+        loss, reward, grad_norm = signals.get("loss"), signals.get("reward"), signals.get("grad_norm")
         if reward is not None:
             self.reward_signal.update(reward)
         for target in self.targets:
-            feed(target, loss, reward)
-        self._last = {"loss": loss, "reward": reward}
-        self._micro_losses.clear()
+            feed(target, loss, reward, grad_norm)
+        self._last = {"loss": loss, "reward": reward, "grad_norm": grad_norm}
 
     def on_step_end(self, args, state, control, lr_scheduler=None, **kwargs):
         summary: dict[str, float] = {}
@@ -204,10 +267,9 @@ class AdaptiveCallback(TrainerCallback):
             summary["reward_trend"] = self.reward_signal.trend
         self._last["summary"] = summary
         row: dict[str, float] = {"step": state.global_step}
-        if self._last.get("loss") is not None:
-            row["loss"] = self._last["loss"]
-        if self._last.get("reward") is not None:
-            row["reward"] = self._last["reward"]
+        for key in ("loss", "reward", "grad_norm"):
+            if self._last.get(key) is not None:
+                row[key] = self._last[key]
         if lr_scheduler is not None and hasattr(lr_scheduler, "get_last_lr"):
             row["scheduler_lr"] = float(lr_scheduler.get_last_lr()[0])
         row.update(summary)
@@ -223,36 +285,27 @@ class AdaptiveCallback(TrainerCallback):
             _write_rows(folder / self.history_file, self.history)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not self.print_console or not state.is_world_process_zero or not logs or "loss" not in logs:
+        if not logs or "loss" not in logs:
             return
-        summary = self._last.get("summary", {})
-        reward = logs.get("reward", self._last.get("reward"))
-        tqdm.write(format_console_line(state.global_step, reward, logs.get("loss"), summary))
+        if not self.fed_by_trainer:  # a stock trainer: its logged means are the signals we get
+            self._from_logs = {"loss": _finite(logs.get("loss")), "reward": _finite(logs.get("reward"))}
+        if self.print_console and state.is_world_process_zero:
+            summary = self._last.get("summary", {})
+            reward = logs.get("reward", self._last.get("reward"))
+            tqdm.write(format_console_line(state.global_step, reward, logs.get("loss"), summary))
 
     # ---- helpers ----------------------------------------------------------
-    def _step_loss(self) -> float | None:
-        if not self._micro_losses:
-            return None
-        loss = torch.stack(self._micro_losses).sum()
-        accelerator = getattr(self.trainer, "accelerator", None)
-        if accelerator is not None and accelerator.num_processes > 1:
-            loss = accelerator.reduce(loss.to(accelerator.device), reduction="mean")
-        value = float(loss.item())
-        return value if math.isfinite(value) else None
-
-    def _new_reward(self) -> float | None:
-        """Mean of the batch rewards TRL recorded since the last step (None if none)."""
-        metrics = getattr(self.trainer, "_metrics", None)
-        if not isinstance(metrics, dict) or "train" not in metrics:
-            return None
-        rewards = metrics["train"].get("reward")
-        if rewards is None:
-            return None
-        if rewards is not self._reward_list:
-            self._reward_list, self._rewards_seen = rewards, 0
-        new = [r for r in rewards[self._rewards_seen:] if math.isfinite(r)]
-        self._rewards_seen = len(rewards)
-        return sum(new) / len(new) if new else None
+    def _warn_logs_only(self, args) -> None:
+        if self._warned_logs_only:
+            return
+        self._warned_logs_only = True
+        warnings.warn(
+            "AdaptiveCallback on a stock trainer: HF callbacks never receive the training loss, so "
+            f"the loss (and TRL's reward) reach the optimizer from the trainer's logs, every "
+            f"logging_steps={args.logging_steps} steps and one step late, and the gradient norm is "
+            "taken after clipping. For every step's values use the Adaptive*Trainer classes of "
+            "adaptiverl.trainer.trainers (AdaptiveTrainer, AdaptiveSFTTrainer, AdaptiveGRPOTrainer, "
+            "AdaptiveRLOOTrainer).", UserWarning, stacklevel=2)
 
     def _resume_history(self, args, state) -> None:
         """Start the history afresh, or, when resuming, from the rows saved up to the checkpoint's step."""

@@ -27,7 +27,6 @@ from typing import Any
 from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
-from adaptiverl.trainer.callback import AdaptiveCallback
 from adaptiverl.trainer.config import (
     DATA_SUFFIXES,
     ConfigError,
@@ -127,21 +126,46 @@ def load_dataset_for(c: TrainConfig, tokenizer):
     return dataset.map(truncate)
 
 
-def build_optimizer(c: TrainConfig, model):
-    """The adaptive optimizer ``OPTIM`` names, over the model's trainable parameters."""
+def optimizer_spec(c: TrainConfig) -> tuple[tuple[Any, dict[str, Any]], Any]:
+    """``((optimizer class, kwargs), wrapper or None)`` for ``OPTIM``: what the trainer builds.
+
+    The Online optimizers and EnhancedSGD are built directly; a ``torch.optim`` class is built
+    by the Trainer and then wrapped by ``AdaptiveOptimizer(**ADAPTIVE_ARGS)``. ``weight_decay``
+    is not among the kwargs: HF's decay groups set it per group.
+    """
+    import functools
+
     import torch
 
     import adaptiverl.optim as optim
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    kwargs = {"lr": c.LRATE, "weight_decay": c.WEIGHT_DECAY, **c.OPTIM_ARGS}
+    kwargs = {"lr": c.LRATE, **c.OPTIM_ARGS}
+    kwargs.pop("weight_decay", None)  # per group: training_arguments' weight_decay
+    if c.OPTIM in ONLINE_CLASSES:
+        return (getattr(optim, ONLINE_CLASSES[c.OPTIM]), kwargs), None
+    base = getattr(torch.optim, c.OPTIM.removeprefix("torch."))
+    return (base, kwargs), functools.partial(optim.AdaptiveOptimizer, **c.ADAPTIVE_ARGS)
+
+
+def weight_decay_of(c: TrainConfig) -> float:
+    """``OPTIM_ARGS["weight_decay"]`` when given, else ``WEIGHT_DECAY``."""
+    return float(c.OPTIM_ARGS.get("weight_decay", c.WEIGHT_DECAY))
+
+
+def build_optimizer(c: TrainConfig, model):
+    """The adaptive optimizer ``OPTIM`` names, over HF's decay groups of the model's trainable parameters.
+
+    For ``optimizers=(optimizer, None)`` (single process or DDP); :func:`build_trainer` without
+    an optimizer lets the trainer build the same one, which FSDP and DeepSpeed need.
+    """
+    from adaptiverl.trainer.trainers import decay_parameter_groups
+
+    (cls, kwargs), wrapper = optimizer_spec(c)
     try:
-        if c.OPTIM in ONLINE_CLASSES:
-            return getattr(optim, ONLINE_CLASSES[c.OPTIM])(params, **kwargs)
-        base = getattr(torch.optim, c.OPTIM.removeprefix("torch."))(params, **kwargs)
-        return optim.AdaptiveOptimizer(base, **c.ADAPTIVE_ARGS)
+        optimizer = cls(decay_parameter_groups(model, weight_decay_of(c)), **kwargs)
+        return wrapper(optimizer) if wrapper is not None else optimizer
     except TypeError as err:
-        key = "ADAPTIVE_ARGS" if c.OPTIM not in ONLINE_CLASSES and c.ADAPTIVE_ARGS else "OPTIM_ARGS"
+        key = "ADAPTIVE_ARGS" if wrapper is not None and c.ADAPTIVE_ARGS else "OPTIM_ARGS"
         raise ConfigError(f"config key {key!r}: OPTIM {c.OPTIM!r} rejected the arguments: {err}") from None
 
 
@@ -178,23 +202,36 @@ def training_arguments(c: TrainConfig):
     return RLOOConfig(**common, **rl)
 
 
-def build_trainer(c: TrainConfig, model, tokenizer, dataset, optimizer):
-    args = training_arguments(c)
-    if c.MODE == "sft":
-        from transformers import DataCollatorForLanguageModeling, Trainer
+def build_trainer(c: TrainConfig, model, tokenizer, dataset, optimizer=None):
+    """``AdaptiveTrainer`` (sft), ``AdaptiveGRPOTrainer`` (rl) or ``AdaptiveRLOOTrainer`` (rloo).
 
-        return Trainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                       data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
-                       optimizers=(optimizer, None))
+    Without ``optimizer`` the trainer builds the one ``OPTIM`` names through its own
+    ``create_optimizer`` (HF's decay groups, after the model is wrapped, as FSDP and DeepSpeed
+    need); the arguments are checked first by building it once here. With ``optimizer`` it is
+    passed as ``optimizers=(optimizer, None)``.
+    """
+    from adaptiverl.trainer import trainers
+
+    args = training_arguments(c)
+    args.weight_decay = weight_decay_of(c)
+    if optimizer is None:
+        build_optimizer(c, model)  # a ConfigError naming the key, before training starts
+        (cls, kwargs), wrapper = optimizer_spec(c)
+        how = {"optimizer_cls_and_kwargs": (cls, kwargs), "optimizer_wrapper": wrapper}
+    else:
+        how = {"optimizers": (optimizer, None)}
+    if c.MODE == "sft":
+        from transformers import DataCollatorForLanguageModeling
+
+        return trainers.AdaptiveTrainer(
+            model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+            data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False), **how)
     from adaptiverl.rewards import build_rewards
 
     reward = build_rewards(c.REWARDS)
-    if c.MODE == "rl":
-        from trl import GRPOTrainer as RLTrainer
-    else:
-        from trl import RLOOTrainer as RLTrainer
-    return RLTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=dataset,
-                     processing_class=tokenizer, optimizers=(optimizer, None))
+    rl_trainer = trainers.AdaptiveGRPOTrainer if c.MODE == "rl" else trainers.AdaptiveRLOOTrainer
+    return rl_trainer(model=model, reward_funcs=[reward], args=args, train_dataset=dataset,
+                      processing_class=tokenizer, **how)
 
 
 class QuietProgressCallback(ProgressCallback):
@@ -239,9 +276,8 @@ def train(config: TrainConfig | dict[str, Any] | str | Path) -> TrainResult:
     set_seed(c.SEED)
     model, tokenizer = load_model_and_tokenizer(c)
     dataset = load_dataset_for(c, tokenizer)
-    optimizer = build_optimizer(c, model)
-    trainer = build_trainer(c, model, tokenizer, dataset, optimizer)
-    callback = AdaptiveCallback().attach(trainer)
+    trainer = build_trainer(c, model, tokenizer, dataset)
+    callback = trainer.adaptive_callback
     trainer.add_callback(SaveConfigCallback(c))
     if trainer.pop_callback(ProgressCallback) is not None:
         trainer.add_callback(QuietProgressCallback())
