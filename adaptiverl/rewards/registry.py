@@ -9,6 +9,14 @@ dotted import path (``"my_pkg.rewards:my_reward"`` or ``"my_pkg.rewards.my_rewar
 keys are the reward's constructor arguments (for a class) or extra keyword arguments bound with
 ``functools.partial`` (for a function); ``weight`` (and ``schedule``) belong to the composite.
 Every validation error names the component index, its type and the bad key.
+
+A dotted path imports its module (running that module's code, as any import does), and may name
+only a reward: a subclass of :class:`~adaptiverl.rewards.base.RewardFunction` (constructed from
+the spec) or a callable that is not a class and takes a parameter named ``completions`` (a
+reward function, or a reward object). Anything else (``subprocess:Popen``, ``os:system``, a
+module) is refused before anything is called: a config cannot construct an arbitrary class with
+its keys. Registering a name with :func:`register_reward` is how a user opts a factory of any
+other kind in.
 """
 
 from __future__ import annotations
@@ -18,6 +26,8 @@ import importlib
 import inspect
 from collections.abc import Callable
 from typing import Any
+
+from adaptiverl.rewards.base import RewardFunction
 
 # Built-ins resolve lazily so that `import adaptiverl.rewards` pulls in neither
 # sentence-transformers nor transformers nor httpx.
@@ -79,17 +89,47 @@ def _import_path(path: str) -> Any:
     return obj
 
 
+def _takes_completions(obj: Any) -> bool:
+    try:
+        param = inspect.signature(obj).parameters.get("completions")
+    except (TypeError, ValueError):
+        return False
+    return param is not None and param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY)
+
+
+def check_dotted_reward(path: str, obj: Any) -> Callable[..., Any]:
+    """``obj`` (found at dotted path ``path``) if it is a reward class or a reward function (see
+    the module docstring); a :class:`RewardSpecError` otherwise. Calls nothing."""
+    opt_in = ("; to build anything else from a spec, register a factory for it with "
+              "@adaptiverl.rewards.register_reward('name') and use that name")
+    if inspect.isclass(obj):
+        if issubclass(obj, RewardFunction):
+            return obj
+        raise RewardSpecError(f"{path!r} names the class {obj.__module__}.{obj.__qualname__}, not a reward "
+                              "class: a dotted path may only construct a subclass of "
+                              f"adaptiverl.rewards.RewardFunction{opt_in}")
+    if callable(obj) and _takes_completions(obj):
+        return obj
+    qualname = getattr(obj, "__qualname__", None)
+    kind = ("a module" if inspect.ismodule(obj) else
+            f"the {type(obj).__name__} {qualname!r}" if qualname else f"a {type(obj).__name__}")
+    raise RewardSpecError(f"{path!r} names {kind}, not a reward function: a dotted path may name a callable "
+                          f"with a parameter 'completions' (fn(prompts, completions, **kwargs)){opt_in}")
+
+
 def resolve_reward(name: str) -> Callable[..., Any]:
-    """The registered object for ``name``, or the object at dotted path ``name``."""
+    """The registered object for ``name``, or the reward at dotted path ``name`` (refused unless it
+    is a reward class or function, see :func:`check_dotted_reward`)."""
     if name in _REGISTRY:
         return _REGISTRY[name]
     if name in _BUILTINS:
         return _import_path(_BUILTINS[name])
     if "." in name or ":" in name:
         try:
-            return _import_path(name)
+            obj = _import_path(name)
         except (ImportError, AttributeError) as exc:
             raise RewardSpecError(f"cannot import reward {name!r}: {exc}") from exc
+        return check_dotted_reward(name, obj)
     raise RewardSpecError(f"unknown reward type {name!r}; registered: {', '.join(registered_rewards())} "
                           "(or give a dotted import path such as 'my_pkg.rewards:my_reward')")
 
