@@ -6,6 +6,7 @@ import io
 import json
 import os
 import pickle
+import re
 import select
 import subprocess
 import sys
@@ -140,3 +141,91 @@ def test_bad_configuration():
         HumanFeedbackReward(mode="queue")
     with pytest.raises(ValueError, match="mode"):
         HumanFeedbackReward(mode="telepathy")
+
+
+def request(rid: str, completion: str, step: int = 0) -> str:
+    return json.dumps({"id": rid, "step": step, "prompt": "p", "completion": completion, "time": 0.0})
+
+
+def test_client_skips_torn_and_bad_lines_with_a_warning_and_loses_nothing_else(tmp_path):
+    queue = tmp_path / "queue"
+    queue.mkdir()
+    (queue / "requests.jsonl").write_text(
+        request("r1", "first") + "\n"
+        + "{not json at all\n"                            # a bad request line
+        + json.dumps({"id": "r-no-text"}) + "\n"          # a record without prompt/completion
+        + request("r2", "second") + "\n"
+        + request("r3", "third")[:25])                    # torn: the trainer is still writing it
+    (queue / "answers.jsonl").write_text(
+        json.dumps({"id": "r0", "rating": 1}) + "\n"
+        + "[1, 2, 3]\n"                                   # one bad answer line
+        + '{"id": "r9", "rat')                            # torn: an annotator died mid-write
+    shown = io.StringIO()
+    with pytest.warns(RuntimeWarning) as caught:
+        written = answer_queue(queue, input=io.StringIO("+\n-\n"), output=shown)
+    messages = [str(w.message) for w in caught]
+    assert written == 2
+    assert "first" in shown.getvalue() and "second" in shown.getvalue() and "third" not in shown.getvalue()
+    for needle in (r"requests.jsonl.*line 2", r"requests.jsonl.*line 3.*'prompt'", r"requests.jsonl.*line 5.*incomplete",
+                   r"answers.jsonl.*line 2", r"answers.jsonl.*line 3.*incomplete"):
+        assert any(re.search(needle, m) for m in messages), (needle, messages)
+    # The answers file: the old answer, the two bad lines (kept, the torn one terminated), then
+    # the new answers, each on its own line, so the trainer reads all of them.
+    lines = (queue / "answers.jsonl").read_text().splitlines()
+    assert json.loads(lines[0]) == {"id": "r0", "rating": 1} and lines[2] == '{"id": "r9", "rat'
+    assert [json.loads(line) for line in lines[3:]] == [{"id": "r1", "rating": 1.0}, {"id": "r2", "rating": -1.0}]
+    reward = HumanFeedbackReward(mode="queue", queue_dir=queue, log_path=tmp_path / "log.jsonl")
+    with pytest.warns(RuntimeWarning) as caught:
+        assert reward._read_answers() == {"r0": 1, "r1": 1.0, "r2": -1.0}
+    assert [re.search(r"answers.jsonl: line (\d)", str(w.message)).group(1) for w in caught] == ["2", "3"]
+
+
+def test_trainer_skips_a_bad_answer_line_with_a_warning(tmp_path):
+    queue, log = tmp_path / "queue", tmp_path / "ratings.jsonl"
+    reward = HumanFeedbackReward(mode="queue", queue_dir=queue, log_path=log, timeout=10.0, poll_interval=0.02)
+
+    def annotate():
+        while len(log_lines(queue / "requests.jsonl")) < 2:
+            time.sleep(0.02)
+        ids = [r["id"] for r in log_lines(queue / "requests.jsonl")]
+        with (queue / "answers.jsonl").open("a") as fh:
+            fh.write(json.dumps({"id": ids[0], "rating": -1}) + "\n")
+            fh.write("this line is no JSON\n")
+            fh.write(json.dumps({"id": ids[1], "rating": 1}) + "\n")
+
+    thread = threading.Thread(target=annotate)
+    thread.start()
+    with pytest.warns(RuntimeWarning, match=r"answers.jsonl.*line 2.*skipped"):
+        assert reward(completions=["a", "b"]) == [-1.0, 1.0]
+    thread.join()
+
+
+TRAINER = """
+import sys
+from adaptiverl.rewards.human import HumanFeedbackReward
+reward = HumanFeedbackReward(mode="queue", queue_dir=sys.argv[1], log_path=sys.argv[2], timeout=120,
+                             poll_interval=0.02)
+reward(prompts=["p0", "p1", "p2", "p3"], completions=["c0", "c1", "c2", "c3"])
+"""
+
+
+def test_ratings_are_on_disk_as_they_are_given_when_the_trainer_is_killed_mid_batch(tmp_path):
+    queue, log = tmp_path / "queue", tmp_path / "ratings.jsonl"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    child = subprocess.Popen([sys.executable, "-c", TRAINER, str(queue), str(log)], env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while len(log_lines(queue / "requests.jsonl")) < 4:
+            assert child.poll() is None and time.monotonic() < deadline, "the trainer never asked"
+            time.sleep(0.05)
+        ids = [r["id"] for r in log_lines(queue / "requests.jsonl")]
+        with (queue / "answers.jsonl").open("a") as fh:  # two of the four answered
+            fh.write(json.dumps({"id": ids[2], "rating": -1}) + "\n" + json.dumps({"id": ids[0], "rating": 1}) + "\n")
+        deadline = time.monotonic() + 20
+        while len(log_lines(log)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        child.kill()  # SIGKILL mid-batch: nothing gets to run on the way out
+        child.wait(timeout=30)
+    ratings = {r["id"]: (r["completion"], r["rating"], r["outcome"]) for r in log_lines(log)}
+    assert ratings == {ids[2]: ("c2", -1.0, "rated"), ids[0]: ("c0", 1.0, "rated")}

@@ -15,7 +15,14 @@ Two modes:
   is a small terminal client that answers pending requests.
 
 Every outcome is appended to the JSONL ``log_path`` (prompt, completion, rating, outcome, step,
-time) and flushed and fsynced at once, so a crash loses nothing already rated.
+sample, time, and the request ``id`` in queue mode) and flushed and fsynced as soon as it is known:
+a typed rating at once, a queue answer as soon as it is read (so the log lists answers in the order
+they came), a timeout when the batch gives up. A crash loses nothing already rated.
+
+The queue files are JSONL written by more than one process, so a reader meets torn lines (a
+writer still busy, or killed mid-line) and the odd bad line (an answer typed by hand): both sides
+skip such a line with a warning naming the file and line and use every other one, and a writer
+first ends a torn last line so its own record starts on a line of its own.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import select
 import sys
 import time
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -34,6 +42,53 @@ from adaptiverl.rewards.base import RewardFunction
 _GOOD = {"+", "+1", "1", "y", "yes", "good"}
 _BAD = {"-", "-1", "n", "no", "bad"}
 _SKIP = {"", "s", "skip", "0"}
+
+
+def append_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
+    """Append ``records`` to the JSONL file ``path``, flushed and fsynced; a torn last line (a
+    writer killed mid-line) is ended first, so that it cannot swallow the first new record."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a+b") as fh:
+        end = fh.seek(0, os.SEEK_END)
+        torn = False
+        if end:
+            fh.seek(end - 1)
+            torn = fh.read(1) != b"\n"
+        payload = "".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records)
+        fh.write((("\n" if torn else "") + payload).encode("utf-8"))
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def parse_jsonl(data: bytes, path: Path, required: tuple[str, ...], first_line: int = 1) -> list[dict[str, Any]]:
+    """The JSON objects on the lines of ``data`` (read from ``path``, starting at line number
+    ``first_line``) that hold every ``required`` key; each other non-blank line, and a last line
+    without its newline, is skipped with a warning naming the file and the line."""
+    lines = data.split(b"\n")
+    records = []
+    for number, raw in enumerate(lines, start=first_line):
+        if not raw.strip():
+            continue
+        text = raw.decode("utf-8", "replace")
+        if number - first_line == len(lines) - 1:
+            problem = "incomplete: no newline yet, a writer is still busy or was killed mid-line"
+        else:
+            try:
+                rec = json.loads(text)
+            except ValueError as exc:
+                problem = f"not JSON: {exc}"
+            else:
+                missing = [k for k in required if k not in rec] if isinstance(rec, dict) else None
+                if missing is None:
+                    problem = f"a JSON {type(rec).__name__}, not an object"
+                elif missing:
+                    problem = f"no key {missing[0]!r}"
+                else:
+                    records.append(rec)
+                    continue
+        excerpt = text if len(text) <= 80 else text[:77] + "..."
+        warnings.warn(f"{path}: line {number} skipped ({problem}): {excerpt!r}", RuntimeWarning, stacklevel=3)
+    return records
 
 
 def parse_rating(answer: Any) -> tuple[bool, float | None]:
@@ -79,6 +134,7 @@ class HumanFeedbackReward(RewardFunction):
         self.calls = 0
         self._pending = b""
         self._answers_offset = 0
+        self._answers_lines = 0  # complete lines of answers.jsonl read so far
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "input": None, "output": None, "_pending": b""}
@@ -97,18 +153,13 @@ class HumanFeedbackReward(RewardFunction):
         return self._queue_file("answers.jsonl")
 
     # ---- logging -----------------------------------------------------------
-    @staticmethod
-    def _append(path: Path, records: list[dict[str, Any]]) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a", encoding="utf-8") as fh:
-            for rec in records:
-                fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-
-    def _log(self, step: int, prompt: str, completion: str, rating: float | None, outcome: str) -> None:
-        self._append(self.log_path, [{"time": time.time(), "step": step, "mode": self.mode, "prompt": prompt,
-                                      "completion": completion, "rating": rating, "outcome": outcome}])
+    def _log(self, step: int, sample: int, prompt: str, completion: str, rating: float | None, outcome: str,
+             request_id: str | None = None) -> None:
+        record = {"time": time.time(), "step": step, "sample": sample, "mode": self.mode, "prompt": prompt,
+                  "completion": completion, "rating": rating, "outcome": outcome}
+        if request_id is not None:
+            record["id"] = request_id
+        append_jsonl(self.log_path, [record])
 
     # ---- interactive -----------------------------------------------------------
     def _readline(self, deadline: float) -> str | None:
@@ -148,43 +199,47 @@ class HumanFeedbackReward(RewardFunction):
 
     # ---- queue -----------------------------------------------------------------
     def _read_answers(self) -> dict[str, Any]:
-        answers: dict[str, Any] = {}
+        """``{id: rating}`` of the complete answer lines written since the last read (a torn last
+        line waits for its newline; a bad line is skipped with a warning)."""
         if not self.answers_path.exists():
-            return answers
+            return {}
         with self.answers_path.open("rb") as fh:
             fh.seek(self._answers_offset)
             data = fh.read()
-        complete, _, _ = data.rpartition(b"\n")
-        if not complete:
-            return answers
+        complete, newline, _ = data.rpartition(b"\n")
+        if not newline:
+            return {}
         self._answers_offset += len(complete) + 1
-        for line in complete.decode("utf-8", "replace").splitlines():
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                answers[str(rec["id"])] = rec.get("rating")
-            except (ValueError, KeyError, TypeError):
-                continue
-        return answers
+        first_line = self._answers_lines + 1
+        self._answers_lines += complete.count(b"\n") + 1
+        records = parse_jsonl(complete + b"\n", self.answers_path, ("id",), first_line)
+        return {str(rec["id"]): rec.get("rating") for rec in records}
 
-    def _queue(self, step: int, prompts: list[str], completions: list[str]) -> list[tuple[float | None, str]]:
+    def _queue(self, step: int, prompts: list[str], completions: list[str]) -> list[float | None]:
+        """Queue the batch and wait for its answers, logging each as soon as it is read."""
         ids = [f"{self.run_id}-{self.calls}-{j}" for j in range(len(completions))]
+        index = {rid: j for j, rid in enumerate(ids)}
         now = time.time()
-        self._append(self.requests_path, [{"id": i, "step": step, "prompt": p, "completion": c, "time": now}
+        append_jsonl(self.requests_path, [{"id": i, "step": step, "prompt": p, "completion": c, "time": now}
                                           for i, p, c in zip(ids, prompts, completions, strict=True)])
-        results: dict[str, tuple[float | None, str]] = {}
+        ratings: dict[str, float | None] = {}
         deadline = time.monotonic() + self.timeout
         while True:
             for key, answer in self._read_answers().items():
-                if key in ids and key not in results:
+                if key in index and key not in ratings:
                     valid, rating = parse_rating(answer)
-                    results[key] = (rating, "rated" if rating is not None else "skipped") if valid \
-                        else (None, "invalid")
-            if len(results) == len(ids) or time.monotonic() >= deadline:
+                    outcome = "invalid" if not valid else ("rated" if rating is not None else "skipped")
+                    ratings[key] = rating
+                    j = index[key]
+                    self._log(step, j, prompts[j], completions[j], rating, outcome, key)
+            if len(ratings) == len(ids) or time.monotonic() >= deadline:
                 break
             time.sleep(self.poll_interval)
-        return [results.get(i, (None, "timeout")) for i in ids]
+        for key in ids:
+            if key not in ratings:
+                j = index[key]
+                self._log(step, j, prompts[j], completions[j], None, "timeout", key)
+        return [ratings.get(key) for key in ids]
 
     # ---- reward ------------------------------------------------------------------
     def score(self, prompts: list[str], completions: list[str], **kwargs: Any) -> list[float | None]:
@@ -192,17 +247,15 @@ class HumanFeedbackReward(RewardFunction):
         step = int(getattr(state, "global_step", self.calls) or 0) if state is not None else self.calls
         n = len(completions)
         if self.mode == "queue":
-            outcomes = self._queue(step, prompts, completions)
-            for (rating, outcome), p, c in zip(outcomes, prompts, completions, strict=True):
-                self._log(step, p, c, rating, outcome)
+            ratings = self._queue(step, prompts, completions)
         else:
-            outcomes = []
+            ratings = []
             for j, (p, c) in enumerate(zip(prompts, completions, strict=True)):
                 rating, outcome = self._ask(j, n, step, p, c)
-                self._log(step, p, c, rating, outcome)
-                outcomes.append((rating, outcome))
+                self._log(step, j, p, c, rating, outcome)
+                ratings.append(rating)
         self.calls += 1
-        return [rating for rating, _ in outcomes]
+        return ratings
 
 
 def answer_queue(queue_dir: str | os.PathLike[str], input: TextIO | None = None,
@@ -218,22 +271,19 @@ def answer_queue(queue_dir: str | os.PathLike[str], input: TextIO | None = None,
         raise FileNotFoundError(f"no requests yet: {requests} does not exist")
     answered = set()
     if answers_path.exists():
-        answered = {json.loads(line)["id"] for line in answers_path.read_text().splitlines() if line.strip()}
+        answered = {str(rec["id"]) for rec in parse_jsonl(answers_path.read_bytes(), answers_path, ("id",))}
     written = 0
-    for line in requests.read_text().splitlines():
-        if not line.strip():
+    for req in parse_jsonl(requests.read_bytes(), requests, ("id", "prompt", "completion")):
+        if str(req["id"]) in answered:
             continue
-        req = json.loads(line)
-        if req["id"] in answered:
-            continue
-        out.write(f"\n--- {req['id']} (step {req['step']}) ---\nPROMPT:\n{req['prompt']}\n"
+        out.write(f"\n--- {req['id']} (step {req.get('step', '?')}) ---\nPROMPT:\n{req['prompt']}\n"
                   f"COMPLETION:\n{req['completion']}\nRate [+] good / [-] bad / [s] skip: ")
         out.flush()
         reply = inp.readline()
         if not reply:
             break
         valid, rating = parse_rating(reply)
-        HumanFeedbackReward._append(answers_path, [{"id": req["id"], "rating": rating if valid else "skip"}])
+        append_jsonl(answers_path, [{"id": req["id"], "rating": rating if valid else "skip"}])
         written += 1
     return written
 
