@@ -44,7 +44,9 @@ def test_constant_loss_with_patience_only_drops_by_big_drop() -> None:
     lrs = _run(scheduler, [1.3] * 200)
     assert sorted(set(lrs), reverse=True) == pytest.approx([0.05 * 0.5 ** k for k in range(len(set(lrs)))])
     first_drop = lrs.index(0.025)
-    assert first_drop == 21  # step 0 sets the best, then patience=20 bad steps, dropped on the 21st
+    # a step uses the losses recorded before it; judged once the 20-loss window is full (step 20
+    # sets the best), then patience=20 bad steps, dropped on the 21st judged step
+    assert first_drop == 41
     assert lrs[first_drop:first_drop + 51] == [0.025] * 51  # cooldown 30 + patience 20 of rest
 
 
@@ -68,7 +70,8 @@ def test_variance_damping_is_a_stateless_factor_of_the_relative_variance() -> No
     b = _run(large, [1000.0 * x for x in losses])
     assert a == pytest.approx(b, rel=1e-6)  # scale-free (up to rounding)
     rel_var = small.signals.loss.rel_std ** 2
-    assert a[-1] == pytest.approx(0.05 / (1.0 + rel_var), rel=1e-12)  # no compounding: one division
+    small.optimizer.step()  # the step after the last loss reads it
+    assert small.get_last_lr()[0] == pytest.approx(0.05 / (1.0 + rel_var), rel=1e-12)  # one division
 
 
 def test_steadily_falling_loss_never_exceeds_lr_max() -> None:
@@ -110,9 +113,10 @@ def test_set_metrics_then_step_equals_step_loss_and_bare_step_keeps_lr() -> None
         b.step()
         lr_b.append(b.get_last_lr()[0])
     assert lr_a == pytest.approx(lr_b, rel=1e-5)  # the tensor loss is float32
+    b.optimizer.step()  # reads the last recorded loss
     before = b.get_last_lr()
     b.optimizer.step()
-    b.step()  # no metrics: adaptive base and damping unchanged, no cosine here
+    b.step()  # nothing new recorded: adaptive base and damping unchanged, no cosine here
     assert b.get_last_lr() == before
 
 

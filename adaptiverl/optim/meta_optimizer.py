@@ -1,194 +1,41 @@
-"""Meta-Optimizer module (seed 004): strategies that adjust a wrapped optimizer's hyperparameters.
+"""Meta-Optimizer module (seed 004): :class:`OptimizerWrapper` applies a strategy to any torch optimizer.
 
-A :class:`MetaOptimizer` reads metrics (``loss``, ``grad_norm``, ``weight_norm``,
-routing statistics, ``cost``, ...) through the shared
-:class:`~adaptiverl.signals.Signals` hub and, every ``update_frequency`` calls,
-returns *adjustments* per parameter-group role::
-
-    {"*": {"lr": 0.5, "weight_decay": 1.5},      # every group
-     "gate": {"lr": 0.1}}                          # groups whose role is "gate"
-    # "<knob>_offset" entries are added after the multiplier (RL weight-decay deltas)
-
-:class:`OptimizerWrapper` applies them as ``base * multiplier + offset`` with the
-same :class:`~adaptiverl.optim.adaptive_optimizer.KnobWriter` as
-:class:`~adaptiverl.optim.AdaptiveOptimizer`, so they compose with any time
-schedule (an HF ``LambdaLR`` rewriting ``group["lr"]`` becomes the new base).
-The strategies are built from the shared rules: ``Plateau`` (patience, cooldown),
-``ThresholdRule`` (grad-norm / weight-norm driven weight decay), ``TargetRule``
-(routing entropy and sparsity), ``LinearRule`` (specialisation bonus) and
-``ReinforcePolicy`` (REINFORCE with baseline and entropy bonus).
-
-Mixture-of-experts roles: gate (router) and expert parameters are found by name
-(tokens of the dotted parameter name: ``gate``/``router`` and ``experts`` by
-default, so Mixtral's ``mlp.gate.weight`` is a gate and ``mlp.experts.gate_up_proj``
-an expert) and put in their own param groups by :meth:`MetaOptimizer.param_groups`.
-Routing statistics come from the router logits a model returns with
-``output_router_logits=True`` (:func:`routing_statistics`).
+The strategies (:class:`MetaOptimizer` and its five implementations) are controllers and live in
+:mod:`adaptiverl.controllers.meta`; they are re-exported here under the seed's import path
+(``from ...meta_optimizer import OptimizerWrapper, PlateauMetaOptimizer``). The wrapper is a thin
+front end over :class:`~adaptiverl.optim.controlled.ControlledOptimizer`, sharing the strategy's
+signal hub: the seed's ``update_hyperparameters(metrics)`` records the step's metrics (router
+logits become routing statistics; ``lr`` and counters are not signals), lets the strategy decide
+and writes ``base * multiplier + offset`` into each group by its role at once; ``step()`` then
+applies the gradients (and runs the strategy itself when ``update_hyperparameters`` was not
+called since the last step, e.g. when an ``AdaptiveCallback`` only ``observe``\\ s).
 """
 
 from __future__ import annotations
 
-import math
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from adaptiverl.controllers.plateau import Plateau
-from adaptiverl.controllers.reinforce import ReinforcePolicy
-from adaptiverl.controllers.rules import Compose, LinearRule, Rule, TargetRule, ThresholdRule
-from adaptiverl.optim.adaptive_optimizer import KNOBS, KnobWriter, OptimizerProxy
-from adaptiverl.signals import Signals, to_float
+from adaptiverl.controllers.meta import (
+    Adjustments,
+    AdvancedPlateauMetaOptimizer,
+    ExpertGateMetaOptimizer,
+    MetaOptimizer,
+    PlateauMetaOptimizer,
+    RLMetaOptimizer,
+    SmartExpertGateMetaOptimizer,
+    routing_statistics,
+)
+from adaptiverl.optim.controlled import ControlledOptimizer
 
-Adjustments = dict[str, dict[str, float]]
-_NOT_SIGNALS = frozenset({"lr", "weight_decay", "step", "epoch"})
-
-
-def routing_statistics(router_logits: torch.Tensor | Sequence[torch.Tensor]) -> dict[str, float]:
-    """Routing statistics of a mixture-of-experts forward pass, all in [0, 1].
-
-    ``router_logits``: one ``(tokens, experts)`` tensor or a sequence of them (one per
-    layer, as ``model(..., output_router_logits=True).router_logits``). With
-    ``p`` the softmax over experts per token and ``E`` the number of experts:
-
-    * ``routing_entropy``: mean over tokens of ``H(p) / log E`` (1 = uniform routing,
-      0 = every token sent to one expert);
-    * ``load_entropy``: ``H(mean_tokens p) / log E`` (1 = balanced expert load);
-    * ``routing_sparsity``: fraction of (token, expert) probabilities below ``1 / E``;
-    * ``routing_specialization``: ``load_entropy - routing_entropy`` (decisive tokens
-      spread over all experts).
-    """
-    tensors = [router_logits] if isinstance(router_logits, torch.Tensor) else list(router_logits)
-    if not tensors:
-        raise ValueError("routing_statistics: no router logits given (was output_router_logits=True?)")
-    logits = torch.cat([t.detach().reshape(-1, t.shape[-1]).float() for t in tensors])
-    experts = logits.shape[-1]
-    if experts < 2:
-        raise ValueError(f"routing_statistics: need >= 2 experts, got logits of shape {tuple(logits.shape)}")
-    log_p = logits.log_softmax(-1)
-    p = log_p.exp()
-    norm = math.log(experts)
-    token_entropy = (-(p * log_p).sum(-1)).mean() / norm
-    load = p.mean(0)
-    load_entropy = -(load * load.clamp_min(1e-12).log()).sum() / norm
-    sparsity = (p < 1.0 / experts).float().mean()
-    values = torch.stack([token_entropy, load_entropy, sparsity]).tolist()
-    return {"routing_entropy": values[0], "load_entropy": values[1], "routing_sparsity": values[2],
-            "routing_specialization": values[1] - values[0]}
+__all__ = ["Adjustments", "AdvancedPlateauMetaOptimizer", "ExpertGateMetaOptimizer", "MetaOptimizer", "OptimizerWrapper",
+           "PlateauMetaOptimizer", "RLMetaOptimizer", "SmartExpertGateMetaOptimizer", "routing_statistics"]
 
 
-def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for key, value in metrics.items():
-        if key == "router_logits":
-            out.update(routing_statistics(value))
-        elif key in _NOT_SIGNALS or value is None:
-            continue
-        else:
-            try:
-                out[key] = to_float(value)
-            except (TypeError, ValueError) as err:
-                raise ValueError(f"metric {key!r} must be a scalar (float or 0-d tensor): {err}") from err
-    return out
-
-
-class MetaOptimizer(ABC):
-    """Base class of the strategies (seed 004): ``update_hparams(metrics, step)`` every
-    ``update_frequency`` steps; :meth:`step` feeds the signals on every call."""
-
-    needs_weight_norm = False
-    gate_tokens: tuple[str, ...] = ("gate", "router")
-    expert_tokens: tuple[str, ...] = ("experts",)
-
-    def __init__(self, update_frequency: int = 1, *, beta: float = 0.9, window: int = 20) -> None:
-        if update_frequency < 1:
-            raise ValueError(f"{type(self).__name__}: update_frequency must be >= 1, got {update_frequency}")
-        self.update_frequency = update_frequency
-        self.signals = Signals(beta=beta, window=window)
-        self._param_names: dict[int, str] = {}
-
-    # ---- the strategy -----------------------------------------------------------------------
-    @abstractmethod
-    def update_hparams(self, metrics: dict[str, float], step: int) -> Adjustments:
-        """Return the adjustments (multipliers per role) from the current signals."""
-
-    def initial_adjustments(self) -> Adjustments:
-        """Adjustments in force before the first update (static role factors)."""
-        return {}
-
-    def rules(self) -> dict[str, Rule]:
-        """The strategy's stateful rules, by name (saved, restored and reset together)."""
-        return {}
-
-    def should_update(self, step: int) -> bool:
-        return step % self.update_frequency == 0
-
-    def step(self, metrics: dict[str, Any], step: int) -> Adjustments | None:
-        """Record ``metrics`` in the signals; on update steps return ``update_hparams``."""
-        scalars = _scalar_metrics(metrics)
-        self.signals.observe(**scalars)
-        if not self.should_update(step):
-            return None
-        return self.update_hparams(scalars, step)
-
-    def reset(self) -> None:
-        self.signals = Signals(beta=self.signals.beta, window=self.signals.window)
-        for rule in self.rules().values():
-            rule.reset()
-
-    # ---- parameter roles ----------------------------------------------------------------------
-    def role_of_name(self, name: str) -> str:
-        tokens = name.split(".")
-        if any(token in self.expert_tokens for token in tokens):
-            return "expert"
-        if any(token in self.gate_tokens for token in tokens):
-            return "gate"
-        return "other"
-
-    def bind_model(self, model: nn.Module) -> None:
-        """Remember parameter names so that groups added later can be classified."""
-        self._param_names = {id(p): name for name, p in model.named_parameters()}
-
-    def role_of_group(self, group: dict[str, Any]) -> str:
-        if "role" in group:
-            return str(group["role"])
-        roles = {self.role_of_name(self._param_names[id(p)]) for p in group["params"] if id(p) in self._param_names}
-        return roles.pop() if len(roles) == 1 else "other"
-
-    def param_groups(self, model: nn.Module, **group_options: Any) -> list[dict[str, Any]]:
-        """Param groups split by role (``"gate"``, ``"expert"``, ``"other"``), each tagged with ``role``."""
-        self.bind_model(model)
-        by_role: dict[str, list[nn.Parameter]] = {}
-        for name, param in model.named_parameters():
-            if param.requires_grad:
-                by_role.setdefault(self.role_of_name(name), []).append(param)
-        return [{"params": params, "role": role, **group_options} for role, params in by_role.items()]
-
-    # ---- persistence --------------------------------------------------------------------------
-    def extra_state(self) -> dict[str, Any]:
-        return {}
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`extra_state` saved (nothing by default)."""
-        if state:
-            raise ValueError(f"{type(self).__name__}.load_state_dict: unexpected extra state {sorted(state)}")
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"signals": self.signals.state_dict(),
-                "rules": {name: rule.state_dict() for name, rule in self.rules().items()},
-                "extra": self.extra_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.signals.load_state_dict(state["signals"])
-        for name, rule in self.rules().items():
-            rule.load_state_dict(state["rules"][name])
-        self.load_extra_state(state["extra"])
-
-
-class OptimizerWrapper(OptimizerProxy):
+class OptimizerWrapper(ControlledOptimizer):
     """Wraps any torch optimizer with a :class:`MetaOptimizer` (seed 004).
 
     ``update_hyperparameters(metrics)`` once per training step (before ``step()``);
@@ -197,311 +44,48 @@ class OptimizerWrapper(OptimizerProxy):
     """
 
     def __init__(self, optimizer: Optimizer, meta: MetaOptimizer, *, model: nn.Module | None = None) -> None:
-        super().__init__(optimizer)
         if not isinstance(meta, MetaOptimizer):
             raise TypeError(f"OptimizerWrapper: meta must be a MetaOptimizer, got {type(meta).__name__}")
-        self.meta = meta
+        super().__init__(optimizer, meta, signals=meta.signals)
         if model is not None:
             meta.bind_model(model)
-        self.writer = KnobWriter()
-        self.step_count = 0
-        self.adjustments: Adjustments = meta.initial_adjustments()
-        self._apply()
+        self._weight_norm_given = False
+        self.adjustments = meta.initial_adjustments()
+        self.apply()
 
-    def _weight_norm(self) -> float:
-        params = [p.detach() for group in self.param_groups for p in group["params"]]
-        return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(params))))
+    @property
+    def meta(self) -> MetaOptimizer:
+        return self.controller  # type: ignore[return-value]
 
-    def update_hyperparameters(self, metrics: dict[str, Any]) -> Adjustments:
-        """Feed one step's metrics; on update steps the meta-optimizer's adjustments change."""
-        self.step_count += 1
-        metrics = dict(metrics)
-        if self.meta.needs_weight_norm and "weight_norm" not in metrics and self.meta.should_update(self.step_count):
-            metrics["weight_norm"] = self._weight_norm()
-        new = self.meta.step(metrics, self.step_count)
-        if new is not None:
-            self.adjustments = new
-        self._apply()
-        return self.adjustments
+    @property
+    def step_count(self) -> int:
+        return self.meta.calls
 
     def observe(self, loss: Any = None, reward: Any = None, **metrics: Any) -> None:
-        """Applier protocol: ``update_hyperparameters`` with the given scalars."""
+        """Record one step's scalars (the strategy runs at the next ``step()``)."""
         given = {"loss": loss, "reward": reward, **metrics}
-        self.update_hyperparameters({k: v for k, v in given.items() if v is not None})
+        self._weight_norm_given = self._weight_norm_given or metrics.get("weight_norm") is not None
+        self.signals.observe(**self.meta.scalar_metrics({k: v for k, v in given.items() if v is not None}))
 
-    def _apply(self) -> None:
-        common = self.adjustments.get("*", {})
-        for index, group in enumerate(self.param_groups):
-            merged = dict(common)
-            for key, value in self.adjustments.get(self.meta.role_of_group(group), {}).items():
-                if key.endswith("_offset"):
-                    merged[key] = merged.get(key, 0.0) + value
-                else:
-                    merged[key] = merged.get(key, 1.0) * value
-            for knob in KNOBS:
-                if knob in merged or f"{knob}_offset" in merged:
-                    self.writer.apply_one(index, group, knob, merged.get(knob, 1.0),
-                                          merged.get(f"{knob}_offset", 0.0))
+    def update_hyperparameters(self, metrics: dict[str, Any] | None = None) -> Adjustments:  # type: ignore[override]
+        """Record ``metrics`` and run the strategy now; on update steps its adjustments change."""
+        if metrics:
+            self.observe(**metrics)
+        return super().update_hyperparameters()
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
-        self._apply()
-        return self.optimizer.step(closure) if closure is not None else self.optimizer.step()
+    def _before_control(self) -> None:
+        given, self._weight_norm_given = self._weight_norm_given, False
+        if self.meta.needs_weight_norm and not given and self.meta.should_update(self.meta.calls + 1):
+            params = [p.detach() for group in self.param_groups for p in group["params"]]
+            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(params)))
+            self.signals.observe(weight_norm=float(norm))
 
     def dynamics(self) -> dict[str, Any]:
         groups = [{"role": self.meta.role_of_group(group), **values}
-                  for group, values in zip(self.param_groups, self.writer.values(self.param_groups), strict=True)]
+                  for group, values in zip(self.param_groups, self.group_values(), strict=True)]
         summary: dict[str, Any] = {k: v for k, v in groups[0].items() if k != "role"} if groups else {}
         for group in groups:
             if group["role"] != "other" and "lr" in group:
                 summary[f"lr_{group['role']}"] = group["lr"]
-        summary.update(self.meta.signals.summary())
+        summary.update(self.signals.summary())
         return {"summary": summary, "groups": groups, "tensors": []}
-
-    def state_dict(self) -> dict[str, Any]:
-        state = self.optimizer.state_dict()
-        state["meta"] = {"meta": self.meta.state_dict(), "writer": self.writer.state_dict(),
-                         "step_count": self.step_count, "adjustments": self.adjustments}
-        return state
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        state = dict(state_dict)
-        meta = state.pop("meta", None)
-        self.optimizer.load_state_dict(state)
-        if meta is not None:
-            self.meta.load_state_dict(meta["meta"])
-            self.writer.load_state_dict(meta["writer"])
-            self.step_count = meta["step_count"]
-            self.adjustments = meta["adjustments"]
-
-
-class PlateauMetaOptimizer(MetaOptimizer):
-    """LR times ``lr_factor`` after ``patience`` updates without a new best loss EMA;
-    weight decay times ``weight_decay_factor`` on each update whose grad-norm EMA
-    exceeds ``grad_norm_threshold`` (bounded by ``max_wd_mult``, relaxing back by
-    ``wd_relax`` per update below it)."""
-
-    def __init__(self, patience: int = 3, lr_factor: float = 0.5, *, threshold: float = 1e-4,
-                 cooldown: int = 0, min_lr_mult: float = 1e-4, grad_norm_threshold: float = 10.0,
-                 weight_decay_factor: float = 1.5, max_wd_mult: float = 10.0, wd_relax: float = 0.1,
-                 trend_guard: bool = False, update_frequency: int = 1, beta: float = 0.9,
-                 window: int = 20) -> None:
-        super().__init__(update_frequency, beta=beta, window=window)
-        self.plateau = Plateau("loss", factor=lr_factor, patience=patience, threshold=threshold,
-                               cooldown=cooldown, min_mult=min_lr_mult, trend_guard=trend_guard)
-        self.wd_rule: Rule = ThresholdRule("grad_norm", threshold=grad_norm_threshold, factor=weight_decay_factor,
-                                           relax=wd_relax, min_mult=1.0, max_mult=max_wd_mult, name="grad_norm")
-
-    def rules(self) -> dict[str, Rule]:
-        return {"plateau": self.plateau, "weight_decay": self.wd_rule}
-
-    def update_hparams(self, metrics: dict[str, float], step: int) -> Adjustments:
-        return {"*": {"lr": self.plateau(self.signals), "weight_decay": self.wd_rule(self.signals)}}
-
-
-class AdvancedPlateauMetaOptimizer(PlateauMetaOptimizer):
-    """Plateau with several criteria, weight-norm monitoring, warmup and cooldown.
-
-    * Multi-criteria plateau: an update counts as "bad" only if the loss EMA did not
-      beat its best by ``threshold`` AND the least-squares trend over the last
-      ``trend_window`` losses is not significantly downward.
-    * Weight decay: times ``weight_decay_factor`` when the grad-norm EMA exceeds
-      ``grad_norm_threshold`` and (overfitting watch) when the weight norm's
-      relative trend per step exceeds ``weight_norm_growth`` (the wrapper measures
-      the global weight norm with one fused ``_foreach_norm`` on update steps).
-    * Warmup: the first ``warmup_steps`` calls only observe; cooldown: ``cooldown``
-      updates of rest after each LR drop.
-    """
-
-    needs_weight_norm = True
-
-    def __init__(self, patience: int = 3, lr_factor: float = 0.5, *, grad_norm_threshold: float = 10.0,
-                 weight_decay_factor: float = 1.5, warmup_steps: int = 0, trend_window: int = 5,
-                 weight_norm_growth: float = 1e-3, cooldown: int = 2, threshold: float = 1e-4,
-                 min_lr_mult: float = 1e-4, max_wd_mult: float = 10.0, wd_relax: float = 0.1,
-                 update_frequency: int = 1, beta: float = 0.9) -> None:
-        if trend_window < 3:
-            raise ValueError(f"AdvancedPlateauMetaOptimizer: trend_window must be >= 3, got {trend_window}")
-        if warmup_steps < 0:
-            raise ValueError(f"AdvancedPlateauMetaOptimizer: warmup_steps must be >= 0, got {warmup_steps}")
-        super().__init__(patience, lr_factor, threshold=threshold, cooldown=cooldown, min_lr_mult=min_lr_mult,
-                         grad_norm_threshold=grad_norm_threshold, weight_decay_factor=weight_decay_factor,
-                         max_wd_mult=max_wd_mult, wd_relax=wd_relax, trend_guard=True,
-                         update_frequency=update_frequency, beta=beta, window=trend_window)
-        self.warmup_steps = warmup_steps
-        self.wd_rule = Compose([self.wd_rule, ThresholdRule(
-            "weight_norm", threshold=weight_norm_growth, stat="trend", factor=weight_decay_factor,
-            relax=wd_relax, min_mult=1.0, max_mult=max_wd_mult, name="weight_norm")])
-
-    def should_update(self, step: int) -> bool:
-        return step > self.warmup_steps and super().should_update(step)
-
-    def phase(self, step: int) -> str:
-        if step <= self.warmup_steps:
-            return "warmup"
-        return "cooldown" if self.plateau.in_cooldown else "adapt"
-
-
-class ExpertGateMetaOptimizer(MetaOptimizer):
-    """Separate LRs for the router (gate) and the experts of a mixture-of-experts model.
-
-    Gate LR multiplier ``gate_lr_factor * (H / entropy_threshold) ** entropy_gain``
-    (bounded to ``[min_entropy_mult, max_entropy_mult]``), with ``H`` the EMA of the
-    normalised routing entropy: as routing sharpens below the threshold the router
-    learns more slowly (guarding against collapse onto few experts); while it is
-    still undecided (high entropy) it learns faster. Experts get ``expert_lr_factor``.
-    Metrics: ``router_logits`` (the model output's tuple) or ``routing_entropy``.
-    """
-
-    def __init__(self, gate_lr_factor: float = 0.1, expert_lr_factor: float = 1.0, *,
-                 entropy_threshold: float = 0.5, entropy_gain: float = 1.0, min_entropy_mult: float = 0.1,
-                 max_entropy_mult: float = 3.0, update_frequency: int = 1, beta: float = 0.9,
-                 window: int = 20) -> None:
-        super().__init__(update_frequency, beta=beta, window=window)
-        if gate_lr_factor <= 0 or expert_lr_factor <= 0:
-            raise ValueError(f"{type(self).__name__}: gate_lr_factor and expert_lr_factor must be > 0, "
-                             f"got {gate_lr_factor}, {expert_lr_factor}")
-        self.gate_lr_factor, self.expert_lr_factor = gate_lr_factor, expert_lr_factor
-        self.entropy_rule = TargetRule("routing_entropy", target=entropy_threshold, gain=entropy_gain,
-                                       min_mult=min_entropy_mult, max_mult=max_entropy_mult, name="entropy")
-
-    def step(self, metrics: dict[str, Any], step: int) -> Adjustments | None:
-        if "entropy" in metrics and "routing_entropy" not in metrics:
-            metrics = {**metrics, "routing_entropy": metrics["entropy"]}
-            del metrics["entropy"]
-        return super().step(metrics, step)
-
-    def initial_adjustments(self) -> Adjustments:
-        return {"gate": {"lr": self.gate_lr_factor}, "expert": {"lr": self.expert_lr_factor}}
-
-    def gate_multiplier(self) -> float:
-        return self.gate_lr_factor * self.entropy_rule(self.signals)
-
-    def expert_multiplier(self) -> float:
-        return self.expert_lr_factor
-
-    def update_hparams(self, metrics: dict[str, float], step: int) -> Adjustments:
-        return {"gate": {"lr": self.gate_multiplier()}, "expert": {"lr": self.expert_multiplier()}}
-
-
-class SmartExpertGateMetaOptimizer(ExpertGateMetaOptimizer):
-    """Expert/gate LRs with entropy, sparsity-target and specialisation terms.
-
-    * gate: ``gate_lr_factor * entropy_term * (S / sparsity_target) ** -sparsity_gain``
-      with ``S`` the EMA of the routing sparsity (share of token-expert
-      probabilities below uniform): sparser than the target slows the router,
-      denser speeds it up;
-    * experts: ``expert_lr_factor * (1 + (specialization_bonus - 1) * clip(sp, 0, 1))``
-      with ``sp = load_entropy - routing_entropy`` (tokens route decisively while
-      the load stays spread: experts are specialising, so they learn faster).
-
-    Param groups added later (``add_param_group``) are classified by parameter name
-    when the model is bound (``param_groups(model)`` or ``OptimizerWrapper(model=...)``).
-    """
-
-    def __init__(self, gate_lr_factor: float = 0.1, expert_lr_factor: float = 1.0, *,
-                 entropy_threshold: float = 0.8, sparsity_target: float = 0.7, specialization_bonus: float = 1.2,
-                 sparsity_gain: float = 1.0, entropy_gain: float = 1.0, update_frequency: int = 1,
-                 beta: float = 0.9, window: int = 20) -> None:
-        super().__init__(gate_lr_factor, expert_lr_factor, entropy_threshold=entropy_threshold,
-                         entropy_gain=entropy_gain, update_frequency=update_frequency, beta=beta, window=window)
-        if specialization_bonus <= 0:
-            raise ValueError(f"SmartExpertGateMetaOptimizer: specialization_bonus must be > 0, got {specialization_bonus}")
-        self.sparsity_rule = TargetRule("routing_sparsity", target=sparsity_target, gain=-sparsity_gain,
-                                        min_mult=0.1, max_mult=10.0, name="sparsity")
-        self.specialization_rule = LinearRule("routing_specialization", gain=specialization_bonus - 1.0,
-                                              name="specialization")
-
-    def gate_multiplier(self) -> float:
-        return super().gate_multiplier() * self.sparsity_rule(self.signals)
-
-    def expert_multiplier(self) -> float:
-        return self.expert_lr_factor * self.specialization_rule(self.signals)
-
-
-class RLMetaOptimizer(MetaOptimizer):
-    """REINFORCE meta-optimizer: a small policy picks an LR multiplier and a weight-decay delta.
-
-    Every ``update_frequency`` steps: the previous action is rewarded with the
-    relative fall of the loss EMA since it was taken, minus ``cost_weight`` times
-    the EMA of the ``cost`` metric (e.g. seconds per step); the policy takes one
-    REINFORCE step (:class:`~adaptiverl.controllers.reinforce.ReinforcePolicy`:
-    baseline, entropy bonus ``entropy_weight``, Adam with ``policy_lr``); then it
-    samples a new action from the state
-
-        [tanh(window * loss trend), log1p(grad-norm EMA), loss rel. std,
-         cost EMA, log10(LR multiplier)]
-
-    and sets ``lr_mult <- clip(lr_mult * lr_actions[i], min_lr_mult, max_lr_mult)``,
-    ``wd_offset <- wd_offset + wd_actions[j]`` (the weight decay never goes below 0).
-    Sampling uses the policy's own seeded generator: equal seeds, equal actions.
-    """
-
-    def __init__(self, update_frequency: int = 10, lr_actions: Sequence[float] = (0.5, 1.0, 2.0),
-                 wd_actions: Sequence[float] = (-1e-5, 0.0, 1e-5), policy_lr: float = 1e-4,
-                 entropy_weight: float = 0.01, *, baseline_beta: float = 0.9, hidden: int = 32,
-                 cost_weight: float = 0.0, min_lr_mult: float = 1e-3, max_lr_mult: float = 1e3,
-                 seed: int = 0, beta: float = 0.9, window: int = 20) -> None:
-        super().__init__(update_frequency, beta=beta, window=window)
-        if not lr_actions or min(lr_actions) <= 0:
-            raise ValueError(f"RLMetaOptimizer: lr_actions must be positive multipliers, got {list(lr_actions)}")
-        if not wd_actions:
-            raise ValueError("RLMetaOptimizer: wd_actions must not be empty")
-        self.lr_actions, self.wd_actions = list(lr_actions), list(wd_actions)
-        self.cost_weight, self.min_lr_mult, self.max_lr_mult = cost_weight, min_lr_mult, max_lr_mult
-        self.seed = seed
-        self._policy_args = {"hidden": hidden, "policy_lr": policy_lr, "entropy_weight": entropy_weight,
-                             "baseline_beta": baseline_beta}
-        self._new_policy()
-
-    def _new_policy(self) -> None:
-        self.policy = ReinforcePolicy(5, [len(self.lr_actions), len(self.wd_actions)], seed=self.seed,
-                                      **self._policy_args)
-        self.lr_mult = 1.0
-        self.wd_offset = 0.0
-        self.loss_at_action: float | None = None
-        self.last_reward: float | None = None
-        self.actions: list[tuple[float, float]] = []
-
-    def reset(self) -> None:
-        super().reset()
-        self._new_policy()
-
-    def state_vector(self) -> list[float]:
-        loss, window = self.signals.loss, self.signals.window
-        grad = self.signals.signals.get("grad_norm")
-        cost = self.signals.signals.get("cost")
-        return [math.tanh(window * loss.trend), math.log1p(grad.ema) if grad and grad.ema is not None else 0.0,
-                loss.rel_std, cost.ema if cost and cost.ema is not None else 0.0, math.log10(self.lr_mult)]
-
-    def reward(self) -> float | None:
-        loss = self.signals.loss.ema
-        if self.loss_at_action is None or loss is None:
-            return None
-        cost = self.signals.signals.get("cost")
-        penalty = self.cost_weight * cost.ema if cost is not None and cost.ema is not None else 0.0
-        return (self.loss_at_action - loss) / (abs(self.loss_at_action) + 1e-12) - penalty
-
-    def update_hparams(self, metrics: dict[str, float], step: int) -> Adjustments:
-        reward = self.reward()
-        if reward is not None:
-            self.policy.learn(reward)
-            self.last_reward = reward
-        lr_index, wd_index = self.policy.act(self.state_vector())
-        self.lr_mult = min(max(self.lr_mult * self.lr_actions[lr_index], self.min_lr_mult), self.max_lr_mult)
-        self.wd_offset += self.wd_actions[wd_index]
-        self.actions.append((self.lr_actions[lr_index], self.wd_actions[wd_index]))
-        self.loss_at_action = self.signals.loss.ema
-        return {"*": {"lr": self.lr_mult, "weight_decay_offset": self.wd_offset}}
-
-    def extra_state(self) -> dict[str, Any]:
-        return {"policy": self.policy.state_dict(), "lr_mult": self.lr_mult, "wd_offset": self.wd_offset,
-                "loss_at_action": self.loss_at_action, "last_reward": self.last_reward,
-                "actions": list(self.actions)}
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        self.policy.load_state_dict(state["policy"])
-        self.lr_mult, self.wd_offset = state["lr_mult"], state["wd_offset"]
-        self.loss_at_action, self.last_reward = state["loss_at_action"], state["last_reward"]
-        self.actions = [tuple(a) for a in state["actions"]]  # type: ignore[misc]
-
