@@ -1,35 +1,41 @@
-"""Train a causal LM with an adaptive optimizer, from a JSON config.
+"""Train a causal LM with an adaptive optimizer, from a JSON or YAML config plus overrides.
 
     python train.py configs/quickstart.json
+    python train.py configs/quickstart.json --learning_rate 1e-3 --max_steps 50
+    python train.py --config my_grpo.yaml --top_p 0.9 --loss_type dr_grpo
     accelerate launch --multi_gpu --num_processes 2 train.py configs/quickstart.json
 
-The config's keys are documented in docs/training.md (and in
-adaptiverl/trainer/config.py). A run, top to bottom:
+Keys may be the seed's (`LRATE`, `BATCH_SIZE`, ...) or TRL's (`learning_rate`,
+`per_device_train_batch_size`, any GRPOConfig / RLOOConfig / TrainingArguments or
+ModelConfig field); `python train.py --help` lists every flag. They are documented in
+docs/training.md (and in adaptiverl/trainer/config.py). A run, top to bottom:
 """
 
 import sys
 
-from adaptiverl.trainer.config import ConfigError, load_config
+from adaptiverl.trainer.config import ConfigError, config_parser, parse_command_line
 from adaptiverl.trainer.run import train
 
-if len(sys.argv) != 2:
-    sys.exit("usage: python train.py CONFIG.json")
+if "-h" in sys.argv[1:] or "--help" in sys.argv[1:]:
+    config_parser().print_help()
+    sys.exit(0)
 
-# 1. Read and validate the config: unknown keys, wrong types, a missing
-#    TRAIN_FILE or a precision the machine cannot do fail here, before any
-#    model loads.
+# 1. Read the file and apply the command line's overrides: unknown keys, wrong types,
+#    non-finite numbers, bad values or a missing TRAIN_FILE fail here.
+# 2. train() first checks what needs more than the config (run.preflight): the MODEL folder, the
+#    data's columns, the trainer's and the optimizer's arguments, the LoRA targets, the machine,
+#    the checkpoint to resume. Each failure is one line naming the key, before any model loads
+#    and before anything is written. Then it loads the model (LoRA / quantized as asked) and the
+#    data, builds the adaptive optimizer through the trainer, runs GRPO / RLOO / SFT with
+#    AdaptiveCallback feeding the optimizer each step's loss and reward, and saves checkpoints,
+#    the final model, its model card and OUTPUT_DIR/dynamics.png.
 try:
-    config = load_config(sys.argv[1])
+    config = parse_command_line(sys.argv[1:])
+    result = train(config)
 except ConfigError as err:
     sys.exit(f"train.py: {err}")
-
-# 2. Load the model (LoRA / quantized as asked) and the data, build the
-#    adaptive optimizer, run GRPO / RLOO / SFT with AdaptiveCallback feeding the
-#    optimizer each step's loss and reward, save checkpoints, the final model
-#    and OUTPUT_DIR/dynamics.png.
-result = train(config)
 
 # 3. Where things are (printed once, by the main process of a distributed launch).
 if result.trainer.is_world_process_zero():
     print(f"done: {result.global_step} steps in {result.runtime_s:.0f} s")
-    print(f"model, train_config.json, adaptive_history.jsonl, dynamics.png -> {result.output_dir}")
+    print(f"model, README.md, train_config.json, adaptive_history.jsonl, dynamics.png -> {result.output_dir}")

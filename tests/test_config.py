@@ -211,3 +211,130 @@ def test_torch_prefix_picks_torchs_own_optimizer_over_the_online_one(prompts_fil
     assert resolved == c.OPTIM
     assert resolved == parse_config(base(prompts_file, OPTIM=c.OPTIM)).OPTIM  # stable on reload
 
+
+
+# ---- TRL names, YAML, command-line overrides ------------------------------------------------
+
+QUICKSTART = Path(__file__).parent.parent / "configs" / "quickstart.json"
+
+
+def test_command_line_overrides_the_file_in_either_spelling():
+    from adaptiverl.trainer.config import parse_command_line
+
+    c = parse_command_line([str(QUICKSTART), "--learning_rate", "1e-3", "--max_steps", "50",
+                            "--LOGGING_STEPS", "5", "--top_p", "0.9", "--use_peft"],
+                           check_hardware=False)
+    assert (c.LRATE, c.STEPS, c.LOGGING_STEPS, c.FULLTUNE) == (1e-3, 50, 5, False)
+    assert c.TRAINER_ARGS == {"top_p": 0.9}
+    assert c.BATCH_SIZE == 8 and c.OPTIM == "adamw"  # the file's values where no flag is given
+    trl_style = parse_command_line(["--config", str(QUICKSTART), "--max_steps=7"], check_hardware=False)
+    assert trl_style.STEPS == 7
+
+
+@pytest.mark.parametrize(("argv", "fragment"), [
+    (["--learning_rat", "1e-3"], "unknown argument '--learning_rat'. Did you mean 'learning_rate'?"),
+    (["--learning_rate", "fast"], "--learning_rate"),
+    (["--LRATE", "inf"], "'LRATE' = 'inf': must be a finite number"),
+    (["--optim", "adamw_torch"], "pick it with OPTIM"),
+    (["--max_steps"], "--max_steps"),
+])
+def test_bad_command_line_is_one_error_naming_the_flag(argv, fragment):
+    from adaptiverl.trainer.config import parse_command_line
+
+    with pytest.raises(ConfigError) as err:
+        parse_command_line([str(QUICKSTART), *argv], check_hardware=False)
+    assert fragment in str(err.value)
+
+
+def test_yaml_with_trl_names_resolves_like_the_seed_keys(tmp_path, prompts_file):
+    yaml_file = tmp_path / "grpo.yaml"
+    yaml_file.write_text(f"model_name_or_path: gpt2\ntrain_file: {prompts_file}\nlearning_rate: 5e-5\n"
+                         "per_device_train_batch_size: 4\nnum_generations: 4\nuse_peft: true\n"
+                         "lora_r: 4\nrewards:\n  - {type: length, target: 10}\n"
+                         "loss_type: dr_grpo\ndtype: float32\n")
+    c = load_config(yaml_file)
+    seed = parse_config(base(prompts_file, LRATE="5e-5", BATCH_SIZE="4", NUM_GENERATIONS="4",
+                             FULLTUNE="false", LORA_R="4", TRAINER_ARGS={"loss_type": "dr_grpo"},
+                             MODEL_ARGS={"dtype": "float32"}))
+    assert c == seed
+
+
+def test_every_trainer_field_is_reachable_and_typed_like_trlparser(prompts_file):
+    c = parse_config(base(prompts_file, top_p="0.9", num_iterations="2", scale_rewards="batch",
+                          reward_weights="1.0", activation_checkpointing="false", use_vllm="false"))
+    assert c.TRAINER_ARGS == {"top_p": 0.9, "num_iterations": 2, "scale_rewards": "batch",
+                              "reward_weights": [1.0], "activation_checkpointing": False,
+                              "use_vllm": False}
+    from adaptiverl.trainer.config import config_parser
+
+    flags = config_parser("rl").format_help()
+    assert all(f"--{name}" in flags for name in ("top_p", "learning_rate", "optimizer", "use_peft",
+                                                 "rewards", "push_to_hub"))
+    # the deprecated alias folds into its successor
+    assert parse_config(base(prompts_file, gradient_checkpointing="true")).TRAINER_ARGS == \
+        {"activation_checkpointing": True}
+
+
+@pytest.mark.parametrize(("raw", "fragment"), [
+    ({"learning_rate": 1e-3, "LRATE": 1e-3}, "the same setting is also given as"),
+    ({"num_generationz": 2}, "Did you mean 'num_generations'?"),
+    ({"MODE": "sft", "top_p": 0.9}, "'top_p': a field of GRPOConfig (MODE 'rl')"),
+    ({"top_k": "many"}, "config key 'top_k' = 'many'"),
+    ({"TRAINER_ARGS": {"learning_rate": 1}}, "a config key of its own"),
+    ({"optim_args": "x=1"}, "OPTIM_ARGS"),
+])
+def test_trl_names_errors_name_the_key(prompts_file, raw, fragment):
+    with pytest.raises(ConfigError) as err:
+        parse_config(base(prompts_file, **raw))
+    assert fragment in str(err.value)
+
+
+# ---- the dataclass validates itself (issue 13) and refuses non-finite numbers (issue 12) ------
+
+def test_trainconfig_in_python_resolves_as_the_same_keys_from_json(tmp_path, prompts_file):
+    built = TrainConfig(MODEL="gpt2", TRAIN_FILE=prompts_file, OPTIM="AdamW", BATCH_SIZE="4",
+                        NUM_GENERATIONS=4, REWARDS=[{"type": "length", "target": 10}])
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"MODEL": "gpt2", "TRAIN_FILE": prompts_file, "OPTIM": "AdamW",
+                                "BATCH_SIZE": "4", "NUM_GENERATIONS": 4,
+                                "REWARDS": [{"type": "length", "target": 10}]}))
+    assert built.OPTIM == "adamw" and built.BATCH_SIZE == 4 and built == load_config(path)
+    with pytest.raises(ConfigError, match="'MODE' = 'bogus'"):
+        TrainConfig(MODEL="gpt2", TRAIN_FILE=prompts_file, MODE="bogus", BATCH_SIZE=-3)
+    with pytest.raises(ConfigError, match="'BATCH_SIZE' = -3: must be >= 1"):
+        TrainConfig(MODEL="gpt2", TRAIN_FILE=prompts_file, MODE="sft", BATCH_SIZE=-3)
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("LRATE", "inf"), ("MAX_GRAD_NORM", "nan"), ("TEMPERATURE", "inf"), ("EPOCHS", float("nan")),
+    ("WEIGHT_DECAY", "-inf"), ("OPTIM_ARGS", {"lr": float("inf")}), ("OPTIM_ARGS", {"betas": [0.9, "nan"]}),
+    ("top_p", "nan"), ("REWARDS", [{"type": "length", "target": 10, "weight": float("inf")}]),
+])
+def test_non_finite_numbers_are_refused_by_key(prompts_file, key, value):
+    with pytest.raises(ConfigError) as err:
+        parse_config(base(prompts_file, **{key: value}))
+    assert key in str(err.value) and "finite" in str(err.value)
+
+
+def test_a_torch_optimizer_without_rules_is_the_plain_optimizer(prompts_file):
+    plain = parse_config(base(prompts_file, OPTIM="torch.AdamW"))
+    assert plain.ADAPTIVE_ARGS == {"lr_rule": None}
+    assert parse_config(plain.to_dict()) == plain
+    ruled = parse_config(base(prompts_file, OPTIM="torch.AdamW", ADAPTIVE_ARGS={"lr_rule": "trend"}))
+    assert ruled.ADAPTIVE_ARGS == {"lr_rule": "trend"}
+    assert parse_config(base(prompts_file, OPTIM="adamw")).ADAPTIVE_ARGS == {}
+
+
+@pytest.mark.parametrize(("raw", "fragment"), [
+    ({"NUM_GENERATIONS": 3}, "multiple of NUM_GENERATIONS (3)"),
+    ({"LR_SCHEDULER": "cosin"}, "Did you mean 'cosine'?"),
+])
+def test_values_checked_before_the_trainer(prompts_file, raw, fragment):
+    with pytest.raises(ConfigError) as err:
+        parse_config(base(prompts_file, **raw))
+    assert fragment in str(err.value)
+
+
+def test_output_dir_that_is_a_file(prompts_file):
+    with pytest.raises(ConfigError, match="'OUTPUT_DIR'.*is a file"):
+        parse_config(base(prompts_file, OUTPUT_DIR=prompts_file))

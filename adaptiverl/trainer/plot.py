@@ -1,19 +1,49 @@
-"""The run's dynamics as a PNG: loss, reward, learning rate and momentum/betas over steps.
+"""Runs as PNGs: one run's dynamics, or several runs overlaid (baseline versus adaptive).
 
-Reads the per-step history ``AdaptiveCallback`` writes
-(``OUTPUT_DIR/adaptive_history.jsonl``); ``adaptiverl plot OUTPUT_DIR`` calls
-:func:`plot_dynamics` on a finished (or running) job.
+Reads the per-step history ``AdaptiveCallback`` writes (``OUTPUT_DIR/adaptive_history.jsonl``),
+the per-component rewards TRL logs (``trainer_state.json``) and the run's resolved config
+(``train_config.json``). ``adaptiverl plot OUTPUT_DIR`` calls :func:`plot_dynamics` on a
+finished (or running) job; ``adaptiverl compare RUN_A RUN_B ...`` calls :func:`plot_runs`.
+
+Panels, each on its own axis: the batch reward (smoothed, with each reward component's mean
+dashed), the loss where it means something (left out for GRPO/RLOO with ``BETA`` 0, whose loss
+is about 0 by construction), the effective learning rate (after the controller's multipliers;
+the scheduler's dotted), momentum or ``beta1``, and ``beta2`` or RMSprop's ``alpha``.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
+import warnings
 from pathlib import Path
+from typing import Any
 
 from adaptiverl.trainer.callback import HISTORY_FILE
 
 PLOT_FILE = "dynamics.png"
-MOMENTUM_KEYS = ("momentum", "beta1", "beta2", "alpha")
+COMPARE_FILE = "compare.png"
+STATE_FILE = "trainer_state.json"
+RUN_CONFIG_FILE = "train_config.json"
+COMPONENT_PREFIXES = ("composite/", "rewards/")
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of ``path``, one a line; a torn or bad line is skipped with a warning."""
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if not isinstance(row, dict):
+            warnings.warn(f"{path}:{number}: skipping a line that is not a JSON object "
+                          f"(torn by a crash?): {line[:80]!r}", UserWarning, stacklevel=2)
+            continue
+        rows.append(row)
+    return rows
 
 
 def read_history(output_dir: str | Path) -> list[dict[str, float]]:
@@ -21,50 +51,136 @@ def read_history(output_dir: str | Path) -> list[dict[str, float]]:
     if not path.is_file():
         raise FileNotFoundError(f"no {HISTORY_FILE} in {Path(output_dir).resolve()}: "
                                 "is it the OUTPUT_DIR of a run trained with AdaptiveCallback?")
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = [r for r in read_jsonl(path) if isinstance(r.get("step"), int | float)]
     if not rows:
         raise ValueError(f"{path} holds no steps yet")
     return rows
 
 
+def reward_components(output_dir: str | Path) -> dict[str, tuple[list[float], list[float]]]:
+    """``{component: (steps, means)}`` from the trainer's log history (TRL's logging steps)."""
+    path = Path(output_dir) / STATE_FILE
+    if not path.is_file():
+        return {}
+    try:
+        logs = json.loads(path.read_text()).get("log_history", [])
+    except (json.JSONDecodeError, AttributeError):
+        warnings.warn(f"{path}: not readable JSON; reward components left out", UserWarning, stacklevel=2)
+        return {}
+    found: dict[str, tuple[list[float], list[float]]] = {}
+    for row in logs:
+        for key, value in row.items():
+            if key.startswith(COMPONENT_PREFIXES) and key.endswith("/mean") and "step" in row:
+                name = key.split("/")[1]
+                if name == "composite" and key.startswith("rewards/"):
+                    continue  # TRL's record of the composite itself: the batch reward, drawn solid
+                steps, values = found.setdefault(name, ([], []))
+                steps.append(row["step"])
+                values.append(value)
+    return found
+
+
+def loss_is_meaningful(output_dir: str | Path) -> bool:
+    """False for GRPO/RLOO with ``BETA`` 0: the clipped surrogate with zero-mean advantages is ~0."""
+    path = Path(output_dir) / RUN_CONFIG_FILE
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return True
+    return config.get("MODE") == "sft" or float(config.get("BETA", 0.0)) > 0
+
+
+def smooth(values: list[float], width: int) -> list[float]:
+    """Trailing moving average over ``width`` points (shorter at the start)."""
+    return [statistics.fmean(values[max(0, i - width + 1):i + 1]) for i in range(len(values))]
+
+
 def _series(rows: list[dict[str, float]], key: str) -> tuple[list[float], list[float]]:
-    pairs = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+    pairs = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), int | float)]
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
-def plot_dynamics(output_dir: str | Path, out_file: str | Path | None = None) -> Path:
-    """Draw loss, reward, LR (the controller's and the scheduler's) and momentum/betas; return the PNG path."""
+def run_label(output_dir: str | Path) -> str:
+    """The run's folder name and its optimizer, e.g. ``adamw (torch.AdamW)``."""
+    path = Path(output_dir)
+    try:
+        optim = json.loads((path / RUN_CONFIG_FILE).read_text()).get("OPTIM")
+    except (OSError, json.JSONDecodeError):
+        optim = None
+    return f"{path.name} ({optim})" if optim else path.name
+
+
+def plot_runs(run_dirs: list[str | Path], out_file: str | Path, labels: list[str] | None = None,
+              smooth_width: int = 10, title: str | None = None) -> Path:
+    """Overlay the runs in one PNG (see the module docstring for the panels); return its path."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = read_history(output_dir)
-    out = Path(out_file) if out_file is not None else Path(output_dir) / PLOT_FILE
-    fig, axes = plt.subplots(4, 1, figsize=(8, 10), sharex=True)
-    panels = (
-        ("loss", [("loss", "loss")]),
-        ("reward", [("reward", "batch reward")]),
-        ("learning rate", [("lr", "effective (controller)"), ("scheduler_lr", "scheduler")]),
-        ("momentum / betas", [(k, k) for k in MOMENTUM_KEYS]),
-    )
-    for ax, (title, series) in zip(axes, panels, strict=True):
-        drawn = False
-        for key, label in series:
-            steps, values = _series(rows, key)
+    if not run_dirs:
+        raise ValueError("plot_runs needs at least one run folder")
+    if labels is not None and len(labels) != len(run_dirs):
+        raise ValueError(f"{len(labels)} labels for {len(run_dirs)} runs")
+    runs = [(Path(d), read_history(d)) for d in run_dirs]
+    labels = labels or [run_label(d) for d, _ in runs]
+    with_loss = any(loss_is_meaningful(d) for d, _ in runs)
+    panels = ["reward", *(["loss"] if with_loss else []), "lr", "beta1", "beta2"]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(9, 2.6 * len(panels)), sharex=True)
+    axes = dict(zip(panels, axes, strict=True))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    drawn = dict.fromkeys(panels, False)
+    for index, ((folder, rows), label) in enumerate(zip(runs, labels, strict=True)):
+        color = colors[index % len(colors)]
+
+        def draw(panel: str, steps, values, *, style="-", name=label, width=1.4, color=color, **kw):
             if steps:
-                ax.plot(steps, values, label=label, linewidth=1.2)
-                drawn = True
-        ax.set_ylabel(title)
+                axes[panel].plot(steps, values, style, color=color, label=name, linewidth=width, **kw)
+                drawn[panel] = True
+
+        steps, rewards = _series(rows, "reward")
+        draw("reward", steps, smooth(rewards, smooth_width) if rewards else [],
+             name=f"{label}: reward ({smooth_width}-step mean)")
+        for part, (c_steps, c_values) in reward_components(folder).items():
+            draw("reward", c_steps, c_values, style="--", name=f"{label}: {part}", width=0.9, alpha=0.8)
+        if with_loss and loss_is_meaningful(folder):
+            steps, losses = _series(rows, "loss")
+            draw("loss", steps, smooth(losses, smooth_width) if losses else [])
+        draw("lr", *_series(rows, "lr"), name=f"{label}: effective")
+        draw("lr", *_series(rows, "scheduler_lr"), style=":", name=f"{label}: scheduler", width=1.0)
+        momentum = "momentum" if _series(rows, "momentum")[0] else "beta1"
+        draw("beta1", *_series(rows, momentum), name=f"{label}: {momentum}")
+        second = "beta2" if _series(rows, "beta2")[0] else "alpha"
+        draw("beta2", *_series(rows, second), name=f"{label}: {second}")
+    titles = {"reward": "reward", "loss": "loss (smoothed)", "lr": "learning rate",
+              "beta1": "momentum / beta1", "beta2": "beta2 / alpha"}
+    for panel, ax in axes.items():
+        ax.set_ylabel(titles[panel])
         ax.grid(alpha=0.3)
-        if drawn:
-            ax.legend(loc="best", fontsize=8)
+        if drawn[panel]:
+            ax.legend(loc="best", fontsize=7)
+            if panel == "lr":
+                ax.set_yscale("log")
         else:
-            ax.text(0.5, 0.5, "not recorded in this run", ha="center", va="center",
+            ax.text(0.5, 0.5, "not recorded in these runs", ha="center", va="center",
                     transform=ax.transAxes, color="grey")
-    axes[-1].set_xlabel("optimizer step")
-    fig.suptitle(f"adaptiverl dynamics: {Path(output_dir).name}")
+    axes[panels[-1]].set_xlabel("optimizer step")
+    fig.suptitle(title or "adaptiverl: " + " vs ".join(labels))
     fig.tight_layout()
+    out = Path(out_file)
+    out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def plot_dynamics(output_dir: str | Path, out_file: str | Path | None = None) -> Path:
+    """One run's panels (:func:`plot_runs` of that run) as ``OUTPUT_DIR/dynamics.png`` or ``out_file``."""
+    out = Path(out_file) if out_file is not None else Path(output_dir) / PLOT_FILE
+    return plot_runs([output_dir], out, title=f"adaptiverl dynamics: {Path(output_dir).name}")
+
+
+def final_reward(output_dir: str | Path, last: int = 20) -> float | None:
+    """Mean batch reward over the last ``last`` steps of a run (None without rewards)."""
+    rewards = _series(read_history(output_dir), "reward")[1]
+    return statistics.fmean(rewards[-last:]) if rewards else None

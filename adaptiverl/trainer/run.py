@@ -3,8 +3,10 @@
 ``train.py``, ``adaptiverl train CONFIG`` and the benchmarks all call
 :func:`train`. One run is:
 
-1. validate the config (:mod:`adaptiverl.trainer.config`) before anything heavy loads,
-   write the resolved config to ``OUTPUT_DIR/train_config.json`` (and into every checkpoint);
+1. validate the config (:mod:`adaptiverl.trainer.config`), then :func:`preflight`: the model
+   path, the data file's columns, the trainer arguments, the optimizer's arguments, the LoRA
+   targets and the checkpoint to resume, all before any weights load; only then write the
+   resolved config to ``OUTPUT_DIR/train_config.json`` (and into every checkpoint);
 2. load tokenizer and model with ``from_pretrained(MODEL)`` (quantized through
    bitsandbytes if asked), wrap it with LoRA adapters unless ``FULLTUNE``;
 3. load ``TRAIN_FILE`` with ``datasets``' local loaders;
@@ -12,14 +14,17 @@
 5. run TRL's ``GRPOTrainer`` (``MODE: rl``), ``RLOOTrainer`` (``rloo``) or the HF
    ``Trainer`` on a causal-LM loss (``sft``), with :class:`AdaptiveCallback`
    feeding the optimizer the loss and reward of every step;
-6. save the final model, the trainer state and the dynamics plot.
+6. save the final model, a model card naming the base model, the optimizer and the reward
+   components, the trainer state and the dynamics plot.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,13 +34,23 @@ from transformers.trainer_callback import ProgressCallback
 
 from adaptiverl.trainer.config import (
     DATA_SUFFIXES,
+    MODEL_TWINS,
+    TRAINER_TWINS,
     ConfigError,
     TrainConfig,
+    check_machine,
     load_config,
     parse_config,
+    trainer_arguments_class,
 )
 
 CONFIG_FILE = "train_config.json"
+MODEL_CARD = "README.md"
+# What HF's Trainer needs to resume (weights in one of their forms) and, written last by
+# SaveConfigCallback, our resolved config: a folder missing any is a save cut short.
+CHECKPOINT_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                      "adapter_model.safetensors", "pytorch_model_fsdp_0")
+CHECKPOINT_FILES = ("trainer_state.json", "scheduler.pt", CONFIG_FILE)
 ONLINE_CLASSES = {"sgd": "OnlineSGD", "rmsprop": "OnlineRMSProp", "adamw": "OnlineAdamW",
                   "enhanced_sgd": "EnhancedSGD"}
 
@@ -61,55 +76,105 @@ def resolve_config(config: TrainConfig | dict[str, Any] | str | Path) -> TrainCo
     return load_config(config)
 
 
+def model_arguments(c: TrainConfig):
+    """TRL's ``ModelConfig`` from the config: the seed keys plus ``MODEL_ARGS``."""
+    from trl import ModelConfig
+
+    seed = {name: getattr(c, key) for key, name in MODEL_TWINS.items()}
+    seed["use_peft"] = not c.FULLTUNE
+    try:
+        return ModelConfig(**{**seed, **c.MODEL_ARGS})
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"config key 'MODEL_ARGS': ModelConfig rejected the arguments: {err}") from None
+
+
 def load_model_and_tokenizer(c: TrainConfig):
-    """``from_pretrained(MODEL)``; bitsandbytes quantization and LoRA adapters as the config asks."""
+    """``from_pretrained(MODEL)``; quantization and LoRA adapters as TRL's ``ModelConfig`` says."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(c.MODEL)
+    m = model_arguments(c)
+    tokenizer = AutoTokenizer.from_pretrained(m.model_name_or_path, revision=m.model_revision)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    kwargs: dict[str, Any] = {}
-    if c.LOAD_4BIT or c.LOAD_8BIT:
+    kwargs: dict[str, Any] = {"revision": m.model_revision}
+    if m.dtype not in (None, "auto"):
+        kwargs["dtype"] = getattr(torch, m.dtype)
+    if m.attn_implementation is not None:
+        kwargs["attn_implementation"] = m.attn_implementation
+    if m.load_in_4bit or m.load_in_8bit:
         from transformers import BitsAndBytesConfig
 
         compute_dtype = torch.bfloat16 if c.BF16 else torch.float16
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=c.LOAD_4BIT, load_in_8bit=c.LOAD_8BIT,
-            bnb_4bit_compute_dtype=compute_dtype, bnb_4bit_quant_type="nf4")
+            load_in_4bit=m.load_in_4bit, load_in_8bit=m.load_in_8bit,
+            bnb_4bit_compute_dtype=compute_dtype, bnb_4bit_quant_type=m.bnb_4bit_quant_type,
+            bnb_4bit_use_double_quant=m.use_bnb_nested_quant,
+            bnb_4bit_quant_storage=m.bnb_4bit_quant_storage)
         kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
-    model = AutoModelForCausalLM.from_pretrained(c.MODEL, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(m.model_name_or_path, **kwargs)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    if not c.FULLTUNE:
-        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    if m.use_peft:
+        from peft import get_peft_model, prepare_model_for_kbit_training
+        from trl import get_peft_config
 
-        if c.LOAD_4BIT or c.LOAD_8BIT:
+        if m.load_in_4bit or m.load_in_8bit:
             model = prepare_model_for_kbit_training(model)
-        present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-        missing = [m for m in c.LORA_TARGET_MODULES if m not in present]
-        if missing:
-            raise ConfigError(f"config key 'LORA_TARGET_MODULES': {missing} not found in {c.MODEL} "
-                              f"(module names there include: {', '.join(sorted(present)[:20])})")
-        lora = LoraConfig(r=c.LORA_R, lora_alpha=c.LORA_ALPHA, lora_dropout=c.LORA_DROPOUT,
-                          target_modules=list(c.LORA_TARGET_MODULES), task_type="CAUSAL_LM",
-                          fan_in_fan_out=model.config.model_type == "gpt2")
-        model = get_peft_model(model, lora)
+        check_lora_targets(c, model)
+        lora = get_peft_config(m)
+        lora.fan_in_fan_out = model.config.model_type == "gpt2"  # GPT-2's Conv1D stores W transposed
+        with checkpointing_alias_quiet():
+            model = get_peft_model(model, lora)
     return model, tokenizer
 
 
-def load_dataset_for(c: TrainConfig, tokenizer):
-    """TRAIN_FILE through ``datasets``' json/csv/parquet loaders, checked for the mode's columns."""
+@contextlib.contextmanager
+def checkpointing_alias_quiet():
+    """Hide transformers 5's FutureWarning for ``model.is_gradient_checkpointing``, and only it.
+
+    TRL 1.16 reads that deprecated alias at every generation (``trl/models/utils.py``) and peft
+    when it wraps a model; nothing in adaptiverl calls it. The trainer's own deprecated
+    ``gradient_checkpointing`` argument is avoided at its source: :func:`training_arguments`
+    sets ``activation_checkpointing``.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
+                                category=FutureWarning)
+        yield
+
+
+def check_lora_targets(c: TrainConfig, model) -> None:
+    """Every ``LORA_TARGET_MODULES`` name is a module of ``model`` (a real or a meta-device one)."""
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [m for m in c.LORA_TARGET_MODULES if m not in present]
+    if missing:
+        raise ConfigError(f"config key 'LORA_TARGET_MODULES': {missing} not found in {c.MODEL} "
+                          f"(module names there include: {', '.join(sorted(present)[:20])})")
+
+
+def read_train_file(c: TrainConfig):
+    """TRAIN_FILE through ``datasets``' json/csv/parquet loaders, checked for the mode's column."""
     from datasets import load_dataset
 
     builder = DATA_SUFFIXES[Path(c.TRAIN_FILE).suffix.lower()]
-    dataset = load_dataset(builder, data_files=c.TRAIN_FILE, split="train")
+    try:
+        dataset = load_dataset(builder, data_files=c.TRAIN_FILE, split="train")
+    except Exception as err:  # a malformed file: datasets raises several kinds
+        raise ConfigError(f"config key 'TRAIN_FILE' = {c.TRAIN_FILE!r}: cannot be read as "
+                          f"{builder} ({type(err).__name__}: {err})") from None
     column = "text" if c.MODE == "sft" else "prompt"
     if column not in dataset.column_names:
-        raise ConfigError(f"TRAIN_FILE {c.TRAIN_FILE}: MODE {c.MODE!r} needs a {column!r} column; "
-                          f"the file has {dataset.column_names}")
+        raise ConfigError(f"config key 'TRAIN_FILE' = {c.TRAIN_FILE!r}: MODE {c.MODE!r} needs a "
+                          f"{column!r} column; the file has {dataset.column_names}")
     if len(dataset) == 0:
-        raise ConfigError(f"TRAIN_FILE {c.TRAIN_FILE}: no rows")
+        raise ConfigError(f"config key 'TRAIN_FILE' = {c.TRAIN_FILE!r}: no rows")
+    return dataset
+
+
+def load_dataset_for(c: TrainConfig, tokenizer):
+    """The checked TRAIN_FILE (:func:`read_train_file`), tokenized (sft) or with prompts cut to fit."""
+    dataset = read_train_file(c)
     if c.MODE == "sft":
         def tokenize(batch):
             return tokenizer(batch["text"], truncation=True, max_length=c.MAXSEQ)
@@ -178,7 +243,9 @@ def training_arguments(c: TrainConfig):
     """
     import torch
 
-    common: dict[str, Any] = dict(use_cpu=not torch.cuda.is_available(),
+    # activation_checkpointing given (TRL's configs default the deprecated gradient_checkpointing
+    # to True, and transformers warns about that alias at every copy of the arguments).
+    common: dict[str, Any] = dict(use_cpu=not torch.cuda.is_available(), activation_checkpointing=False,
         output_dir=c.OUTPUT_DIR, per_device_train_batch_size=c.BATCH_SIZE,
         gradient_accumulation_steps=c.GRAD_ACCUM, num_train_epochs=c.EPOCHS, max_steps=c.STEPS,
         learning_rate=c.LRATE, lr_scheduler_type=c.LR_SCHEDULER, warmup_steps=c.WARMUP_STEPS,
@@ -187,19 +254,21 @@ def training_arguments(c: TrainConfig):
         save_strategy="steps" if c.SAVE_STEPS else "no", save_steps=c.SAVE_STEPS or 500,
         save_total_limit=c.SAVE_TOTAL_LIMIT or None, disable_tqdm=False,
     )
-    if c.MODE == "sft":
-        from transformers import TrainingArguments
+    if c.MODE != "sft":
+        common.update(num_generations=c.NUM_GENERATIONS, max_completion_length=c.MAX_COMPLETION_LENGTH,
+                      temperature=c.TEMPERATURE, beta=c.BETA, log_completions=c.LOG_COMPLETIONS)
+    common.update(c.TRAINER_ARGS)  # any other field, by its own name; it may override the above
+    cls = trainer_arguments_class(c.MODE)
+    try:
+        return cls(**common)
+    except (TypeError, ValueError) as err:
+        message = str(err)
+        for key, name in TRAINER_TWINS.items():  # TRL's message names its fields: add our keys
+            message = message.replace(f"`{name}`", f"`{name}` ({key})")
+        given = [k for k in c.TRAINER_ARGS if k in message]
+        key = f"TRAINER_ARGS.{given[0]}" if given else "config"
+        raise ConfigError(f"{key}: {cls.__name__} rejected the arguments: {message}") from None
 
-        return TrainingArguments(**common)
-    rl = dict(num_generations=c.NUM_GENERATIONS, max_completion_length=c.MAX_COMPLETION_LENGTH,
-              temperature=c.TEMPERATURE, beta=c.BETA, log_completions=c.LOG_COMPLETIONS)
-    if c.MODE == "rl":
-        from trl import GRPOConfig
-
-        return GRPOConfig(**common, **rl)
-    from trl import RLOOConfig
-
-    return RLOOConfig(**common, **rl)
 
 
 def build_trainer(c: TrainConfig, model, tokenizer, dataset, optimizer=None):
@@ -254,19 +323,137 @@ class SaveConfigCallback(TrainerCallback):
                 (folder / CONFIG_FILE).write_text(json.dumps(self.config_dict, indent=2) + "\n")
 
 
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why ``folder`` cannot be resumed from (a file missing or torn), or None when it is complete."""
+    if not any((folder / name).exists() for name in CHECKPOINT_WEIGHTS):
+        return "no model weights"
+    missing = [name for name in CHECKPOINT_FILES if not (folder / name).is_file()]
+    if missing:
+        return f"no {', '.join(missing)}"
+    try:
+        json.loads((folder / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return "a torn trainer_state.json"
+    return None
+
+
+def find_resume_checkpoint(output_dir: str | Path) -> Path:
+    """The newest complete ``checkpoint-<step>`` in ``output_dir``; newer incomplete ones are skipped
+    with a warning naming each (a crash during a save leaves one behind)."""
+    out = Path(output_dir)
+    folders = sorted((p for p in out.glob("checkpoint-*") if p.is_dir() and p.name[11:].isdigit()),
+                     key=lambda p: int(p.name[11:]), reverse=True) if out.is_dir() else []
+    for folder in folders:
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            return folder
+        warnings.warn(f"RESUME: skipping incomplete checkpoint {folder} ({problem}); "
+                      "it was probably cut short by a crash during the save", UserWarning, stacklevel=2)
+    found = f"only incomplete ones ({', '.join(p.name for p in folders)})" if folders else "no checkpoint-* folder"
+    raise ConfigError(f"config key 'RESUME' = true: {found} in OUTPUT_DIR {out.resolve()}")
+
+
+def check_model_path(c: TrainConfig) -> None:
+    """MODEL is a local folder, or a hub id (in the local cache when the hub is off)."""
+    path = Path(c.MODEL).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"config key 'MODEL' = {c.MODEL!r}: the folder has no config.json "
+                              "(not a model saved with save_pretrained)")
+        return
+    looks_local = c.MODEL.startswith((".", "/", "~")) or c.MODEL.count("/") > 1 or "\\" in c.MODEL \
+        or path.exists()
+    build = (f"; to build the quickstart's tiny GPT-2 there, run: adaptiverl build-tiny {c.MODEL}"
+             if "tiny" in path.name else "")
+    if looks_local:
+        raise ConfigError(f"config key 'MODEL' = {c.MODEL!r}: no such model folder "
+                          f"({path.resolve()}){build}")
+    from huggingface_hub.constants import HF_HUB_OFFLINE
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(c.MODEL)
+    except HFValidationError as err:
+        raise ConfigError(f"config key 'MODEL' = {c.MODEL!r}: neither a local folder nor a hub id "
+                          f"({err})") from None
+    if HF_HUB_OFFLINE or os.environ.get("TRANSFORMERS_OFFLINE") == "1":
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(c.MODEL, "config.json"), str):
+            raise ConfigError(f"config key 'MODEL' = {c.MODEL!r}: not a local folder, and the hub is "
+                              f"off (HF_HUB_OFFLINE) with no cached copy of it{build}")
+
+
+def preflight(c: TrainConfig) -> Path | None:
+    """Every check that needs more than the config itself, before any weights load.
+
+    The machine (precision, quantization, loggers), MODEL, the TRAIN_FILE's columns, the trainer
+    arguments (TRL's own checks), the optimizer's arguments (built once on a stand-in layer),
+    the LoRA targets (on a meta-device copy of the model) and, with RESUME, the newest complete
+    checkpoint, which is returned. Each failure is one :class:`ConfigError` naming the key.
+    """
+    import torch
+
+    check_machine(c)
+    check_model_path(c)
+    read_train_file(c)
+    training_arguments(c)
+    model_arguments(c)
+    try:
+        build_optimizer(c, torch.nn.Linear(2, 2))
+    except ValueError as err:
+        if isinstance(err, ConfigError):
+            raise
+        named = [k for k in c.ADAPTIVE_ARGS if k in str(err)]
+        key = "ADAPTIVE_ARGS" if named else "OPTIM_ARGS"
+        raise ConfigError(f"config key {key!r}: OPTIM {c.OPTIM!r} rejected the arguments: {err}") from None
+    if not c.FULLTUNE:
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        with torch.device("meta"):
+            check_lora_targets(c, AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(c.MODEL)))
+    return find_resume_checkpoint(c.OUTPUT_DIR) if c.RESUME else None
+
+
+def write_model_card(c: TrainConfig, trainer, out: Path) -> Path:
+    """``OUTPUT_DIR/README.md``: the base model, the optimizer, the reward components, the run."""
+    optimizer = trainer.optimizer
+    while getattr(optimizer, "optimizer", None) is not None and not hasattr(optimizer, "observe"):
+        optimizer = optimizer.optimizer  # under accelerate's AcceleratedOptimizer
+    inner = getattr(optimizer, "optimizer", None)
+    name = type(optimizer).__name__ + (f"({type(inner).__name__})" if inner is not None else "")
+    lines = [f"# {out.name}", "",
+             "A fine-tuned version of "
+             + (f"`{c.MODEL}` (a local folder)" if Path(c.MODEL).expanduser().is_dir()
+                else f"[{c.MODEL}](https://huggingface.co/{c.MODEL})")
+             + f", trained with adaptiverl ({type(trainer).__name__}, MODE `{c.MODE}`).", "",
+             f"- **Base model**: `{c.MODEL}`" + ("" if c.FULLTUNE else f" with LoRA adapters (r={c.LORA_R})"),
+             f"- **Optimizer**: `{name}` (OPTIM `{c.OPTIM}`, learning rate {c.LRATE:g}"
+             + (f", ADAPTIVE_ARGS `{json.dumps(c.ADAPTIVE_ARGS)}`" if c.ADAPTIVE_ARGS else "")
+             + (f", OPTIM_ARGS `{json.dumps(c.OPTIM_ARGS)}`" if c.OPTIM_ARGS else "") + ")",
+             f"- **Training data**: `{Path(c.TRAIN_FILE).name}`, {trainer.state.global_step} steps"]
+    if c.MODE != "sft":
+        lines.append("- **Reward components**:")
+        lines += [f"  - `{spec.get('type')}` (weight {spec.get('weight', 1.0)}): "
+                  + ", ".join(f"{k}={v!r}" for k, v in spec.items() if k not in ("type", "weight"))
+                  for spec in c.REWARDS]
+    lines += ["", f"The resolved training config is `{CONFIG_FILE}`; the per-step dynamics "
+              "(loss, reward, effective LR, betas) are in `adaptive_history.jsonl`.", ""]
+    path = out / MODEL_CARD
+    path.write_text("\n".join(lines))
+    return path
+
+
 def train(config: TrainConfig | dict[str, Any] | str | Path) -> TrainResult:
-    """Run one training job described by ``config`` (a TrainConfig, a dict, or a JSON file path)."""
+    """Run one training job described by ``config`` (a TrainConfig, a dict, or a config file path)."""
     start = time.perf_counter()
     c = resolve_config(config)
     from transformers import set_seed
-    from transformers.trainer_utils import get_last_checkpoint
 
     out = Path(c.OUTPUT_DIR)
-    resume_from = None
-    if c.RESUME:
-        resume_from = get_last_checkpoint(str(out)) if out.is_dir() else None
-        if resume_from is None:
-            raise ConfigError(f"config key 'RESUME' = true: no checkpoint-* folder in OUTPUT_DIR {out.resolve()}")
+    resume_from = preflight(c)
+    if resume_from is not None:
+        resume_from = str(resume_from)
     if int(os.environ.get("RANK", "0")) == 0:
         c.save(out / CONFIG_FILE)
     if c.CPU_THREADS:
@@ -281,11 +468,13 @@ def train(config: TrainConfig | dict[str, Any] | str | Path) -> TrainResult:
     trainer.add_callback(SaveConfigCallback(c))
     if trainer.pop_callback(ProgressCallback) is not None:
         trainer.add_callback(QuietProgressCallback())
-    output = trainer.train(resume_from_checkpoint=resume_from)
+    with checkpointing_alias_quiet():
+        output = trainer.train(resume_from_checkpoint=resume_from)
     trainer.save_model(str(out))
     plot_path = None
     if trainer.is_world_process_zero():
         trainer.save_state()
+        write_model_card(c, trainer, out)
         if c.PLOT:
             from adaptiverl.trainer.plot import plot_dynamics
 
