@@ -25,8 +25,45 @@ def test_completion_text_plain_and_conversational():
     assert completion_text("abc") == "abc"
     assert completion_text(CONV[0]) == "The answer is 42."
     assert completion_text(CONV[1]) == "no number here"
-    with pytest.raises(TypeError, match="completion must be"):
+    with pytest.raises(TypeError, match="completion is int, not a string or a list of messages"):
         completion_text(42)
+
+
+BAD_COMPLETIONS = {
+    "bytes": (b"The answer is 42.", r"completion 1 is bytes.*string or a list of messages"),
+    "bytearray": (bytearray(b"42"), r"completion 1 is bytearray"),
+    "nested list": ([["The answer is 42."]], r"completion 1: message 0 is list, not a dict"),
+    "nested conversation": ([[{"role": "assistant", "content": "42"}]], r"completion 1: message 0 is list"),
+    "dict without content": ({"text": "The answer is 42."}, r"completion 1: message without 'content'.*'text'"),
+    "message without content": ([{"role": "assistant", "text": "42"}], r"completion 1: message 0 without 'content'"),
+    "bytes content": ([{"role": "assistant", "content": b"42"}], r"completion 1: message 0: content is bytes"),
+    "bytes part": ([{"role": "assistant", "content": [b"42"]}], r"completion 1: message 0: content part 0 is bytes"),
+    "number": (42, r"completion 1 is int"),
+}
+
+
+@pytest.mark.parametrize("bad, why", BAD_COMPLETIONS.values(), ids=list(BAD_COMPLETIONS))
+def test_a_completion_of_the_wrong_type_is_named_not_scored_as_empty_text(bad, why):
+    with pytest.raises(TypeError, match="reward 'fmt': " + why):
+        RegexReward("^$", name="fmt")(completions=["fine", bad])  # "^$" would match the empty text
+    with pytest.raises(TypeError, match=why.replace("completion 1", "completion")):
+        completion_text(bad)
+    composite = build_rewards([{"type": "length", "target": 3}, {"type": "regex", "pattern": "^$", "name": "fmt"}])
+    # The composite names the failing component and sample (it re-runs the batch sample by sample).
+    with pytest.raises(Exception, match=r"\('length'\).*sample 1.*reward 'length': "
+                       + why.replace("completion 1", r"completion \d")):
+        composite(completions=["fine", bad])
+
+
+def test_the_completion_shapes_trl_gives_still_read_as_text():
+    tool_turn = [{"role": "assistant", "content": None, "tool_calls": [{"name": "f"}]},
+                 {"role": "tool", "content": "sunny"}, {"role": "assistant", "content": "It is sunny."}]
+    assert completion_text(tool_turn) == "\nIt is sunny."
+    parts = [{"role": "assistant", "content": [{"type": "text", "text": "a"}, {"type": "image"}, "b"]}]
+    assert completion_text(parts) == "ab"
+    assert completion_text({"role": "assistant", "content": "one message"}) == "one message"
+    with pytest.raises(TypeError, match=r"reward 'regex': prompt 0 is bytes"):
+        RegexReward("a")(prompts=[b"q"], completions=["a"])
 
 
 def test_regex_search_fullmatch_count_and_conversational():

@@ -27,42 +27,70 @@ TRL_CONTROL_KWARGS = frozenset({"trainer_state", "log_extra", "log_metric", "env
 
 
 def message_text(content: Any) -> str:
-    """Text of one message ``content``: a string, or a list of parts of which text parts count."""
+    """Text of one message ``content``: a string, ``None`` (a tool-call turn: no text), or a list of
+    parts (strings, or dicts of which the ``text`` counts: image parts add nothing)."""
     if content is None:
         return ""
     if isinstance(content, str):
         return content
-    if isinstance(content, Sequence):
-        return "".join(part.get("text", "") if isinstance(part, dict) else str(part) for part in content)
-    return str(content)
+    if isinstance(content, (list, tuple)):
+        texts = []
+        for k, part in enumerate(content):
+            text = part.get("text", "") if isinstance(part, dict) else part
+            if not isinstance(text, str):
+                what = f"content part {k}" + (" text" if isinstance(part, dict) else "")
+                raise TypeError(f"{what} is {type(text).__name__}, not a string")
+            texts.append(text)
+        return "".join(texts)
+    raise TypeError(f"content is {type(content).__name__}, not a string, None or a list of parts")
 
 
-def completion_text(completion: Any) -> str:
-    """The generated text of one completion, plain (``str``) or conversational (list of messages).
+def _message(message: Any, where: str) -> str:
+    """The text of a message dict; a TypeError starting with ``where`` for anything else."""
+    if not isinstance(message, dict):
+        raise TypeError(f"{where} is {type(message).__name__}, not a dict with 'role' and 'content'")
+    if "content" not in message:
+        raise TypeError(f"{where} without 'content' (keys {sorted(map(str, message))})")
+    try:
+        return message_text(message["content"])
+    except TypeError as exc:
+        raise TypeError(f"{where}: {exc}") from None
+
+
+def _conversation(messages: Any, where: str, default_role: str) -> list[tuple[str, str]]:
+    """``(role, text)`` of each message of a list of messages; a TypeError naming ``where``, the
+    message and the bad type otherwise (a string, bytes and other sequences are no conversation)."""
+    if not isinstance(messages, (list, tuple)):
+        raise TypeError(f"{where} is {type(messages).__name__}, not a string or a list of messages")
+    out = []
+    for k, message in enumerate(messages):
+        text = _message(message, f"{where}: message {k}")
+        out.append((str(message.get("role", default_role)), text))
+    return out
+
+
+def completion_text(completion: Any, where: str = "completion") -> str:
+    """The generated text of one completion, plain (``str``) or conversational (list of messages,
+    or one message dict).
 
     For a conversation, the contents of its assistant messages are joined (a completion is normally
-    one assistant message; tool-calling turns add more).
+    one assistant message; tool-calling turns add more). Anything else (``bytes``, a nested list, a
+    dict without ``content``) is a TypeError naming ``where`` and the bad type, never empty text.
     """
     if isinstance(completion, str):
         return completion
     if isinstance(completion, dict):
-        return message_text(completion.get("content"))
-    if isinstance(completion, Sequence):
-        parts = [message_text(m.get("content")) for m in completion
-                 if isinstance(m, dict) and m.get("role", "assistant") == "assistant"]
-        return "\n".join(parts)
-    raise TypeError(f"a completion must be a string or a list of messages, got {type(completion).__name__}")
+        return _message(completion, f"{where}: message")
+    return "\n".join(text for role, text in _conversation(completion, where, "assistant") if role == "assistant")
 
 
-def prompt_text(prompt: Any) -> str:
+def prompt_text(prompt: Any, where: str = "prompt") -> str:
     """The text of one prompt: a string as is; a conversation as ``role: content`` lines."""
     if prompt is None:
         return ""
     if isinstance(prompt, str):
         return prompt
-    if isinstance(prompt, Sequence):
-        return "\n".join(f"{m.get('role', 'user')}: {message_text(m.get('content'))}" for m in prompt)
-    raise TypeError(f"a prompt must be a string or a list of messages, got {type(prompt).__name__}")
+    return "\n".join(f"{role}: {text}" for role, text in _conversation(prompt, where, "user"))
 
 
 class MissingColumnError(KeyError):
@@ -145,14 +173,14 @@ class RewardFunction:
                completions: Sequence[Any] | None) -> tuple[list[str], list[str]]:
         if completions is None:
             raise TypeError(f"reward {self.__name__!r} needs completions=")
-        texts = [completion_text(c) for c in completions]
-        if prompts is None:
-            prompt_texts = [""] * len(texts)
-        else:
-            prompt_texts = [prompt_text(p) for p in prompts]
-            if len(prompt_texts) != len(texts):
-                raise ValueError(f"reward {self.__name__!r}: {len(prompt_texts)} prompts for "
-                                 f"{len(texts)} completions")
+        try:
+            texts = [completion_text(c, f"completion {i}") for i, c in enumerate(completions)]
+            prompt_texts = [""] * len(texts) if prompts is None else \
+                [prompt_text(p, f"prompt {i}") for i, p in enumerate(prompts)]
+        except TypeError as exc:
+            raise TypeError(f"reward {self.__name__!r}: {exc}") from None
+        if prompts is not None and len(prompt_texts) != len(texts):
+            raise ValueError(f"reward {self.__name__!r}: {len(prompt_texts)} prompts for {len(texts)} completions")
         return texts, prompt_texts
 
     def __repr__(self) -> str:
