@@ -13,6 +13,8 @@ import math
 import torch
 from torch import Tensor
 
+from adaptiverl.optim._kernels import buckets
+
 
 def total_norm(grads: list[Tensor]) -> Tensor:
     """Global L2 norm ``sqrt(sum_i ||g_i||^2)`` as a 0-d float32 tensor on ``grads[0]``'s device."""
@@ -77,3 +79,35 @@ def add_noise_(grads: list[Tensor], std: float, generator: torch.Generator) -> N
     noise = torch.randn(total, generator=generator, device=grads[0].device, dtype=grads[0].dtype)
     pieces = noise.split([g.numel() for g in grads])
     torch._foreach_add_(grads, [n.view_as(g) for n, g in zip(pieces, grads, strict=True)], alpha=std)
+
+
+def retain_and_blend_(buffers: list[Tensor], sums: list[Tensor], grads: list[Tensor], scores: list[float],
+                      score: float, *, blend: float, decay: float) -> None:
+    """Gradient retention: keep the ``K`` highest-scoring past gradients, blend their mean in.
+
+    ``buffers[i]`` is a ``(K, *shape)`` stack of retained gradients of tensor ``i`` and ``sums[i]``
+    their running sum; ``scores`` (host floats, one per filled slot, shared by all tensors) decay
+    by ``decay`` per call so stale gradients are replaced. This step's gradient (score ``score``)
+    takes a free slot, else the lowest-scoring one if it beats it; then, in place,
+    ``g <- (1 - blend) * g + blend * mean(buffer)``. Per-tensor work is ``torch._foreach_*``.
+    """
+    capacity = buffers[0].shape[0]
+    scores[:] = [s * decay for s in scores]
+    slot = None
+    if len(scores) < capacity:
+        slot = len(scores)
+        scores.append(score)
+    elif math.isfinite(score) and score > min(scores):
+        slot = scores.index(min(scores))
+        scores[slot] = score
+    if slot is not None:
+        slots = [b[slot] for b in buffers]
+        torch._foreach_sub_(sums, slots)
+        torch._foreach_add_(sums, grads)
+        torch._foreach_copy_(slots, grads)
+    torch._foreach_lerp_(grads, torch._foreach_mul(sums, 1.0 / len(scores)), blend)
+
+
+def by_device_and_dtype(tensors: list[Tensor]) -> list[list[Tensor]]:
+    """``tensors`` split into lists of one device and dtype (what the ``_foreach`` kernels want)."""
+    return [[tensors[i] for i in index] for index in buckets(tensors)]

@@ -70,7 +70,7 @@ def sgd_reference(params: list[Tensor], grads: list[Tensor], momentum_buffers: l
         p.add_(d_p, alpha=-lr)
 
 
-def _buckets(params: list[Tensor]) -> list[list[int]]:
+def buckets(params: list[Tensor]) -> list[list[int]]:
     """Indices of ``params`` grouped by (device, dtype), in first-seen order."""
     buckets: dict[tuple[torch.device, torch.dtype], list[int]] = {}
     for i, p in enumerate(params):
@@ -83,7 +83,7 @@ def sgd_foreach(params: list[Tensor], grads: list[Tensor], momentum_buffers: lis
                 nesterov: bool, maximize: bool) -> None:
     """The multi-tensor path: ``torch._foreach_*`` per (device, dtype) bucket (module docstring)."""
     _check(params, grads, momentum_buffers, lrs, momentum, dampening, weight_decay, nesterov)
-    for index in _buckets(params):
+    for index in buckets(params):
         ps = [params[i] for i in index]
         d_ps = [grads[i] for i in index]
         if maximize:
