@@ -299,10 +299,20 @@ class CompositeReward:
                 out[j] = None
         return out
 
-    def _run_sync(self, k: int, call_kwargs: dict[str, Any], n: int) -> list[float | None]:
+    async def _run(self, k: int, call_kwargs: dict[str, Any], n: int) -> list[float | None]:
+        """Component ``k`` on the batch; on an error, sample by sample to find the culprit.
+
+        The one runner for sync and async components: a sync component's call never suspends, so
+        :meth:`_run_sync` drives this coroutine to its end without an event loop.
+        """
         fn = self.components[k].fn
+        is_async = _is_async(fn)
+
+        async def call(kwargs: dict[str, Any]) -> Any:
+            return await fn(**kwargs) if is_async else fn(**kwargs)
+
         try:
-            values = fn(**call_kwargs)
+            values = await call(call_kwargs)
         except MissingColumnError as exc:
             raise self._config_error(k, exc) from exc
         except Exception as batch_exc:
@@ -310,7 +320,7 @@ class CompositeReward:
             failed = 0
             for j in range(n):
                 try:
-                    value = fn(**_sample(call_kwargs, j, n))
+                    value = await call(_sample(call_kwargs, j, n))
                 except Exception as exc:
                     failed += 1
                     out.append(self._sample_failed(k, j, exc))
@@ -318,6 +328,16 @@ class CompositeReward:
                 out.extend(self._check(k, value, 1))
             return self._batch_only_failure(k, out, failed, batch_exc)
         return self._check(k, values, n)
+
+    def _run_sync(self, k: int, call_kwargs: dict[str, Any], n: int) -> list[float | None]:
+        """:meth:`_run` for a sync component, driven without an event loop (it never suspends)."""
+        coroutine = self._run(k, call_kwargs, n)
+        try:
+            coroutine.send(None)
+        except StopIteration as done:
+            return done.value
+        coroutine.close()
+        raise RuntimeError(f"{self._where(k)} suspended although it is not async")
 
     def _config_error(self, k: int, exc: Exception) -> RewardComponentError:
         """A configuration problem (e.g. a missing dataset column): never per-sample, never silenced."""
@@ -428,30 +448,10 @@ class AsyncCompositeReward(CompositeReward):
                 pending.append(k)
             else:
                 raw[k] = self._run_sync(k, call_kwargs, n)
-        results = await asyncio.gather(*(self._run_async(k, call_kwargs, n) for k in pending))
+        results = await asyncio.gather(*(self._run(k, call_kwargs, n) for k in pending))
         for k, values in zip(pending, results, strict=True):
             raw[k] = values
         return self._combine(raw, n, kwargs)  # type: ignore[arg-type]
-
-    async def _run_async(self, k: int, call_kwargs: dict[str, Any], n: int) -> list[float | None]:
-        fn = self.components[k].fn
-        try:
-            values = await fn(**call_kwargs)
-        except MissingColumnError as exc:
-            raise self._config_error(k, exc) from exc
-        except Exception as batch_exc:
-            out: list[float | None] = []
-            failed = 0
-            for j in range(n):
-                try:
-                    value = await fn(**_sample(call_kwargs, j, n))
-                except Exception as exc:
-                    failed += 1
-                    out.append(self._sample_failed(k, j, exc))
-                    continue
-                out.extend(self._check(k, value, 1))
-            return self._batch_only_failure(k, out, failed, batch_exc)
-        return self._check(k, values, n)
 
 
 def _as_component(c: Any, index: int) -> Component:
