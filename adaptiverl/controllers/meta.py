@@ -77,21 +77,6 @@ def routing_statistics(router_logits: torch.Tensor | Sequence[torch.Tensor]) -> 
             "routing_specialization": values[1] - values[0]}
 
 
-def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for key, value in metrics.items():
-        if key == "router_logits":
-            out.update(routing_statistics(value))
-        elif key in _NOT_SIGNALS or value is None:
-            continue
-        else:
-            try:
-                out[key] = to_float(value)
-            except (TypeError, ValueError) as err:
-                raise ValueError(f"metric {key!r} must be a scalar (float or 0-d tensor): {err}") from err
-    return out
-
-
 def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     """The signals in a seed-004 metrics dict: ``router_logits`` become routing statistics; the
     hyperparameters themselves (``lr``, ``weight_decay``) and counters are not signals."""

@@ -83,25 +83,12 @@ class AdaptiveOptimizer(ControlledOptimizer):
                 return values[knob]
         raise AttributeError(f"{type(self.optimizer).__name__} has no {knob!r} hyperparameter")
 
-    @property
-    def lr(self) -> float:
-        return self._first("lr")
-
-    @property
-    def wd(self) -> float:
-        return self._first("weight_decay")
-
-    @property
-    def momentum(self) -> float:
-        return self._first("momentum")
-
-    @property
-    def betas(self) -> tuple[float, float]:
-        return self._first("beta1"), self._first("beta2")
-
-    @property
-    def alpha(self) -> float:
-        return self._first("alpha")
+    # what the last step used, in the first group that has the knob (seed 001's ``opt.lr``, ``opt.wd``)
+    lr = property(lambda self: self._first("lr"))
+    wd = property(lambda self: self._first("weight_decay"))
+    momentum = property(lambda self: self._first("momentum"))
+    betas = property(lambda self: (self._first("beta1"), self._first("beta2")))
+    alpha = property(lambda self: self._first("alpha"))
 
     def dynamics(self) -> dict[str, Any]:
         out = super().dynamics()

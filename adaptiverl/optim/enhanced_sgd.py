@@ -70,6 +70,7 @@ their arguments.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -383,30 +384,25 @@ class EnhancedSGD(Optimizer):
             self._epoch_loss_count += 1
 
     # ---- persistence -------------------------------------------------------------
+    _EXTRA_STATE = ("step_count", "retention_scores", "epoch", "_epoch_loss_sum", "_epoch_loss_count", "_last")
+
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
-        state["enhanced_sgd"] = {
-            "signals": self.signals.state_dict(), "controller": self.controller.state_dict(),
-            "generators": {k: g.get_state() for k, g in self._generators.items()},
-            "step_count": self.step_count, "retention_scores": list(self.retention_scores), "epoch": self.epoch,
-            "epoch_loss_sum": self._epoch_loss_sum, "epoch_loss_count": self._epoch_loss_count,
-            "last": dict(self._last),
-        }
+        extra = {key.lstrip("_"): copy.deepcopy(getattr(self, key)) for key in self._EXTRA_STATE}
+        extra.update(signals=self.signals.state_dict(), controller=self.controller.state_dict(),
+                     generators={k: g.get_state() for k, g in self._generators.items()})
+        state["enhanced_sgd"] = extra
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        state_dict = dict(state_dict)
-        extra = state_dict.pop("enhanced_sgd", None)
-        super().load_state_dict(state_dict)
-        if extra is None:
-            return
-        self.signals.load_state_dict(extra["signals"])
-        self.controller.load_state_dict(extra["controller"])
-        for key, gen_state in extra["generators"].items():
-            self._generator(torch.device(key)).set_state(gen_state)
-        self.step_count = extra["step_count"]
-        self.retention_scores = list(extra["retention_scores"])
-        self.epoch = extra["epoch"]
-        self._epoch_loss_sum = extra["epoch_loss_sum"]
-        self._epoch_loss_count = extra["epoch_loss_count"]
-        self._last = dict(extra["last"])
+        """torch's own state, then (if present) the signals, the controller, the generators and counters."""
+        state = dict(state_dict)
+        extra = state.pop("enhanced_sgd", None)
+        super().load_state_dict(state)
+        if extra is not None:
+            self.signals.load_state_dict(extra["signals"])
+            self.controller.load_state_dict(extra["controller"])
+            for device, gen_state in extra["generators"].items():
+                self._generator(torch.device(device)).set_state(gen_state)
+            for key in self._EXTRA_STATE:
+                setattr(self, key, copy.deepcopy(extra[key.lstrip("_")]))
