@@ -38,8 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("args", nargs=argparse.REMAINDER, help="CONFIG [--NAME VALUE ...]; --help lists the flags")
 
     quick = commands.add_parser("quickstart", help="the offline quickstart: tiny GPT-2, GRPO, composite reward")
-    quick.add_argument("--out", default="adaptiverl-quickstart",
-                       help="work folder: the tiny model and the run(s) (default: ./adaptiverl-quickstart)")
+    quick.add_argument("--out", default="outputs/quickstart",
+                       help="work folder: the tiny model and the run(s) (default: ./outputs/quickstart)")
     quick.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the config's 200)")
     quick.add_argument("--compare", action="store_true",
                        help="train twice, plain torch AdamW and OnlineAdamW, and draw compare.png")
@@ -90,7 +90,7 @@ def quickstart(out: Path, steps: int | None, compare: bool, pretrain_steps: int,
     model_dir = out / "tiny-gpt2"
     if not (model_dir / "config.json").is_file():
         build_tiny(model_dir, pretrain_steps)
-    runs = COMPARE_OPTIMIZERS if compare else (("quickstart", None),)
+    runs = COMPARE_OPTIMIZERS if compare else (("run", None),)
     results = []
     for name, optim in runs:
         extra = ["--MODEL", str(model_dir), "--OUTPUT_DIR", str(out / name),

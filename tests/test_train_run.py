@@ -65,7 +65,13 @@ def test_resume_reproduces_an_uninterrupted_run(tiny_gpt2_dir, tmp_path):
     resumed_dir = tmp_path / "resumed"
     resumed_dir.mkdir()
     shutil.copytree(checkpoint, resumed_dir / "checkpoint-3")
-    resumed = train(sft_config(tiny_gpt2_dir, resumed_dir, SAVE_STEPS=3, RESUME=True))
+    # A crash during the save at step 5 left a newer folder without trainer_state.json and config.
+    torn = resumed_dir / "checkpoint-5"
+    shutil.copytree(checkpoint, torn)
+    (torn / "trainer_state.json").unlink()
+    (torn / "train_config.json").unlink()
+    with pytest.warns(UserWarning, match=r"skipping incomplete checkpoint .*checkpoint-5 \(no trainer_state.json"):
+        resumed = train(sft_config(tiny_gpt2_dir, resumed_dir, SAVE_STEPS=3, RESUME=True))
     assert resumed.global_step == full.global_step == 6
     a, b = params(full.trainer.model), params(resumed.trainer.model)
     for name in a:
@@ -76,6 +82,32 @@ def test_resume_reproduces_an_uninterrupted_run(tiny_gpt2_dir, tmp_path):
     # The resumed run's history continues the first three steps instead of starting over.
     history = (resumed_dir / "adaptive_history.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in history] == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.filterwarnings("ignore:AdaptiveCallback found nothing to adapt")
+def test_torch_adamw_without_rules_is_plain_adamw(tiny_gpt2_dir, tmp_path):
+    """OPTIM torch.AdamW with no rule: the same parameters as torch AdamW given to the Trainer."""
+    from transformers import set_seed
+
+    from adaptiverl.trainer.run import build_trainer, load_dataset_for, load_model_and_tokenizer
+    from adaptiverl.trainer.trainers import decay_parameter_groups
+
+    c = sft_config(tiny_gpt2_dir, tmp_path / "ours", OPTIM="torch.AdamW", STEPS=3, LRATE=1e-2,
+                   WEIGHT_DECAY=0.1)
+    ours = train(c)
+    assert ours.trainer.optimizer.optimizer.rules == {}
+    assert all(row["lr"] == row["scheduler_lr"] or row["step"] == 3 for row in ours.history)
+
+    reference = sft_config(tiny_gpt2_dir, tmp_path / "torch", OPTIM="torch.AdamW", STEPS=3,
+                           LRATE=1e-2, WEIGHT_DECAY=0.1)
+    set_seed(reference.SEED)
+    model, tokenizer = load_model_and_tokenizer(reference)
+    plain = torch.optim.AdamW(decay_parameter_groups(model, 0.1), lr=1e-2)
+    trainer = build_trainer(reference, model, tokenizer, load_dataset_for(reference, tokenizer), plain)
+    trainer.train()
+    a, b = params(ours.trainer.model), params(trainer.model)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
 
 
 @pytest.mark.parametrize(("optim", "cls"), [
@@ -146,6 +178,10 @@ def test_rloo_with_a_torch_optimizer_wrapped(tiny_gpt2_dir, tmp_path):
     assert type(result.trainer.optimizer.optimizer).__name__ == "AdaptiveOptimizer"
     assert [("reward" in r, "loss" in r) for r in result.history] == [(True, True), (True, True)]
     assert result.trainer.optimizer.optimizer.signals.reward.count == 2
+    card = (tmp_path / "README.md").read_text()  # the model card names what was trained, and how
+    assert f"`{tiny_gpt2_dir}`" in card and "[None]" not in card
+    assert "AdaptiveOptimizer(Adagrad)" in card and "OPTIM `Adagrad`" in card
+    assert "`length` (weight 1.0): target=20" in card
 
 
 @pytest.mark.slow
@@ -189,3 +225,75 @@ def test_cli_reports_config_errors(tmp_path, capsys):
     assert "'LRATEE'" in err and "Did you mean 'LRATE'?" in err
     assert main(["plot", str(tmp_path)]) == 2
     assert "adaptive_history.jsonl" in capsys.readouterr().err
+
+
+# ---- everything is checked before the model loads, and nothing is written before ---------
+
+@pytest.fixture()
+def no_model_loads(monkeypatch):
+    """Fails the test if train() gets as far as loading weights."""
+    import adaptiverl.trainer.run as run
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the bad input was named")
+
+    monkeypatch.setattr(run, "load_model_and_tokenizer", refuse)
+
+
+@pytest.mark.parametrize(("overrides", "fragment"), [
+    ({"OPTIM_ARGS": {"betas": [0.9, 1.5]}}, "'OPTIM_ARGS'.*beta"),
+    ({"OPTIM_ARGS": {"lr": -1}}, "'OPTIM_ARGS'.*lr"),
+    ({"OPTIM_ARGS": {"no_such_knob": 1}}, "'OPTIM_ARGS'.*no_such_knob"),
+    ({"OPTIM": "torch.AdamW", "ADAPTIVE_ARGS": {"lr_rule": "sideways"}}, "'ADAPTIVE_ARGS'"),
+    ({"OPTIM": "torch.AdamW", "ADAPTIVE_ARGS": {"no_such_arg": 1}}, "'ADAPTIVE_ARGS'.*no_such_arg"),
+    ({"FULLTUNE": False, "LORA_TARGET_MODULES": ["q_proj"]}, "LORA_TARGET_MODULES.*q_proj"),
+    ({"RESUME": True}, "'RESUME' = true: no checkpoint-\\* folder"),
+    ({"MODEL": "./models/no-such-tiny-gpt2"}, "'MODEL'.*no such model folder.*adaptiverl build-tiny"),
+    ({"MODEL": "no-such-org/no-such-model"}, "'MODEL'.*HF_HUB_OFFLINE"),
+    ({"TRAINER_ARGS": {"load_best_model_at_end": True, "eval_strategy": "steps"}}, "TRAINER_ARGS.load_best_model_at_end: TrainingArguments rejected"),
+])
+def test_bad_input_is_named_before_the_model_loads_and_nothing_is_written(
+        tiny_gpt2_dir, tmp_path, no_model_loads, overrides, fragment):
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError, match=fragment):
+        train(sft_config(tiny_gpt2_dir, out, **overrides))
+    assert not (out / "train_config.json").exists()
+
+
+def test_train_file_without_a_prompt_column_is_named_before_the_model_loads(
+        tiny_gpt2_dir, tmp_path, no_model_loads):
+    data = tmp_path / "rows.jsonl"
+    data.write_text(json.dumps({"question": "what"}) + "\n")
+    with pytest.raises(ConfigError, match=r"'TRAIN_FILE'.*needs a 'prompt' column.*\['question'\]"):
+        train(parse_config({"MODEL": tiny_gpt2_dir, "TRAIN_FILE": str(data), "OUTPUT_DIR": str(tmp_path),
+                            "REWARDS": [{"type": "length", "target": 5}]}))
+
+
+def test_only_incomplete_checkpoints_is_an_error_naming_them(tiny_gpt2_dir, tmp_path, no_model_loads):
+    (tmp_path / "checkpoint-4").mkdir()
+    with pytest.warns(UserWarning, match="checkpoint-4 \\(no model weights"), \
+            pytest.raises(ConfigError, match="only incomplete ones \\(checkpoint-4\\)"):
+        train(sft_config(tiny_gpt2_dir, tmp_path, RESUME=True))
+
+
+def test_train_py_takes_command_line_overrides(tiny_gpt2_dir, tmp_path):
+    """``python train.py CONFIG --max_steps 2 ...``: the flags win over the file, in the resolved config."""
+    import subprocess
+    import sys
+
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"MODEL": tiny_gpt2_dir, "TRAIN_FILE": str(DATA / "sft_text.jsonl"),
+                                  "MODE": "sft", "STEPS": 50, "LRATE": "1e-3", "MAXSEQ": 32,
+                                  "CPU_THREADS": 1, "PLOT": "false", "OUTPUT_DIR": str(tmp_path / "x")}))
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), str(config), "--max_steps", "2",
+                           "--output_dir", str(out), "--learning_rate", "5e-3", "--logging_steps", "1"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    resolved = json.loads((out / "train_config.json").read_text())
+    assert (resolved["STEPS"], resolved["LRATE"], resolved["LOGGING_STEPS"]) == (2, 5e-3, 1)
+    assert "FutureWarning" not in proc.stderr
+    bad = subprocess.run([sys.executable, str(ROOT / "train.py"), str(config), "--max_step", "2"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().splitlines()[-1].startswith("train.py: command line: unknown argument '--max_step'")

@@ -21,8 +21,10 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
+import re
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -401,12 +403,19 @@ def preflight(c: TrainConfig) -> Path | None:
     model_arguments(c)
     try:
         build_optimizer(c, torch.nn.Linear(2, 2))
-    except ValueError as err:
-        if isinstance(err, ConfigError):
-            raise
-        named = [k for k in c.ADAPTIVE_ARGS if k in str(err)]
-        key = "ADAPTIVE_ARGS" if named else "OPTIM_ARGS"
-        raise ConfigError(f"config key {key!r}: OPTIM {c.OPTIM!r} rejected the arguments: {err}") from None
+    except (TypeError, ValueError) as err:
+        # Whose fault: without ADAPTIVE_ARGS, does the optimizer build?
+        key = "OPTIM_ARGS"
+        if c.ADAPTIVE_ARGS:
+            try:
+                build_optimizer(dataclasses.replace(c, ADAPTIVE_ARGS={}), torch.nn.Linear(2, 2))
+                key = "ADAPTIVE_ARGS"
+            except (TypeError, ValueError):
+                pass
+        detail = re.sub(r"^config key '\w+': ", "", str(err))
+        if not detail.startswith("OPTIM"):
+            detail = f"OPTIM {c.OPTIM!r} rejected the arguments: {detail}"
+        raise ConfigError(f"config key {key!r}: {detail}") from None
     if not c.FULLTUNE:
         from transformers import AutoConfig, AutoModelForCausalLM
 
