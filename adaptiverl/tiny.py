@@ -125,6 +125,7 @@ def pretrain(folder: str | Path, steps: int, *, block: int = 64, batch: int = 16
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder)
+    model.loss_type = "ForCausalLM"  # transformers finds no loss in the name GPT2LMHeadModel and warns
     ids = tokenizer(f" {tokenizer.eos_token} ".join(python_corpus()))["input_ids"]
     data = torch.tensor(ids[: len(ids) // block * block]).view(-1, block)
     gen = torch.Generator().manual_seed(seed)
@@ -134,7 +135,7 @@ def pretrain(folder: str | Path, steps: int, *, block: int = 64, batch: int = 16
     losses = []
     for _ in range(steps):
         rows = data[torch.randint(len(data), (batch,), generator=gen)]
-        loss = model(input_ids=rows, labels=rows).loss
+        loss = model(input_ids=rows, attention_mask=torch.ones_like(rows), labels=rows).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

@@ -115,6 +115,10 @@ def load_model_and_tokenizer(c: TrainConfig):
             bnb_4bit_quant_storage=m.bnb_4bit_quant_storage)
         kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
     model = AutoModelForCausalLM.from_pretrained(m.model_name_or_path, **kwargs)
+    if getattr(model, "loss_type", None) is None:
+        # A causal LM whose class name transformers cannot map to a loss (GPT2LMHeadModel): name
+        # the one it falls back to anyway, instead of a warning at the first SFT step.
+        model.loss_type = "ForCausalLM"
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     if m.use_peft:
