@@ -94,7 +94,7 @@ def test_lr_too_low_is_raised_and_diverging_loss_lowers_it() -> None:
     _train(opt, model, x, y, 80)
     assert opt.lr > 1e-3  # steady improvement: the trend rule grows the LR
     opt2 = AdaptiveOptimizer(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1), lr_rule="trend")
-    for t in range(40):
+    for t in range(60):  # a cut at most every cooldown + 1 = 6 steps (the window's quarter)
         opt2.step_loss(1.0 * 1.05 ** t)
         opt2.step()
     assert opt2.lr < 0.01

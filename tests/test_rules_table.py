@@ -161,3 +161,19 @@ def test_variance_rule_is_scale_free() -> None:
     large = _feed(VarianceRule("loss"), "loss", [1000.0 * v for v in values])
     assert small == pytest.approx(large, rel=1e-9)
     assert small[-1] < 1.0
+
+
+def test_trend_rule_cuts_once_per_cooldown_instead_of_once_per_call() -> None:
+    """After a cut the window still holds the values that caused it: no second cut until it refreshed."""
+    rule = TrendRule("loss", up=1.05, down=0.5, leak=0.0, cooldown=4)
+    directions = []
+    signals = Signals(window=20)
+    for t in range(30):
+        signals.observe(loss=1.0 * 1.05 ** t)
+        rule(signals)
+        directions.append(rule.last_direction)
+    cuts = [t for t, d in enumerate(directions) if d < 0]
+    assert len(cuts) >= 5 and all(b - a == 5 for a, b in zip(cuts, cuts[1:], strict=False))
+    assert rule.accumulator.value == pytest.approx(0.5 ** len(cuts))
+    eager = TrendRule("loss", up=1.05, down=0.5, leak=0.0, cooldown=0)
+    assert _feed(eager, "loss", [1.05 ** t for t in range(30)])[-1] < rule.accumulator.value / 10  # at its floor

@@ -23,7 +23,14 @@ a rule reads; ``loss`` unless stated):
   The significance test keeps pure noise from moving the knob; the small leak
   makes ``log m`` mean-reverting, so under stationary noise (whatever the
   asymmetry of ``up`` and ``down``) the multiplier settles to a bounded value
-  instead of random-walking to a bound. This is the seed schedulers' trend
+  instead of random-walking to a bound. After a ``down`` step, worsening evidence
+  is ignored for ``cooldown`` calls (default: a quarter of the signal's window,
+  so that part of the values behind a cut is replaced before the next one): the
+  window still holds the values that caused the cut, and counting them again on
+  every call turned one overshoot into a collapse by ``down ** window`` (seed
+  001's example: the LR fell from 7x to 0.01x within 40 steps, the loss ended
+  30% above AdamW's); ``ReduceLROnPlateau`` has a cooldown for the same reason.
+  A loss that keeps diverging is still cut every ``cooldown + 1`` calls. This is the seed schedulers' trend
   policy (001 "trend", 003 "Trend-aware"), made noise-robust.
 * :class:`VarianceRule` -- stateless damping ``m = (base + scale * v) ** power`` with
   ``v = (std / |mean|)^2`` the relative (scale-free) variance of the window: the
@@ -132,29 +139,35 @@ class Compose(Rule):
 class TrendRule(Rule):
     """Bounded, leaky multiplicative accumulator driven by the significant window trend."""
 
-    _state_keys = ("last_direction",)
+    _state_keys = ("last_direction", "cooldown_left")
     _state_children = ("accumulator",)
 
     def __init__(self, signal: str = "loss", *, up: float = 1.05, down: float = 0.7,
                  threshold: float = 1e-4, z: float = 3.0, leak: float = 0.01,
                  min_mult: float = 1e-3, max_mult: float = 1e3, higher_is_better: bool | None = None,
-                 name: str = "trend") -> None:
+                 cooldown: int | None = None, name: str = "trend") -> None:
         if up <= 0 or down <= 0:
             raise ValueError(f"TrendRule: up and down must be > 0, got up={up}, down={down}")
         if not 0.0 <= leak < 1.0:
             raise ValueError(f"TrendRule: leak must be in [0, 1), got {leak}")
         if threshold < 0 or z < 0:
             raise ValueError(f"TrendRule: threshold and z must be >= 0, got {threshold}, {z}")
+        if cooldown is not None and cooldown < 0:
+            raise ValueError(f"TrendRule: cooldown must be >= 0 or None (a quarter of the signal's window), "
+                             f"got {cooldown}")
+        self.cooldown = cooldown
         self.signal = signal
         self.up, self.down, self.threshold, self.z = up, down, threshold, z
         self.accumulator = BoundedAccumulator(min_mult, max_mult, leak=leak, name=f"TrendRule({name})")
         self.higher_is_better = (signal == "reward") if higher_is_better is None else higher_is_better
         self.name = name
         self.last_direction = 0
+        self.cooldown_left = 0
 
     def reset(self) -> None:
         super().reset()
         self.last_direction = 0
+        self.cooldown_left = 0
 
     def direction(self, signals: Signals) -> int:
         """+1 improving, -1 worsening, 0 no significant trend (or too few values)."""
@@ -167,8 +180,15 @@ class TrendRule(Rule):
         return 1 if tau < 0 else -1
 
     def __call__(self, signals: Signals) -> float:
-        self.last_direction = self.direction(signals)
-        return self.accumulator.update({1: self.up, -1: self.down, 0: 1.0}[self.last_direction])
+        direction = self.direction(signals)
+        if self.cooldown_left > 0:
+            self.cooldown_left -= 1
+            direction = max(direction, 0)
+        elif direction < 0:
+            sig = signals.signals[self.signal]
+            self.cooldown_left = max(1, sig.window // 4) if self.cooldown is None else self.cooldown
+        self.last_direction = direction
+        return self.accumulator.update({1: self.up, -1: self.down, 0: 1.0}[direction])
 
 
 class VarianceRule(Rule):
