@@ -198,19 +198,24 @@ def test_adapt_knobs_false_keeps_group_values():
     assert (summary["beta1"], summary["beta2"], summary["weight_decay"]) == (0.9, 0.999, 0.05)
 
 
-def test_gru_controller_output_is_bounded_and_learns_the_signal_direction():
-    ctl = GRUController(5, hidden_size=8, scale_bounds=(0.5, 4.0), meta_lr=0.05)
+def test_gru_controller_change_is_bounded_and_learns_the_signal_direction():
+    ctl = GRUController(5, hidden_size=8, scale_bounds=(0.5, 4.0), max_step_factor=1.2, meta_lr=0.5)
     feats = torch.randn(10, 5)
     hidden = ctl.initial_hidden(10)
-    log_s, _ = ctl(feats, hidden)
-    assert torch.equal(log_s, torch.zeros(10))  # zero-initialised head: scale 1
-    for _ in range(200):
-        ctl.learn(feats, hidden, torch.full((10,), -1.0))  # dL/dlog s < 0: grow the scale
-    log_s, new_hidden = ctl(feats, hidden)
+    gate = torch.ones(10)
+    raw, new_hidden = ctl(feats, hidden)
     assert new_hidden.shape == (10, 8)
-    assert torch.all(log_s > 0.5)
-    assert torch.all(log_s.exp() <= 4.0 + 1e-5)
+    assert torch.equal(ctl.delta(raw, gate), torch.zeros(10))  # zero head, no prior: no change
+    for _ in range(200):
+        ctl.learn(feats, hidden, gate, torch.full((10,), -1.0))  # dL/dlog s < 0: grow the scale
+    delta = ctl.delta(ctl(feats, hidden)[0], gate)
+    assert torch.all(delta > 0.5 * math.log(1.2)) and torch.all(delta <= math.log(1.2) + 1e-6)
+    assert torch.all(ctl.delta(ctl(feats, hidden)[0], torch.zeros(10)) == 0)  # a closed gate moves nothing
+    log_s = torch.zeros(10)
+    for _ in range(50):
+        log_s = ctl.integrate(log_s, delta)
+    assert torch.allclose(log_s.exp(), torch.full((10,), 4.0))  # clamped at the bound
     for _ in range(400):
-        ctl.learn(feats, hidden, torch.full((10,), 1.0))
-    log_s, _ = ctl(feats, hidden)
-    assert torch.all(log_s < 0) and torch.all(log_s.exp() >= 0.5 - 1e-6)
+        ctl.learn(feats, hidden, gate, torch.full((10,), 1.0))
+    delta = ctl.delta(ctl(feats, hidden)[0], gate)
+    assert torch.all(delta < 0) and torch.all(ctl.integrate(log_s, delta) < math.log(4.0))  # back down

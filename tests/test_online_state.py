@@ -77,9 +77,9 @@ def test_state_dict_carries_controller_signals_and_generator():
     _run(model, opt, 0, 5)
     online = opt.state_dict()["online"]
     assert set(online) >= {"controller", "ctl", "signals", "generator"}
-    assert "meta_optimizer" in online["controller"]
+    assert "weights" in online["controller"]
     assert online["signals"]["signals"]["loss"]["count"] == 5
-    assert online["ctl"]["hidden"].shape[0] == 4
+    assert online["ctl"]["rows"]["hidden"].shape[0] == 4
 
 
 def _full_state(model, opt) -> dict:

@@ -94,10 +94,32 @@ def _check_torch_args(name: str, lr: Any, eps: float | None, weight_decay: float
 
 
 def _adapt_kwargs(local: dict[str, Any]) -> dict[str, Any]:
-    keys = ("adapt", "adapt_knobs", "scale_bounds", "hidden_size", "meta_lr", "feature_sample_size",
-            "hypergrad_weight", "reward_weight", "explore_std", "knob_lr", "knob_scale_bounds",
-            "drift_gain", "finite_check", "signal_beta", "signal_window", "seed")
+    keys = ("adapt", "adapt_knobs", "controller", "total_steps", "scale_bounds", "max_step_factor",
+            "hidden_size", "meta_lr", "snr_threshold", "feature_sample_size", "hypergrad_weight",
+            "reward_weight", "explore_std", "knob_lr", "knob_scale_bounds", "drift_gain", "finite_check",
+            "signal_beta", "signal_window", "seed")
     return {k: local[k] for k in keys}
+
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _compute_dtype(p: Tensor) -> torch.dtype:
+    """float32 for half-precision parameters on the CPU (their states and update math), else
+    the parameter's own dtype. In fp16, AdamW's ``eps = 1e-8`` and small ``g^2`` underflow to 0
+    and ``0 / 0`` gives NaN; the update is computed in float32 and rounded once into ``p``."""
+    return torch.float32 if p.device.type == "cpu" and p.dtype in _HALF else p.dtype
+
+
+def _zeros_state(p: Tensor) -> Tensor:
+    return torch.zeros_like(p, dtype=_compute_dtype(p), memory_format=torch.preserve_format)
+
+
+def _work(p: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
+    """The tensor the reference kernels update (``p`` itself, or a float32 copy) and ``g`` in its dtype."""
+    dtype = _compute_dtype(p)
+    work = p if p.dtype == dtype else p.to(dtype)
+    return work, g.to(dtype)
 
 
 def _bounds(name: str, value: tuple[float, float], lo: float, hi: float) -> tuple[float, float]:
@@ -122,12 +144,14 @@ class OnlineSGD(OnlineOptimizer):
                  dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False, *,
                  maximize: bool = False, foreach: bool | None = None, differentiable: bool = False,
                  fused: bool | None = None, adapt: bool = True, adapt_knobs: bool = True,
-                 scale_bounds: tuple[float, float] = (0.1, 10.0), hidden_size: int = 16,
-                 meta_lr: float = 1e-2, feature_sample_size: int = 1024, hypergrad_weight: float = 1.0,
+                 controller: str = "fresh", total_steps: int | None = None,
+                 scale_bounds: tuple[float, float] = (1e-3, 1e3), max_step_factor: float = 1.1,
+                 hidden_size: int = 16, meta_lr: float = 1e-3, snr_threshold: float = 2.5,
+                 feature_sample_size: int = 1024, hypergrad_weight: float = 1.0,
                  reward_weight: float = 1.0, explore_std: float = 0.05, knob_lr: float = 1e-3,
                  knob_scale_bounds: tuple[float, float] = (0.5, 2.0), drift_gain: float = 1.0,
                  momentum_bounds: tuple[float, float] = (0.0, 0.999),
-                 weight_decay_bounds: tuple[float, float] = (0.0, 1.0), finite_check: str = "sample",
+                 weight_decay_bounds: tuple[float, float] = (0.0, 1.0), finite_check: str = "auto",
                  signal_beta: float = 0.9, signal_window: int = 20, seed: int = 0) -> None:
         _check_torch_args("OnlineSGD", lr, None, weight_decay, foreach=foreach, fused=fused,
                           capturable=False, differentiable=differentiable)
@@ -171,7 +195,8 @@ class OnlineSGD(OnlineOptimizer):
     def _kernel_reference(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
                           states: list[dict[str, Any]], lrs: list[float], knobs: dict[str, float]) -> None:
         momentum, weight_decay = knobs["momentum"], knobs["weight_decay"]
-        for p, g, state, lr in zip(params, grads, states, lrs, strict=True):
+        for param, grad, state, lr in zip(params, grads, states, lrs, strict=True):
+            p, g = _work(param, grad)
             d_p = -g if group["maximize"] else g
             if weight_decay != 0:
                 d_p = d_p.add(p, alpha=weight_decay)
@@ -183,6 +208,8 @@ class OnlineSGD(OnlineOptimizer):
                     buf.mul_(momentum).add_(d_p, alpha=1 - group["dampening"])
                 d_p = d_p.add(buf, alpha=momentum) if group["nesterov"] else buf
             p.add_(d_p, alpha=-lr)
+            if p is not param:
+                param.copy_(p)
 
 
 class OnlineRMSProp(OnlineOptimizer):
@@ -201,13 +228,15 @@ class OnlineRMSProp(OnlineOptimizer):
                  eps: float = 1e-8, weight_decay: float = 0.0, momentum: float = 0.0,
                  centered: bool = False, capturable: bool = False, foreach: bool | None = None,
                  maximize: bool = False, differentiable: bool = False, *, adapt: bool = True,
-                 adapt_knobs: bool = True, scale_bounds: tuple[float, float] = (0.1, 10.0),
-                 hidden_size: int = 16, meta_lr: float = 1e-2, feature_sample_size: int = 1024,
+                 adapt_knobs: bool = True, controller: str = "fresh", total_steps: int | None = None,
+                 scale_bounds: tuple[float, float] = (1e-3, 1e3), max_step_factor: float = 1.1,
+                 hidden_size: int = 16, meta_lr: float = 1e-3, snr_threshold: float = 2.5,
+                 feature_sample_size: int = 1024,
                  hypergrad_weight: float = 1.0, reward_weight: float = 1.0, explore_std: float = 0.05,
                  knob_lr: float = 1e-3, knob_scale_bounds: tuple[float, float] = (0.5, 2.0),
                  drift_gain: float = 1.0, alpha_bounds: tuple[float, float] = (0.9, 0.9999),
                  momentum_bounds: tuple[float, float] = (0.0, 0.999),
-                 weight_decay_bounds: tuple[float, float] = (0.0, 1.0), finite_check: str = "sample",
+                 weight_decay_bounds: tuple[float, float] = (0.0, 1.0), finite_check: str = "auto",
                  signal_beta: float = 0.9, signal_window: int = 20, seed: int = 0) -> None:
         _check_torch_args("OnlineRMSProp", lr, eps, weight_decay, foreach=foreach, fused=None,
                           capturable=capturable, differentiable=differentiable)
@@ -228,11 +257,11 @@ class OnlineRMSProp(OnlineOptimizer):
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
         state = {"step": torch.tensor(0.0),
-                 "square_avg": torch.zeros_like(p, memory_format=torch.preserve_format)}
+                 "square_avg": _zeros_state(p)}
         if group["momentum"] > 0:
-            state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["momentum_buffer"] = _zeros_state(p)
         if group["centered"]:
-            state["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["grad_avg"] = _zeros_state(p)
         return state
 
     def _memory(self, state: dict[str, Any]) -> Tensor | None:
@@ -269,7 +298,8 @@ class OnlineRMSProp(OnlineOptimizer):
     def _kernel_reference(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
                           states: list[dict[str, Any]], lrs: list[float], knobs: dict[str, float]) -> None:
         alpha, momentum, weight_decay = knobs["alpha"], knobs["momentum"], knobs["weight_decay"]
-        for p, g, state, lr in zip(params, grads, states, lrs, strict=True):
+        for param, grad, state, lr in zip(params, grads, states, lrs, strict=True):
+            p, g = _work(param, grad)
             state["step"] += 1
             g = -g if group["maximize"] else g
             if weight_decay != 0:
@@ -289,6 +319,8 @@ class OnlineRMSProp(OnlineOptimizer):
                 p.add_(buf, alpha=-lr)
             else:
                 p.addcdiv_(g, avg, value=-lr)
+            if p is not param:
+                param.copy_(p)
 
 
 class OnlineAdamW(OnlineOptimizer):
@@ -308,13 +340,16 @@ class OnlineAdamW(OnlineOptimizer):
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2,
                  amsgrad: bool = False, *, maximize: bool = False, foreach: bool | None = None,
                  capturable: bool = False, differentiable: bool = False, fused: bool | None = None,
-                 adapt: bool = True, adapt_knobs: bool = True, scale_bounds: tuple[float, float] = (0.1, 10.0),
-                 hidden_size: int = 16, meta_lr: float = 1e-2, feature_sample_size: int = 1024,
+                 adapt: bool = True, adapt_knobs: bool = True, controller: str = "fresh",
+                 total_steps: int | None = None,
+                 scale_bounds: tuple[float, float] = (1e-3, 1e3), max_step_factor: float = 1.1,
+                 hidden_size: int = 16, meta_lr: float = 1e-3, snr_threshold: float = 2.5,
+                 feature_sample_size: int = 1024,
                  hypergrad_weight: float = 1.0, reward_weight: float = 1.0, explore_std: float = 0.05,
                  knob_lr: float = 1e-3, knob_scale_bounds: tuple[float, float] = (0.5, 2.0),
                  drift_gain: float = 1.0, beta1_bounds: tuple[float, float] = (0.0, 0.999),
                  beta2_bounds: tuple[float, float] = (0.9, 0.99999),
-                 weight_decay_bounds: tuple[float, float] = (0.0, 1.0), finite_check: str = "sample",
+                 weight_decay_bounds: tuple[float, float] = (0.0, 1.0), finite_check: str = "auto",
                  signal_beta: float = 0.9, signal_window: int = 20, seed: int = 0) -> None:
         _check_torch_args("OnlineAdamW", lr, eps, weight_decay, foreach=foreach, fused=fused,
                           capturable=capturable, differentiable=differentiable)
@@ -336,11 +371,11 @@ class OnlineAdamW(OnlineOptimizer):
         fast = not self._use_reference(group)
         state = {
             "step": torch.tensor(0.0, dtype=torch.float32, device=p.device if fast else None),
-            "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
-            "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
+            "exp_avg": _zeros_state(p),
+            "exp_avg_sq": _zeros_state(p),
         }
         if group["amsgrad"]:
-            state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["max_exp_avg_sq"] = _zeros_state(p)
         return state
 
     def _memory(self, state: dict[str, Any]) -> Tensor | None:
@@ -372,7 +407,8 @@ class OnlineAdamW(OnlineOptimizer):
     def _kernel_reference(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
                           states: list[dict[str, Any]], lrs: list[float], knobs: dict[str, float]) -> None:
         beta1, beta2, weight_decay = knobs["beta1"], knobs["beta2"], knobs["weight_decay"]
-        for p, g, state, lr in zip(params, grads, states, lrs, strict=True):
+        for param, grad, state, lr in zip(params, grads, states, lrs, strict=True):
+            p, g = _work(param, grad)
             g = -g if group["maximize"] else g
             state["step"] += 1
             step = float(state["step"])
@@ -388,3 +424,5 @@ class OnlineAdamW(OnlineOptimizer):
             else:
                 denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(group["eps"])
             p.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)
+            if p is not param:
+                param.copy_(p)
