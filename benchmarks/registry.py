@@ -6,6 +6,7 @@ Competitors (real packages, the ``bench`` extra):
   ``foreach=True``, weight decay 0.01) with linear warm-up over the first 5% of steps, then cosine
   decay to 0: ``lr_t = lr * min(t / w, 0.5 (1 + cos(pi (t - w) / (T - w))))``. The benchmarks tune its
   LR over the grid; that tuned result is the 1.00 of every normalised table.
+* ``adamw_constant``: fused AdamW (weight decay 0.01) at a constant LR, no schedule.
 * ``adamw_plateau``: AdamW (foreach) with ``ReduceLROnPlateau(factor=0.5, patience=T // 15)`` stepped
   on each training loss.
 * ``sgd_momentum``: ``torch.optim.SGD(momentum=0.9)`` with the same warm-up + cosine schedule.
@@ -15,7 +16,9 @@ Competitors (real packages, the ``bench`` extra):
 * ``prodigy``: ``prodigyopt.Prodigy`` (Mishchenko & Defazio 2024), learning-rate-free, ``lr=1.0``,
   with the cosine schedule its authors recommend. Its reported LR is the effective ``d * lr``.
 
-Ours, imported lazily: ``online_adamw``, ``online_sgd``, ``online_rmsprop`` (fed ``observe(loss=...)``),
+Ours, imported lazily: ``online_adamw`` (the pretrained controller, the default),
+``online_adamw_fresh`` (``controller="fresh"``: the fixed rule plus online learning, no meta-trained
+weights), ``online_sgd``, ``online_rmsprop`` (each told ``total_steps`` and fed ``observe(loss=...)``),
 ``adaptive_optimizer`` (AdamW wrapped with the seed's rules, ``step_loss`` before ``step``),
 ``adaptive_scheduler`` (AdamW + ``AdaptiveScheduler.step_loss``), ``meta_plateau``,
 ``meta_advanced_plateau``, ``meta_rl`` (AdamW in an ``OptimizerWrapper``, fed loss, LR and gradient
@@ -106,15 +109,22 @@ def _signature_lr(cls: Any, fallback: float) -> float:
     return fallback
 
 
-def _online(name: str, fallback_lr: float) -> Method:
+def _online(name: str, fallback_lr: float, controller: str = "pretrained") -> Method:
+    """An Online optimizer at its defaults, told the horizon (as AdaptiveCallback does from
+    ``max_steps``) and fed the training loss."""
     cls = _import("adaptiverl.optim.online", name)
 
     def build(params: Iterable[nn.Parameter], lr: float, total: int) -> Driver:
-        opt = cls(params, lr=lr)
-        return Driver(opt, on_loss=lambda loss: opt.observe(loss=loss))
+        opt = cls(params, lr=lr, total_steps=total, controller=controller)
+        return Driver(opt, on_loss=lambda loss: opt.observe(loss=loss), lr_fn=opt.effective_lr)
 
-    return Method(name="online_" + name.removeprefix("Online").lower(),
+    suffix = "" if controller == "pretrained" else f"_{controller}"
+    return Method(name="online_" + name.removeprefix("Online").lower() + suffix,
                   default_lr=_signature_lr(cls, fallback_lr), build=build, family="ours")
+
+
+def _adamw_constant(params: Iterable[nn.Parameter], lr: float, total: int) -> Driver:
+    return Driver(torch.optim.AdamW(params, lr=lr, weight_decay=0.01, fused=True))
 
 
 def _adaptive_optimizer() -> Method:
@@ -176,6 +186,7 @@ def _enhanced_sgd() -> Method:
 COMPETITORS: tuple[Method, ...] = (
     Method("adamw_fused_cosine", 1e-3, _adamw_cosine("fused"), family="torch"),
     Method("adamw_foreach_cosine", 1e-3, _adamw_cosine("foreach"), family="torch"),
+    Method("adamw_constant", 1e-3, _adamw_constant, family="torch"),
     Method("adamw_plateau", 1e-3, _adamw_plateau, family="torch"),
     Method("sgd_momentum", 1e-2, _sgd_momentum, family="torch"),
     Method("schedulefree_adamw", 2.5e-3, _schedulefree, family="schedulefree"),
@@ -185,6 +196,7 @@ COMPETITORS: tuple[Method, ...] = (
 # name -> factory; a factory raises ImportError/AttributeError while its module has not landed
 OURS: dict[str, Callable[[], Method]] = {
     "online_adamw": lambda: _online("OnlineAdamW", 1e-3),
+    "online_adamw_fresh": lambda: _online("OnlineAdamW", 1e-3, controller="fresh"),
     "online_sgd": lambda: _online("OnlineSGD", 1e-2),
     "online_rmsprop": lambda: _online("OnlineRMSProp", 1e-3),
     "adaptive_optimizer": _adaptive_optimizer,

@@ -80,6 +80,8 @@ BUILTIN: dict[str, tuple[Factory, str | None]] = {
     "torch SGD (foreach)": (lambda p: torch.optim.SGD(p, lr=1e-5, momentum=0.9, foreach=True), None),
     "torch RMSprop (foreach)": (lambda p: torch.optim.RMSprop(p, lr=1e-6, foreach=True), None),
     "OnlineAdamW": (_online("OnlineAdamW", lr=1e-5), "torch AdamW (fused)"),
+    "OnlineAdamW (finite_check=full)": (_online("OnlineAdamW", lr=1e-5, finite_check="full"),
+                                        "torch AdamW (fused)"),
     "OnlineSGD": (_online("OnlineSGD", lr=1e-5, momentum=0.9), "torch SGD (foreach)"),
     "OnlineRMSProp": (_online("OnlineRMSProp", lr=1e-6), "torch RMSprop (foreach)"),
 }
@@ -96,8 +98,11 @@ def make_params(shape_set: str, seed: int = 0) -> list[torch.nn.Parameter]:
 
 
 def _feed(opt: torch.optim.Optimizer, step: int) -> None:
+    """Loss, reward and the total grad norm, as AdaptiveCallback feeds them from the HF Trainer
+    (which computes the norm for clipping anyway; under ``finite_check="auto"`` it is the
+    optimizer's finite check, so the default rows pay nothing for it)."""
     if hasattr(opt, "observe"):
-        opt.observe(loss=3.0 - 1e-3 * step, reward=0.1 + 1e-3 * (step % 7))
+        opt.observe(loss=3.0 - 1e-3 * step, reward=0.1 + 1e-3 * (step % 7), grad_norm=1.0)
 
 
 def time_steps(opt: torch.optim.Optimizer, steps: int, warmup: int) -> float:
@@ -136,9 +141,9 @@ def state_bytes(opt: torch.optim.Optimizer) -> int:
     add(list(opt.state.values()))
     controller = getattr(opt, "controller", None)
     if controller is not None:
-        add(getattr(opt, "_ctl", None) or {})
+        ctl = getattr(opt, "_ctl", None)
+        add(ctl.to_dict() if ctl is not None else {})
         add(list(controller.parameters()))
-        add(list(controller.meta_optimizer.state.values()))
     return total
 
 

@@ -1,12 +1,14 @@
 """Small, deterministic training tasks and one training loop that every benchmark shares.
 
-Three tasks, each cheap enough that a run of its default budget takes 1-3 s on a 2-core CPU:
+Five tasks, each cheap enough that a run of its default budget takes 1-10 s on a 2-core CPU:
 
 * ``tiny_gpt2_lm``: a freshly initialised 2-layer GPT-2 (``n_embd=64``) trained on next-token
   prediction over fixed-length blocks of Python's own docstrings (:func:`adaptiverl.tiny.python_corpus`,
   text already on the machine and not written by us), tokenised with a BPE tokenizer trained on the
   same text. The last 10% of the token stream is held out; the final loss is the mean cross-entropy
   over fixed held-out blocks.
+* ``tiny_gpt2_lm_600``: the same LM over a 600-step horizon.
+* ``digits_cnn``: a small convnet on the same digits as ``digits_mlp``.
 * ``digits_mlp``: a one-hidden-layer MLP classifier on scikit-learn's digits (8x8 images, 10 classes,
   shipped inside the package). Fixed 80/20 split; the final loss is held-out cross-entropy.
 * ``noisy_regression``: an MLP fitted to a fixed random "teacher" network's outputs plus Gaussian label
@@ -324,6 +326,26 @@ def _digits_eval(model: nn.Module) -> float:
     return F.cross_entropy(model(x), y).item()
 
 
+class _DigitsCNN(nn.Module):
+    """Two 3x3 conv layers (16, 32 channels) and a linear head on the 8x8 digit images."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
+        self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
+        self.head = nn.Linear(32 * 4 * 4, 10)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.relu(self.conv1(x.view(-1, 1, 8, 8)))
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        return self.head(x.flatten(1))
+
+
+def _cnn(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return _DigitsCNN()
+
+
 # --------------------------------------------------------------------------- noisy regression
 
 REG_DIM = 16
@@ -361,7 +383,11 @@ def _regression_eval(model: nn.Module) -> float:
 
 
 def get_tasks(quick: bool = False) -> dict[str, Task]:
-    """The three benchmark tasks; ``quick`` shrinks every step budget for harness checks."""
+    """The five benchmark tasks; ``quick`` shrinks every step budget for harness checks.
+
+    ``digits_cnn`` and ``tiny_gpt2_lm_600`` are kinds the controller's meta-training never saw
+    (no convnet, no transformer, no digits and no docstrings in its task family), like the rest.
+    """
 
     def budget(full: int) -> int:
         return max(full // 20, 8) if quick else full
@@ -372,6 +398,16 @@ def get_tasks(quick: bool = False) -> dict[str, Task]:
             loss=_lm_loss, eval_loss=_lm_eval,
             description=f"2-layer GPT-2 (n_embd 64), {LM_BATCH}x{LM_BLOCK}-token blocks of Python "
                         "docstrings, held-out next-token cross-entropy"),
+        "tiny_gpt2_lm_600": Task(
+            name="tiny_gpt2_lm_600", steps=budget(600), build_model=_lm_model, batches=_lm_batches,
+            loss=_lm_loss, eval_loss=_lm_eval,
+            description="the same LM for 600 steps (a longer horizon)"),
+        "digits_cnn": Task(
+            name="digits_cnn", steps=budget(300), build_model=_cnn,
+            batches=lambda seed: _minibatches(*_digits()[:2], 64, seed),
+            loss=_classification_loss, eval_loss=_digits_eval,
+            description="convnet (conv 16, conv 32, max-pool, linear) on the 8x8 digits, held-out "
+                        "cross-entropy"),
         "digits_mlp": Task(
             name="digits_mlp", steps=budget(300), build_model=lambda seed: _mlp(seed, 64, 64, 10),
             batches=lambda seed: _minibatches(*_digits()[:2], 64, seed),
