@@ -63,6 +63,28 @@ def _grpo_parts(model_dir, out_dir, **overrides):
                 train_dataset=Dataset.from_list([{"prompt": p} for p in PROMPTS] * 4))
 
 
+def _rloo_args(out_dir, **overrides):
+    from trl import RLOOConfig
+
+    kwargs = dict(output_dir=str(out_dir), per_device_train_batch_size=4, num_generations=2, max_completion_length=8,
+                  max_steps=3, logging_steps=1, report_to="none", save_strategy="no", disable_tqdm=True,
+                  learning_rate=1e-3, seed=0, bf16=False)
+    return RLOOConfig(**{**kwargs, **overrides})
+
+
+def _sft_parts(model_dir, out_dir):
+    """Model, tokenizer, a 16-row text dataset and a 3-step SFTConfig."""
+    from datasets import Dataset
+    from trl import SFTConfig
+
+    model, tokenizer = _model_and_tokenizer(model_dir)
+    texts = Dataset.from_list([{"text": f"{p} value of the object is returned."} for p in PROMPTS] * 4)
+    args = SFTConfig(output_dir=str(out_dir), per_device_train_batch_size=4, max_steps=3, logging_steps=1,
+                     report_to="none", save_strategy="no", disable_tqdm=True, learning_rate=1e-3, seed=0,
+                     max_length=32, bf16=False)
+    return model, tokenizer, texts, args
+
+
 def test_stock_trainer_with_callbacks_list_feeds_what_is_public(tiny_gpt2_dir, tmp_path):
     model, tokenizer = _model_and_tokenizer(tiny_gpt2_dir)
     optimizer = OnlineAdamW(model.parameters(), lr=1e-3)
@@ -230,28 +252,39 @@ def test_adaptive_grpo_trainer_feeds_trls_reward_every_step(tiny_gpt2_dir, tmp_p
 
 
 def test_adaptive_rloo_and_sft_trainers(tiny_gpt2_dir, tmp_path):
-    from datasets import Dataset
-    from trl import RLOOConfig, SFTConfig
-
     from adaptiverl.trainer.trainers import AdaptiveRLOOTrainer, AdaptiveSFTTrainer
 
-    parts = _grpo_parts(tiny_gpt2_dir, tmp_path / "rloo", max_steps=2)
-    parts["args"] = RLOOConfig(**{k: v for k, v in parts["args"].to_dict().items()
-                                  if k in ("output_dir", "per_device_train_batch_size", "num_generations",
-                                           "max_completion_length", "max_steps", "logging_steps", "report_to",
-                                           "save_strategy", "disable_tqdm", "learning_rate", "seed", "bf16")})
+    parts = _grpo_parts(tiny_gpt2_dir, tmp_path / "rloo")
+    parts["args"] = _rloo_args(tmp_path / "rloo", max_steps=2)
     rloo = AdaptiveRLOOTrainer(**parts, optimizer_cls_and_kwargs=(OnlineAdamW, {}),
                                callbacks=[AdaptiveCallback(print_console=False)])
     rloo.train()
     assert [r["reward"] for r in rloo.adaptive_callback.history] == pytest.approx(_logged(rloo, "reward"))
 
-    model, tokenizer = _model_and_tokenizer(tiny_gpt2_dir)
-    texts = Dataset.from_list([{"text": f"{p} value of the object is returned."} for p in PROMPTS] * 4)
-    args = SFTConfig(output_dir=str(tmp_path / "sft"), per_device_train_batch_size=4, max_steps=3, logging_steps=1,
-                     report_to="none", save_strategy="no", disable_tqdm=True, learning_rate=1e-3, seed=0,
-                     max_length=32, bf16=False)
+    model, tokenizer, texts, args = _sft_parts(tiny_gpt2_dir, tmp_path / "sft")
     sft = AdaptiveSFTTrainer(model=model, args=args, train_dataset=texts, processing_class=tokenizer,
                              optimizer_cls_and_kwargs=(OnlineAdamW, {}))
     sft.train()
     optimizer = unwrap_optimizer(sft.optimizer)
     assert list(optimizer.signals.loss.values) == pytest.approx(_logged(sft, "loss"), rel=1e-4)
+
+
+def test_stock_sft_and_rloo_trainers_with_callbacks_list(tiny_gpt2_dir, tmp_path):
+    from trl import RLOOTrainer, SFTTrainer
+
+    model, tokenizer, texts, args = _sft_parts(tiny_gpt2_dir, tmp_path / "sft")
+    optimizer = OnlineAdamW(model.parameters(), lr=1e-3)
+    sft = SFTTrainer(model=model, args=args, train_dataset=texts, processing_class=tokenizer,
+                     optimizers=(optimizer, None), callbacks=[AdaptiveCallback(print_console=False)])
+    with pytest.warns(UserWarning, match="stock trainer"):
+        sft.train()
+    assert list(optimizer.signals.loss.values) == pytest.approx(_logged(sft, "loss")[:2], rel=1e-4)
+    assert optimizer.total_steps == 3
+
+    parts = _grpo_parts(tiny_gpt2_dir, tmp_path / "rloo")
+    parts["args"] = _rloo_args(tmp_path / "rloo")
+    optimizer = OnlineAdamW(parts["model"].parameters(), lr=1e-3)
+    rloo = RLOOTrainer(**parts, optimizers=(optimizer, None), callbacks=[AdaptiveCallback(print_console=False)])
+    with pytest.warns(UserWarning, match="stock trainer"):
+        rloo.train()
+    assert list(optimizer.signals.reward.values) == pytest.approx(_logged(rloo, "reward")[:2])
