@@ -142,13 +142,13 @@ def test_adaptive_optimizer_helps_in_seed_001s_example() -> None:
 
 
 def test_adaptive_scheduler_does_not_hurt_in_seed_003s_demo() -> None:
-    assert adaptive_scheduler(True) <= adaptive_scheduler(False) * 1.05
+    assert adaptive_scheduler(True) <= adaptive_scheduler(False)
 
 
 def test_plateau_strategy_driven_per_step_does_not_halt_training() -> None:
     ours, lr = plateau_meta(True)
     alone, _ = plateau_meta(False)
-    assert ours <= alone * 1.05  # the seed's usage no longer halves the LR on minibatch noise
+    assert ours <= alone  # the seed's usage no longer halves the LR on minibatch noise
     assert lr > 1e-4  # (before: 1e-7 after 200 steps, the loss 20x AdamW's)
 
 

@@ -18,7 +18,9 @@ Per call (one per optimizer step), with multipliers, never absolute LRs::
   it never compounds (the seed's pseudo-code divided the already-damped LR every step).
 * ``cosine(t)``: :class:`~adaptiverl.controllers.rules.CosineRule` (SGDR, Loshchilov & Hutter
   2017), a pure function of the step count on top of the adaptive base (the seed's overlay took
-  the current, already cosine-scaled LR as the next maximum and compounded too).
+  the current, already cosine-scaled LR as the next maximum and compounded too). Its clock
+  advances once per call from the first recorded loss on, the seed's phase: the step before any
+  loss runs at the base LR, the next one at ``cosine(0)``.
 * Momentum (the seed's "momentum + momentum_up when the reward improves, momentum *
   momentum_down when it worsens"): one :class:`~adaptiverl.controllers.base.BoundedAccumulator`
   ``h`` on the momentum's averaging horizon (the one beta mapping,
@@ -107,7 +109,7 @@ class FeedbackSchedule(Controller):
             if self.momentum is not None and direction != 0:
                 self.momentum.update(self.momentum_factors[0 if direction > 0 else 1])
         self.factors["variance"] = self.variance(signals)
-        self.factors["cosine"] = self.cosine(signals) if self.cosine is not None else 1.0
+        self.factors["cosine"] = self.cosine(signals) if self.cosine is not None and signals.loss.count else 1.0
         knobs = {"lr": self.adaptive_mult * self.factors["variance"] * self.factors["cosine"]}
         if self.momentum is not None:
             knobs["momentum"] = self.momentum.value
