@@ -2,9 +2,14 @@
 
 Every applier exposes the same small protocol, which the trainer callback relies on:
 
-* ``observe(loss=None, reward=None, **metrics)``: feed scalar signals (floats or
-  0-d tensors). Front ends keep their seed's names too (``step_loss``,
-  ``step_reward``, ``update_hyperparameters``).
+* ``observe(loss=None, reward=None, **metrics)``: record scalar signals (floats or
+  0-d tensors). Front ends keep their seed's names too: ``step_loss(loss)`` and
+  ``step_reward(reward)`` mean exactly ``observe(loss=loss)`` / ``observe(reward=reward)``
+  in every front end (they record; they never step anything). The controller runs
+  once per optimizer step and reads everything recorded before it: inside
+  ``step()`` for the optimizers and wrappers, in a step pre-hook for
+  ``AdaptiveScheduler``, or at an explicit ``update_hyperparameters()`` (seed 004),
+  after which ``step()`` only re-applies the multipliers.
 * ``dynamics() -> dict`` with ``"summary"`` (flat ``str -> float`` for logging:
   ``lr``, ``momentum`` / ``beta1`` / ``beta2`` / ``alpha``, ``weight_decay`` where
   the optimizer has them, plus applier-specific figures), ``"groups"`` (one
@@ -26,6 +31,7 @@ _EXPORTS = {
     "OnlineAdamW": "adaptiverl.optim.online",
     "EnhancedSGD": "adaptiverl.optim.enhanced_sgd",
     "AdaptiveOptimizer": "adaptiverl.optim.adaptive_optimizer",
+    "ControlledOptimizer": "adaptiverl.optim.controlled",
     "AdaptiveScheduler": "adaptiverl.optim.adaptive_scheduler",
     "MetaOptimizer": "adaptiverl.optim.meta_optimizer",
     "OptimizerWrapper": "adaptiverl.optim.meta_optimizer",
