@@ -68,12 +68,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def build_tiny(out_dir: str | Path, pretrain_steps: int, n_layer: int = 2, n_embd: int = 64) -> Path:
+def build_tiny(out_dir: str | Path, pretrain_steps: int, n_layer: int = 2, n_embd: int = 64,
+               threads: int = 1) -> Path:
+    """Build and pre-train the tiny GPT-2 on ``threads`` intra-op threads (then restore torch's)."""
+    import torch
+
     from adaptiverl.tiny import build_quickstart_model
 
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
     start = time.perf_counter()
-    folder, loss = build_quickstart_model(out_dir, pretrain_steps=pretrain_steps, n_layer=n_layer,
-                                          n_embd=n_embd)
+    try:
+        folder, loss = build_quickstart_model(out_dir, pretrain_steps=pretrain_steps, n_layer=n_layer,
+                                              n_embd=n_embd)
+    finally:
+        torch.set_num_threads(previous)
     if loss is not None:
         print(f"pre-trained {pretrain_steps} steps, final loss {loss:.3f}")
     print(f"tiny GPT-2 written to {folder} in {time.perf_counter() - start:.0f} s")
@@ -141,10 +150,7 @@ def main(argv: list[str] | None = None) -> int:
 
             print(plot_dynamics(args.output_dir, args.out))
         else:
-            import torch
-
-            torch.set_num_threads(args.threads)
-            build_tiny(args.out_dir, args.pretrain_steps, args.n_layer, args.n_embd)
+            build_tiny(args.out_dir, args.pretrain_steps, args.n_layer, args.n_embd, args.threads)
     except (ConfigError, FileNotFoundError, ValueError) as err:
         print(f"adaptiverl {args.command}: error: {err}", file=sys.stderr)
         return 2

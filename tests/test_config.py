@@ -140,10 +140,20 @@ def test_every_field_has_help_text():
         assert len(f.metadata.get("help", "")) > 10, f.name
 
 
-@pytest.mark.parametrize("name", ["quickstart", "gpt2_full", "gpt2_lora", "gpt2_8bit", "gpt2_sft"])
+@pytest.mark.parametrize("name", ["quickstart.json", "gpt2_full.json", "gpt2_lora.json", "gpt2_8bit.json",
+                                  "gpt2_sft.json", "gpt2_lora_grpo.yaml"])
 def test_shipped_configs_are_valid(name):
-    c = load_config(Path(__file__).parent.parent / "configs" / f"{name}.json", check_hardware=False)
+    c = load_config(Path(__file__).parent.parent / "configs" / name, check_hardware=False)
     assert c.MODEL
+
+
+def test_the_trl_style_yaml_matches_the_seed_style_lora_config():
+    configs = Path(__file__).parent.parent / "configs"
+    trl_style = load_config(configs / "gpt2_lora_grpo.yaml", check_hardware=False)
+    seed_style = load_config(configs / "gpt2_lora.json", check_hardware=False)
+    assert trl_style.TRAINER_ARGS == {"top_p": 0.95, "loss_type": "dr_grpo", "scale_rewards": "batch"}
+    differ = {k for k, v in trl_style.to_dict().items() if v != getattr(seed_style, k)}
+    assert differ == {"TRAINER_ARGS", "OUTPUT_DIR"}
 
 
 def test_docs_table_lists_every_key():
