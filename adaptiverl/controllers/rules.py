@@ -2,8 +2,9 @@
 
 A rule is a small object with ``__call__(signals) -> float`` (a positive multiplier
 for one knob, 1 = leave the knob at its base value), and ``state_dict``,
-``load_state_dict`` and ``reset`` from :class:`~adaptiverl.controllers.base.Stateful`. A rule is called exactly once per optimisation
-step; stateful rules (trend accumulators, step counters) advance on that call.
+``load_state_dict`` and ``reset`` from :class:`~adaptiverl.controllers.base.Stateful`.
+A rule is called exactly once per optimisation step; stateful rules (trend
+accumulators, step counters) advance on that call.
 Rules combine by product (:class:`Compose`, written ``"trend+variance"`` in names),
 in the spirit of optax's chains of small transformations.
 
