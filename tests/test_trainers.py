@@ -288,3 +288,35 @@ def test_stock_sft_and_rloo_trainers_with_callbacks_list(tiny_gpt2_dir, tmp_path
     with pytest.warns(UserWarning, match="stock trainer"):
         rloo.train()
     assert list(optimizer.signals.reward.values) == pytest.approx(_logged(rloo, "reward")[:2])
+
+
+def test_a_non_finite_grad_norm_reaches_the_optimizer_before_it_steps(tiny_gpt2_dir, tmp_path):
+    model, tokenizer = _model_and_tokenizer(tiny_gpt2_dir)
+    bias = model.transformer.h[0].attn.c_attn.bias
+    backward_calls = []
+
+    def poison_second_step(grad):
+        backward_calls.append(1)
+        return grad * float("inf") if len(backward_calls) == 2 else grad
+
+    bias.register_hook(poison_second_step)
+    snapshots = []
+
+    class Snapshot(TrainerCallback):
+        def on_pre_optimizer_step(self, args, state, control, **kwargs):
+            snapshots.append(model.transformer.wte.weight.detach().clone())
+
+        def on_optimizer_step(self, args, state, control, **kwargs):
+            snapshots[-1] = torch.equal(snapshots[-1], model.transformer.wte.weight)
+
+    trainer = AdaptiveTrainer(model=model, args=_sft_args(tmp_path, max_steps=3), train_dataset=sft_dataset(tokenizer),
+                              data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+                              optimizer_cls_and_kwargs=(OnlineAdamW, {}),
+                              callbacks=[AdaptiveCallback(print_console=False), Snapshot()])
+    with pytest.warns(RuntimeWarning, match="non-finite gradient, step skipped"):
+        trainer.train()
+    optimizer = unwrap_optimizer(trainer.optimizer)
+    assert [r["grad_norm"] for r in trainer.adaptive_callback.history][1] == float("inf")
+    assert optimizer.skipped_steps == 1
+    assert snapshots == [False, True, False]  # step 2 left the weights as they were; 1 and 3 moved them
+    assert all(torch.isfinite(p).all() for p in model.parameters())
