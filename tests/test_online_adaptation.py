@@ -182,8 +182,9 @@ def test_beta1_rises_when_gradients_alternate_and_falls_when_they_persist():
             opt.step()
         return opt.dynamics()["summary"]["beta1"]
 
-    assert run(alternate=True) > 0.95
-    assert run(alternate=False) < 0.8
+    # horizon mapping beta' = 1 - (1 - beta) / m with m in (0.5, 2): beta1 0.9 spans [0.8, 0.95]
+    assert run(alternate=True) > 0.94
+    assert run(alternate=False) < 0.82
 
 
 def test_knobs_stay_inside_their_absolute_bounds():

@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from adaptiverl.controllers.base import BETA_LIKE, beta_from_multiplier, bounded_log_update
 from adaptiverl.controllers.gru import GRUController
 from adaptiverl.signals.stats import Signals, to_float
 
@@ -810,8 +811,10 @@ class OnlineOptimizer(Optimizer):
         """Stage 5: effective knob values (groups, knobs), clamped to their absolute bounds.
 
         One-step hypergradients, normalised to cosines and averaged over a group's tensors,
-        drive ``log m`` (the knob's multiplier) by ``knob_lr * cos`` per step, with
-        ``m`` inside ``knob_scale_bounds``:
+        drive ``log m`` (the knob's multiplier, one :func:`bounded_log_update` per step) by
+        ``knob_lr * cos``, with ``m`` inside ``knob_scale_bounds``. Beta-like knobs (momentum,
+        betas, alpha) take the package's one mapping, ``beta' = 1 - (1 - beta) / m`` (``m``
+        scales the averaging horizon, :func:`beta_from_multiplier`); weight decay is ``base * m``:
 
         * momentum (SGD, RMSprop): ``theta_{t+1} = theta_t - lr (mu b_{t-1} + ...)``, so
           ``dL/dmu = -lr g_{t+1} . b_{t-1}``: grow mu while the new gradient agrees with
@@ -820,10 +823,9 @@ class OnlineOptimizer(Optimizer):
           and ``dL/db1 ~ -g_{t+1} . (m_{t-1} - g_t)`` (bias correction ignored).
         * weight decay (decoupled or L2): ``dL/dlambda ~ -lr g_{t+1} . theta_t``.
 
-        beta2 (Adam) and alpha (RMSprop) follow a rule instead: their averaging horizon
-        ``1 / (1 - beta)`` shortens when the gradient scale drifts,
-        ``1 - beta_eff = (1 - beta) * (1 + drift_gain * d)`` with ``d`` an EMA (0.9) of the
-        group mean of ``|log(rms g_t / rms g_{t-1})|``.
+        beta2 (Adam) and alpha (RMSprop) follow a rule instead: their horizon multiplier is
+        ``m = 1 / (1 + drift_gain * d)``, i.e. ``1 - beta_eff = (1 - beta) * (1 + drift_gain * d)``,
+        with ``d`` an EMA (0.9) of the group mean of ``|log(rms g_t / rms g_{t-1})|``.
         """
         G, prev, group_of_row = feats.G, feats.prev, feats.group_of_row
         has_prev = prev.has_prev
@@ -850,15 +852,15 @@ class OnlineOptimizer(Optimizer):
         step = torch.stack([group_mean(torch.where(has_prev, signals[k], zero)) if k in signals
                             else torch.zeros(n_groups, device=G.device) for k in self.KNOBS], dim=1).double()
         active = (counts > 0).double().unsqueeze(1)
-        ctl.knob_log_mult = (ctl.knob_log_mult + knob_lr * step * active).clamp(lo, hi)
+        ctl.knob_log_mult = bounded_log_update(ctl.knob_log_mult, knob_lr * step * active, log_min=lo, log_max=hi)
         ctl.drift_ema = torch.where(counts > 0, 0.9 * ctl.drift_ema + 0.1 * group_mean(feats.drift.abs()).double(),
                                     ctl.drift_ema)
-        values = base * ctl.knob_log_mult.exp()
+        mult = ctl.knob_log_mult.exp()
         cols = []
         for j, name in enumerate(self.KNOBS):
-            col = values[:, j]
-            if name in self.DRIFT_KNOBS:
-                col = 1.0 - (1.0 - base[:, j]) * (1.0 + drift_gain * ctl.drift_ema)
+            # the drift rule shortens the horizon: 1 - beta_eff = (1 - beta) (1 + drift_gain d)
+            m = 1.0 / (1.0 + drift_gain * ctl.drift_ema) if name in self.DRIFT_KNOBS else mult[:, j]
+            col = beta_from_multiplier(base[:, j], m) if name in BETA_LIKE else base[:, j] * m
             lo_b, hi_b = self.knob_bounds[name]
             cols.append(torch.where(base[:, j] == 0, base[:, j], col.clamp(lo_b, hi_b)))
         return torch.stack(cols, dim=1)

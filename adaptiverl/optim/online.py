@@ -51,10 +51,10 @@ optimizer state, step counters, controller and generator are untouched.
 sample the features use (free, but a lone Inf outside the sample goes unseen), ``"off"``
 none.
 
-**Kernels.** ``foreach``/``fused`` left at ``None`` (or True) use the fast path: AdamW and
-SGD call torch's fused CPU/CUDA kernel once per tensor with that tensor's lr (no
-measurable cost over one multi-tensor call on CPU), RMSprop uses ``torch._foreach_*`` for
-its buffers and per-tensor scalars for the final update. ``foreach=False`` or
+**Kernels.** ``foreach``/``fused`` left at ``None`` (or True) use the fast path: AdamW calls
+torch's fused CPU/CUDA kernel once per tensor with that tensor's lr, SGD the package's one SGD
+kernel (:mod:`adaptiverl.optim._kernels`, multi-tensor ``torch._foreach_*``), RMSprop
+``torch._foreach_*`` for its buffers and per-tensor scalars for the final update. ``foreach=False`` or
 ``fused=False`` select the readable single-tensor reference kernels, which compute the
 same thing (tested equal). ``capturable`` and ``differentiable`` are not supported and
 raise.
@@ -69,6 +69,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from adaptiverl.optim._kernels import sgd
 from adaptiverl.optim._online_core import FEATURE_NAMES, OnlineOptimizer
 
 __all__ = ["FEATURE_NAMES", "OnlineAdamW", "OnlineOptimizer", "OnlineRMSProp", "OnlineSGD"]
@@ -177,39 +178,24 @@ class OnlineSGD(OnlineOptimizer):
 
     def _kernel_fast(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
                      states: list[dict[str, Any]], lrs: list[float], knobs: dict[str, float]) -> None:
-        momentum, weight_decay = knobs["momentum"], knobs["weight_decay"]
-        for p, g, state, lr in zip(params, grads, states, lrs, strict=True):
-            bufs: list[Tensor] = []
-            first = False
-            if momentum != 0:
-                buf = state.get("momentum_buffer")
-                if buf is None:
-                    buf = state["momentum_buffer"] = torch.empty_like(g, memory_format=torch.preserve_format)
-                    first = True
-                bufs = [buf]
-            torch._fused_sgd_([p], [g], bufs, weight_decay=weight_decay, momentum=momentum, lr=lr,
-                              dampening=group["dampening"], nesterov=group["nesterov"],
-                              maximize=group["maximize"], is_first_step=first, grad_scale=None,
-                              found_inf=None)
+        self._sgd(group, params, grads, states, lrs, knobs, foreach=True)
 
     def _kernel_reference(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
                           states: list[dict[str, Any]], lrs: list[float], knobs: dict[str, float]) -> None:
-        momentum, weight_decay = knobs["momentum"], knobs["weight_decay"]
-        for param, grad, state, lr in zip(params, grads, states, lrs, strict=True):
-            p, g = _work(param, grad)
-            d_p = -g if group["maximize"] else g
-            if weight_decay != 0:
-                d_p = d_p.add(p, alpha=weight_decay)
-            if momentum != 0:
-                buf = state.get("momentum_buffer")
-                if buf is None:
-                    buf = state["momentum_buffer"] = torch.clone(d_p).detach()
-                else:
-                    buf.mul_(momentum).add_(d_p, alpha=1 - group["dampening"])
-                d_p = d_p.add(buf, alpha=momentum) if group["nesterov"] else buf
-            p.add_(d_p, alpha=-lr)
-            if p is not param:
-                param.copy_(p)
+        self._sgd(group, params, grads, states, lrs, knobs, foreach=False)
+
+    @staticmethod
+    def _sgd(group: dict[str, Any], params: list[Tensor], grads: list[Tensor], states: list[dict[str, Any]],
+             lrs: list[float], knobs: dict[str, float], *, foreach: bool) -> None:
+        """The package's one SGD kernel (:mod:`adaptiverl.optim._kernels`) with per-tensor lrs."""
+        momentum = knobs["momentum"]
+        buffers = [s.get("momentum_buffer") for s in states] if momentum != 0 else [None] * len(params)
+        sgd(params, grads, buffers, lrs=lrs, momentum=momentum, dampening=group["dampening"],
+            weight_decay=knobs["weight_decay"], nesterov=group["nesterov"], maximize=group["maximize"],
+            foreach=foreach)
+        if momentum != 0:
+            for state, buf in zip(states, buffers, strict=True):
+                state["momentum_buffer"] = buf
 
 
 class OnlineRMSProp(OnlineOptimizer):
