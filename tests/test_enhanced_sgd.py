@@ -435,3 +435,25 @@ def test_cuda_anchor_and_all_features():
         opt.step(closure=lambda loss=loss: loss)
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert opt.state_dict()["enhanced_sgd"]["generators"].keys() == {"cuda:0"}
+
+
+def test_param_groups_override_the_per_group_tunables():
+    """Every per-group tunable lives in ``defaults``: a group's own momentum / maximize / weight decay
+    give exactly torch SGD's update for that group, and its own noise or Lookahead stay in it."""
+    a, b = _mlp(), _mlp()
+    opt = EnhancedSGD([{"params": a[0].parameters(), "momentum": 0.5, "maximize": True},
+                       {"params": a[2].parameters(), "weight_decay": 1e-2, "nesterov": True}], lr=0.05, **OFF)
+    twin = torch.optim.SGD([{"params": b[0].parameters(), "momentum": 0.5, "maximize": True},
+                            {"params": b[2].parameters(), "weight_decay": 1e-2, "nesterov": True}],
+                           lr=0.05, momentum=0.9)
+    _train(a, opt, 10)
+    _train(b, twin, 10)
+    assert _max_diff(a, b) < 1e-6
+    assert opt.defaults["noise_scale"] == 0.0 and "lookahead_k" in opt.param_groups[1]
+    p, q = nn.Parameter(torch.zeros(1000)), nn.Parameter(torch.zeros(1000))
+    noisy = EnhancedSGD([{"params": [p], "noise_scale": 0.01}, {"params": [q]}], lr=1.0, momentum=0.0, **OFF)
+    p.grad, q.grad = torch.zeros_like(p), torch.zeros_like(q)
+    noisy.step()
+    assert p.detach().std() > 0.01 and torch.equal(q.detach(), torch.zeros(1000))  # noise only in its group
+    with pytest.raises(ValueError, match="param group 1: lookahead_alpha"):
+        EnhancedSGD([{"params": [p]}, {"params": [q], "lookahead_alpha": 0.0}])
