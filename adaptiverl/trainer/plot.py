@@ -6,7 +6,7 @@ the per-component rewards TRL logs (``trainer_state.json``) and the run's resolv
 finished (or running) job; ``adaptiverl compare RUN_A RUN_B ...`` calls :func:`plot_runs`.
 
 Panels, each on its own axis: the batch reward (smoothed, with each reward component's mean
-dashed), the loss where it means something (left out for GRPO/RLOO with ``BETA`` 0, whose loss
+dashed or dotted), the loss where it means something (left out for GRPO/RLOO with ``BETA`` 0, whose loss
 is about 0 by construction), the effective learning rate (after the controller's multipliers;
 the scheduler's dotted), momentum or ``beta1``, and ``beta2`` or RMSprop's ``alpha``.
 """
@@ -26,6 +26,7 @@ COMPARE_FILE = "compare.png"
 STATE_FILE = "trainer_state.json"
 RUN_CONFIG_FILE = "train_config.json"
 COMPONENT_PREFIXES = ("composite/", "rewards/")
+COMPONENT_STYLES = ("--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)))  # one per component, in the run's colour
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -141,8 +142,9 @@ def plot_runs(run_dirs: list[str | Path], out_file: str | Path, labels: list[str
         steps, rewards = _series(rows, "reward")
         draw("reward", steps, smooth(rewards, smooth_width) if rewards else [],
              name=f"{label}: reward ({smooth_width}-step mean)")
-        for part, (c_steps, c_values) in reward_components(folder).items():
-            draw("reward", c_steps, c_values, style="--", name=f"{label}: {part}", width=0.9, alpha=0.8)
+        for number, (part, (c_steps, c_values)) in enumerate(reward_components(folder).items()):
+            draw("reward", c_steps, c_values, style=COMPONENT_STYLES[number % len(COMPONENT_STYLES)],
+                 name=f"{label}: {part}", width=0.9, alpha=0.8)
         if with_loss and loss_is_meaningful(folder):
             steps, losses = _series(rows, "loss")
             draw("loss", steps, smooth(losses, smooth_width) if losses else [])
