@@ -31,8 +31,8 @@ def checkout_files() -> list[str]:
     return [f for f in out.split("\0") if f and os.path.lexists(ROOT / f)]
 
 
-def copy_checkout(dest: Path) -> Path:
-    for name in checkout_files():
+def copy_checkout(dest: Path, files: list[str]) -> Path:
+    for name in files:
         target = dest / name
         target.parent.mkdir(parents=True, exist_ok=True)
         source = ROOT / name
@@ -45,7 +45,8 @@ def copy_checkout(dest: Path) -> Path:
 
 @pytest.mark.slow
 def test_wheel_in_a_fresh_venv_runs_the_quickstart_offline(tmp_path):
-    src = copy_checkout(tmp_path / "clone")
+    files = checkout_files()
+    src = copy_checkout(tmp_path / "clone", files)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"),
                     str(src)], check=True, capture_output=True, timeout=300)
@@ -53,6 +54,8 @@ def test_wheel_in_a_fresh_venv_runs_the_quickstart_offline(tmp_path):
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
         metadata = next(zf.read(n).decode() for n in names if n.endswith(".dist-info/METADATA"))
+    package_files = {f for f in files if f.startswith("adaptiverl/") and "__pycache__" not in f}
+    assert package_files <= names, f"not in the wheel: {sorted(package_files - names)}"  # data too
     for shipped in ("adaptiverl/configs/quickstart.json", "adaptiverl/configs/data/quickstart_prompts.jsonl",
                     "adaptiverl/configs/gpt2_sft.json", "adaptiverl/configs/data/sft_text.jsonl",
                     "adaptiverl/tiny.py", "adaptiverl/cli.py"):
