@@ -126,15 +126,8 @@ def _launch(kind: str, model_dir: str, out_dir: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
-NEEDS_HOOK = pytest.mark.xfail(
-    strict=True, raises=AssertionError,
-    reason="OnlineOptimizer samples each tensor with as_strided, which DTensor does not support "
-           "('as_strided not supported with DTensor'); needs the Online-core feature reducer "
-           "(per-row sums of the local shard's sample, all-reduced) of issue 11 item 3")
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["adaptive_adamw", pytest.param("online_adamw", marks=NEEDS_HOOK)])
+@pytest.mark.parametrize("kind", ["adaptive_adamw", "online_adamw"])
 def test_fsdp2_on_cpu_keeps_ranks_identical(kind, tiny_gpt2_dir, tmp_path):
     if not torch.distributed.is_gloo_available():
         pytest.skip("torch.distributed has no gloo backend here")

@@ -36,7 +36,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
+from torch.distributed.tensor import DTensor
 from torch.optim import Optimizer
 
 from adaptiverl.controllers.base import BETA_LIKE, beta_from_multiplier, bounded_log_update
@@ -68,18 +70,35 @@ PRIOR_GAINS = {"hypergrad_tstat": -2.0, "hypergrad_tstat_slow": -1.0}
 ANNEAL_FREEZE_FROM = 0.1
 
 
-def _rowwise_cos(a: Tensor, b: Tensor) -> Tensor:
-    """Cosine of each row pair; 0 where either row is zero (finite for any finite input)."""
-    scale = torch.maximum(a.abs().amax(1, keepdim=True), b.abs().amax(1, keepdim=True)).clamp_min(_EPS)
-    a, b = a / scale, b / scale  # no overflow of the sums for huge finite rows
-    dot = (a * b).sum(1)
-    norms = torch.linalg.vector_norm(a, dim=1) * torch.linalg.vector_norm(b, dim=1)
-    return torch.where(norms > 0, dot / norms.clamp_min(_EPS), torch.zeros_like(dot))
+#: Per-row sums of the sampled matrices; every feature is a ratio of them, so under FSDP the
+#: shards' sums add up to the full tensor's (one all-reduce) and every rank sees the same features.
+#: ``g``: gradient, ``u``: last update, ``m``: memory, ``p``: parameter, ``mp`` / ``pp``: previous
+#: memory / parameter, ``dm``: previous memory minus previous gradient.
+SUM_NAMES = ("g_u", "g_g", "u_u", "g_m", "m_m", "p_p", "g_mp", "mp_mp", "g_dm", "dm_dm", "g_pp", "pp_pp",
+             "count")
+_SUM = {name: i for i, name in enumerate(SUM_NAMES)}
 
 
-def _rms(x: Tensor, counts: Tensor) -> Tensor:
-    scale = x.abs().amax(1).clamp_min(_EPS)
-    return torch.linalg.vector_norm(x / scale.unsqueeze(1), dim=1) * scale / counts.sqrt()
+def _local(t: Tensor) -> Tensor:
+    """A DTensor's local shard (the storage this rank owns), any other tensor itself."""
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
+def _row_sums(G: Tensor, U: Tensor, M: Tensor, P: Tensor, M_prev: Tensor, D_prev: Tensor, P_prev: Tensor,
+              counts: Tensor) -> Tensor:
+    """``(T, len(SUM_NAMES))`` float64 row sums (float64: no overflow for any finite float32 input)."""
+    g, u, m, p = G.double(), U.double(), M.double(), P.double()
+    mp, dm, pp = M_prev.double(), D_prev.double(), P_prev.double()
+    pairs = ((g, u), (g, g), (u, u), (g, m), (m, m), (p, p), (g, mp), (mp, mp), (g, dm), (dm, dm),
+             (g, pp), (pp, pp))
+    return torch.stack([(a * b).sum(1) for a, b in pairs] + [counts.double()], dim=1)
+
+
+def _cos(sums: Tensor, dot: str, a: str, b: str) -> Tensor:
+    """Cosine from row sums; 0 where either vector is zero."""
+    norms = sums[:, _SUM[a]] * sums[:, _SUM[b]]
+    value = sums[:, _SUM[dot]] / norms.clamp_min(1e-300).sqrt()
+    return torch.where(norms > 0, value.clamp(-1.0, 1.0), torch.zeros_like(value)).float()
 
 
 def _ema_tstat(mean: Tensor, sq: Tensor, value: Tensor, count: Tensor, active: Tensor,
@@ -116,6 +135,7 @@ class RowState:
 
     P_prev: Tensor           # (T, W) sampled parameters after the previous step
     G_prev: Tensor           # (T, W) sampled previous gradient
+    grad_sq: Tensor          # (T,) mean square of the previous gradient (full tensor under FSDP)
     M_prev: Tensor           # (T, W) sampled previous memory (momentum / exp_avg)
     has_prev: Tensor         # (T,) bool: the row was stepped before
     x_prev: Tensor           # (T, F) features of the previous step
@@ -150,7 +170,7 @@ class RowState:
     def zeros(cls, rows: int, width: int, features: int, hidden: int, device: torch.device) -> RowState:
         def z(*shape: int) -> Tensor:
             return torch.zeros(*shape, device=device)
-        return cls(P_prev=z(rows, width), G_prev=z(rows, width), M_prev=z(rows, width),
+        return cls(P_prev=z(rows, width), G_prev=z(rows, width), grad_sq=z(rows), M_prev=z(rows, width),
                    has_prev=torch.zeros(rows, dtype=torch.bool, device=device),
                    x_prev=z(rows, features), h_in_prev=z(rows, hidden), gate_prev=z(rows),
                    hidden=z(rows, hidden), log_scale=z(rows), noise=z(rows), signal=z(rows),
@@ -218,6 +238,8 @@ class TensorFeatures:
     memory_cos: Tensor      # cos(g_t, memory)
     update_ratio: Tensor    # log10(rms u / rms theta) / 6, in [-1, 1]
     drift: Tensor           # log(rms g_t / rms g_{t-1})
+    grad_sq: Tensor         # mean square of g_t
+    knob_cos: dict[str, Tensor]  # the knob rules' cosines: momentum, beta1, weight_decay
     group_of_row: Tensor
     prev: RowState          # the active rows' state before this step
 
@@ -297,6 +319,7 @@ class OnlineOptimizer(Optimizer):
         self._ctl: ControllerState | None = None
         self._sample_cache: dict[Any, Any] = {}
         self._pending_grad_norm: float | None = None
+        self._shard_reduce = False  # set when parameters are FSDP2 DTensor shards
         self._signals_fed = False
         self._warned_no_signals = False
 
@@ -385,7 +408,9 @@ class OnlineOptimizer(Optimizer):
         ctl = self._ctl
         if ctl is not None and ctl.num_rows == len(params):
             return ctl
-        layout = [self._row_layout(p.numel()) for p in params]
+        layout = [self._row_layout(_local(p).numel()) for p in params]
+        self._shard_reduce = (dist.is_available() and dist.is_initialized()
+                              and any(isinstance(p, DTensor) for p in params))
         counts = [b * length for b, length, _ in layout]
         width = max(counts)
         group_of_row = [gi for gi, g in enumerate(self.param_groups) for _ in g["params"]]
@@ -504,7 +529,14 @@ class OnlineOptimizer(Optimizer):
             offset += n
             knobs = dict(zip(self.KNOBS, knob_values[gi], strict=True))
             kernel = self._kernel_reference if self._use_reference(group) else self._kernel_fast
-            kernel(group, params, grads, states, lrs, knobs)
+            if self._shard_reduce:  # element-wise updates: each rank steps the shard it owns
+                local_states = [{k: _local(v) if isinstance(v, Tensor) else v for k, v in st.items()}
+                                for st in states]
+                kernel(group, [_local(p) for p in params], [_local(g) for g in grads], local_states, lrs, knobs)
+                for st, local in zip(states, local_states, strict=True):
+                    st.update({k: v for k, v in local.items() if k not in st or st[k] is None})
+            else:
+                kernel(group, params, grads, states, lrs, knobs)
         return loss
 
     def _warn_if_unfed(self) -> None:
@@ -547,7 +579,8 @@ class OnlineOptimizer(Optimizer):
             params.extend(gp)
             grads.extend(gg)
         return {"params": params, "grads": grads, "rows": rows, "by_group": by_group,
-                "grads_by_group": grads_by_group, "states": states}
+                "grads_by_group": grads_by_group, "states": states,
+                "local_params": [_local(p) for p in params], "local_grads": [_local(g) for g in grads]}
 
     def _gradients_finite(self, batch: dict[str, Any], grad_norm: float | None) -> bool:
         """Whether to take the step. ``auto``: the observed grad norm when one was given for
@@ -559,7 +592,7 @@ class OnlineOptimizer(Optimizer):
             if grad_norm is not None:
                 return math.isfinite(grad_norm)
             mode = "full"
-        grads = batch["grads"]
+        grads = batch["local_grads"]
         if mode == "full":
             found = torch.zeros(1, device=grads[0].device)
             inv_scale = torch.ones(1, device=grads[0].device)
@@ -573,12 +606,18 @@ class OnlineOptimizer(Optimizer):
                     found += f.to(found.device)
                 else:
                     torch._amp_foreach_non_finite_check_and_unscale_(gs, found, inv_scale)
-            return not bool(found.item())
+            return self._all_ranks_finite(found)
         device = grads[0].device
         ctl = self._ensure_controller_state(device)
         sample = self._sample("G", grads, batch["rows"], ctl, device, persistent=False)
         batch["G_sample"] = sample
-        return bool(torch.isfinite(sample).all().item())
+        return self._all_ranks_finite((~torch.isfinite(sample)).any().float().reshape(1))
+
+    def _all_ranks_finite(self, found: Tensor) -> bool:
+        """``found`` (1,) > 0 on any rank: skip everywhere (each shard checks only its own part)."""
+        if self._shard_reduce:
+            dist.all_reduce(found, op=dist.ReduceOp.MAX)
+        return not bool(found.item())
 
     # ------------------------------------------------------- adaptation
     def _adapt(self, batch: dict[str, Any]) -> tuple[list[float], list[list[float]]]:
@@ -644,10 +683,11 @@ class OnlineOptimizer(Optimizer):
         rows_list = batch["rows"]
         G = batch.get("G_sample")
         if G is None:
-            G = self._sample("G", batch["grads"], rows_list, ctl, device, persistent=False)
-        P = self._sample("P", batch["params"], rows_list, ctl, device, persistent=True)
+            G = self._sample("G", batch["local_grads"], rows_list, ctl, device, persistent=False)
+        P = self._sample("P", batch["local_params"], rows_list, ctl, device, persistent=True)
         mems = [self._memory(s) for states in batch["states"] for s in states]
-        M = self._sample("M", [m if m is not None else p for m, p in zip(mems, batch["params"], strict=True)],
+        M = self._sample("M", [_local(m) if m is not None else p for m, p in
+                               zip(mems, batch["local_params"], strict=True)],
                          rows_list, ctl, device, persistent=True)
         missing = [i for i, m in enumerate(mems) if m is None]
         if missing:
@@ -662,19 +702,28 @@ class OnlineOptimizer(Optimizer):
         prev = ctl.rows.take(rows)
         counts = ctl.counts if rows is None else ctl.counts[rows]
         U = torch.nan_to_num(P - prev.P_prev, nan=0.0, posinf=0.0, neginf=0.0)
+        sums = _row_sums(G, U, M, torch.nan_to_num(P), prev.M_prev, prev.M_prev - prev.G_prev, prev.P_prev,
+                         counts)
+        if self._shard_reduce:
+            dist.all_reduce(sums)  # shards' sums -> the full tensor's (replicas' sums leave ratios alone)
+        count = sums[:, _SUM["count"]].clamp_min(1.0)
         zero = torch.zeros_like(counts)
         has_prev = prev.has_prev
-        hyper_cos = torch.where(has_prev, _rowwise_cos(G, U), zero)
-        rms_g, rms_g_prev = _rms(G, counts), _rms(prev.G_prev, counts)
-        rms_u, rms_p = _rms(U, counts), _rms(torch.nan_to_num(P), counts)
+        grad_sq = (sums[:, _SUM["g_g"]] / count).float()
+        rms_g, rms_g_prev = grad_sq.sqrt(), prev.grad_sq.sqrt()
+        rms_u = (sums[:, _SUM["u_u"]] / count).sqrt().float()
+        rms_p = (sums[:, _SUM["p_p"]] / count).sqrt().float()
         drift = torch.where(has_prev & (rms_g_prev > 0) & (rms_g > 0),
                             torch.log((rms_g + _EPS) / (rms_g_prev + _EPS)), zero)
         update_ratio = torch.where(
             has_prev, torch.log10(rms_u / (rms_p + _EPS) + _EPS).clamp(-12.0, 2.0) / UPDATE_RATIO_DECADES,
             torch.full_like(rms_g, -1.0))
-        return TensorFeatures(G=G, P=P, M=M, hyper_cos=hyper_cos, memory_cos=_rowwise_cos(G, M),
-                              update_ratio=_unit(update_ratio, 1.0), drift=torch.nan_to_num(drift),
-                              group_of_row=group_of_row, prev=prev)
+        knob_cos = {"momentum": _cos(sums, "g_mp", "g_g", "mp_mp"), "beta1": _cos(sums, "g_dm", "g_g", "dm_dm"),
+                    "weight_decay": _cos(sums, "g_pp", "g_g", "pp_pp")}
+        return TensorFeatures(G=G, P=P, M=M, hyper_cos=torch.where(has_prev, _cos(sums, "g_u", "g_g", "u_u"), zero),
+                              memory_cos=_cos(sums, "g_m", "g_g", "m_m"), update_ratio=_unit(update_ratio, 1.0),
+                              drift=torch.nan_to_num(drift), grad_sq=torch.nan_to_num(grad_sq),
+                              knob_cos=knob_cos, group_of_row=group_of_row, prev=prev)
 
     def _learning_signal(self, feats: TensorFeatures, ctl: ControllerState,
                          tunables: dict[str, Tensor]) -> LearningSignal:
@@ -801,7 +850,8 @@ class OnlineOptimizer(Optimizer):
         used = (log_scale + tunables["explore_std"] * noise).clamp(log_lo, log_hi)
         used = used + self.controller.schedule(self.progress)
         new = RowState(
-            P_prev=feats.P, G_prev=feats.G, M_prev=feats.M, has_prev=torch.ones_like(prev.has_prev),
+            P_prev=feats.P, G_prev=feats.G, grad_sq=feats.grad_sq, M_prev=feats.M,
+            has_prev=torch.ones_like(prev.has_prev),
             x_prev=x, h_in_prev=prev.hidden, gate_prev=sig.gate, hidden=h_new.detach(),
             log_scale=log_scale.detach(), noise=noise, signal=sig.signal,
             **sig.stats)
@@ -841,11 +891,7 @@ class OnlineOptimizer(Optimizer):
             return torch.zeros(n_groups, device=G.device).index_add_(0, group_of_row, per_row) / denom
 
         zero = torch.zeros_like(feats.drift)
-        signals = {
-            "momentum": _rowwise_cos(G, prev.M_prev),
-            "beta1": _rowwise_cos(G, prev.M_prev - prev.G_prev),
-            "weight_decay": _rowwise_cos(G, prev.P_prev),
-        }
+        signals = feats.knob_cos
         knob_lr = group_table[:, self.GROUP_TUNABLES.index("knob_lr")].double().unsqueeze(1)
         drift_gain = group_table[:, self.GROUP_TUNABLES.index("drift_gain")].double()
         lo, hi = self.knob_log_bounds
@@ -945,13 +991,13 @@ class OnlineOptimizer(Optimizer):
         for i, p in enumerate(params):
             state = self.state.get(p, {})
             m = self._memory(state) if state else None
-            if m is not None:
+            if m is not None:  # a shard's own figures under FSDP (logging only)
                 idx_m.append(i)
-                ms.append(m)
+                ms.append(_local(m))
             v = state.get("exp_avg_sq", state.get("square_avg")) if state else None
             if v is not None:
                 idx_v.append(i)
-                vs.append(v)
+                vs.append(_local(v))
         if ms:
             for i, val in zip(idx_m, torch.stack(torch._foreach_norm(ms)).tolist(), strict=True):
                 first[i] = val
