@@ -92,10 +92,24 @@ def build_tiny(out_dir: str | Path, pretrain_steps: int, n_layer: int = 2, n_emb
 def quickstart(out: Path, steps: int | None, compare: bool, pretrain_steps: int,
                overrides: list[str]) -> int:
     """Build the tiny model once, then train the packaged quickstart config (twice with ``compare``)."""
+    import importlib.util
+
     from adaptiverl.trainer.config import load_config
     from adaptiverl.trainer.plot import final_reward, plot_runs
     from adaptiverl.trainer.run import train
 
+    missing = {name: importlib.util.find_spec(name) is None for name in ("matplotlib", "tensorboard")}
+    if compare and missing["matplotlib"]:
+        raise FileNotFoundError("quickstart --compare draws compare.png and needs matplotlib: "
+                                "pip install 'adaptiverl[plot]'")
+    # A plain `pip install adaptiverl` has neither: run without them, and say how to get them.
+    optional = []
+    if missing["matplotlib"]:
+        optional += ["--PLOT", "false"]
+        print("quickstart: no matplotlib, so no dynamics.png (pip install 'adaptiverl[plot]')")
+    if missing["tensorboard"]:
+        optional += ["--REPORT_TO", "none"]
+        print("quickstart: no tensorboard, so no TensorBoard events (pip install 'adaptiverl[logging]')")
     model_dir = out / "tiny-gpt2"
     if not (model_dir / "config.json").is_file():
         build_tiny(model_dir, pretrain_steps)
@@ -106,7 +120,7 @@ def quickstart(out: Path, steps: int | None, compare: bool, pretrain_steps: int,
                  "--TRAIN_FILE", str(packaged_config().parent / "data" / "quickstart_prompts.jsonl")]
         extra += ["--STEPS", str(steps)] if steps is not None else []
         extra += ["--OPTIM", optim] if optim is not None else []
-        config = load_config(packaged_config(), overrides=[*extra, *overrides])
+        config = load_config(packaged_config(), overrides=[*optional, *extra, *overrides])
         result = train(config)
         reward = final_reward(result.output_dir)
         results.append((name, config.OPTIM, result, reward))

@@ -30,3 +30,15 @@ def test_quickstart_compare_trains_both_and_draws_one_png(tiny_gpt2_dir, tmp_pat
             json.loads(packaged_config().read_text())["REWARDS"]
     assert "OnlineAdamW" in (out / "online_adamw" / "README.md").read_text()
     assert "AdaptiveOptimizer(AdamW)" in (out / "adamw" / "README.md").read_text()
+
+
+def test_quickstart_without_the_plot_extra(tmp_path, monkeypatch, capsys):
+    """A plain `pip install adaptiverl` has no matplotlib: --compare says what to install."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    assert main(["quickstart", "--compare", "--out", str(tmp_path)]) == 2
+    assert "pip install 'adaptiverl[plot]'" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # refused before building anything
