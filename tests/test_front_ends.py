@@ -51,7 +51,7 @@ def _fronts() -> dict[str, tuple[Any, torch.optim.Optimizer]]:
     sgd = torch.optim.SGD(_params(), lr=0.1, momentum=0.9)
     fronts: dict[str, tuple[Any, torch.optim.Optimizer]] = {"scheduler": (AdaptiveScheduler(sgd, patience=0), sgd)}
     for name, build in (("adaptive", lambda o: AdaptiveOptimizer(o, lr_rule="variance")),
-                        ("wrapper", lambda o: OptimizerWrapper(o, PlateauMetaOptimizer(patience=0, min_count=0)))):
+                        ("wrapper", lambda o: OptimizerWrapper(o, PlateauMetaOptimizer(patience=0, min_count=0, judge_every=1)))):
         opt = build(torch.optim.SGD(_params(), lr=0.1, momentum=0.9))
         fronts[name] = (opt, opt)
     enhanced = EnhancedSGD(_params(), lr=0.1, loss_correction_factor=0.5)

@@ -35,7 +35,7 @@ def _lr(opt: OptimizerWrapper, index: int = 0) -> float:
 
 def test_plateau_halves_lr_after_patience_and_raises_wd_on_high_grad_norm() -> None:
     opt = _wrapped(PlateauMetaOptimizer(patience=3, lr_factor=0.5, grad_norm_threshold=10.0,
-                                        weight_decay_factor=1.5, max_wd_mult=3.0, min_count=0))
+                                        weight_decay_factor=1.5, max_wd_mult=3.0, min_count=0, judge_every=1))
     lrs = []
     for _ in range(5):
         opt.update_hyperparameters({"loss": 1.0, "grad_norm": 1.0, "lr": _lr(opt)})
@@ -48,7 +48,7 @@ def test_plateau_halves_lr_after_patience_and_raises_wd_on_high_grad_norm() -> N
 
 
 def test_update_frequency_counts_patience_in_updates() -> None:
-    opt = _wrapped(PlateauMetaOptimizer(patience=1, update_frequency=5, min_count=0))
+    opt = _wrapped(PlateauMetaOptimizer(patience=1, update_frequency=5, min_count=0, judge_every=1))
     lrs = []
     for _ in range(15):
         opt.update_hyperparameters({"loss": 1.0})
@@ -58,7 +58,7 @@ def test_update_frequency_counts_patience_in_updates() -> None:
 
 def test_advanced_plateau_guards_slow_progress_and_watches_weight_norm() -> None:
     slow = [1.0 * 0.995 ** t for t in range(40)]  # falls, but never by the 5% threshold per update
-    plain = _wrapped(PlateauMetaOptimizer(patience=3, threshold=0.05))
+    plain = _wrapped(PlateauMetaOptimizer(patience=3, threshold=0.05, judge_every=1))
     advanced = _wrapped(AdvancedPlateauMetaOptimizer(patience=3, threshold=0.05, trend_window=5, cooldown=0))
     for loss in slow:
         plain.update_hyperparameters({"loss": loss})
@@ -79,7 +79,7 @@ def test_advanced_plateau_guards_slow_progress_and_watches_weight_norm() -> None
 
 
 def test_wrapper_composes_with_lambda_lr() -> None:
-    opt = _wrapped(PlateauMetaOptimizer(patience=0, lr_factor=0.5, min_count=0))
+    opt = _wrapped(PlateauMetaOptimizer(patience=0, lr_factor=0.5, min_count=0, judge_every=1))
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0 / (1 + t))
     used = []
     opt.optimizer.register_step_pre_hook(lambda o, a, k: used.append(o.param_groups[0]["lr"]))
@@ -249,7 +249,7 @@ def test_applier_protocol_for_all_three_front_ends() -> None:
     def groups() -> list[dict[str, Any]]:
         return [{"params": [nn.Parameter(torch.ones(2))]}, {"params": [nn.Parameter(torch.ones(2))], "lr": 0.5}]
 
-    wrapper = OptimizerWrapper(torch.optim.SGD(groups(), lr=0.1), PlateauMetaOptimizer(patience=0, min_count=0))
+    wrapper = OptimizerWrapper(torch.optim.SGD(groups(), lr=0.1), PlateauMetaOptimizer(patience=0, min_count=0, judge_every=1))
     adaptive = AdaptiveOptimizer(torch.optim.SGD(groups(), lr=0.1), lr_rule="trend")
     sgd = torch.optim.SGD(groups(), lr=0.1, momentum=0.9)
     scheduler = AdaptiveScheduler(sgd, patience=0, cooldown=0)
@@ -260,7 +260,7 @@ def test_applier_protocol_for_all_three_front_ends() -> None:
         adaptive.step()
         sgd.step()
         scheduler.step()
-    # wrapper (min_count=0): best at step 1, a drop at each later one down to min_lr_mult; scheduler: judged
+    # wrapper (min_count=0, judge_every=1): best at step 1, a drop at each later one down to min_lr_mult; scheduler: judged
     # once its 20-loss window is full (best at step 20), drops at steps 21 and 22
     for applier, lr0 in ((wrapper, 0.1 * 1e-4), (adaptive, 0.1), (scheduler, 0.1 * 0.5 ** 2)):
         dyn = applier.dynamics()

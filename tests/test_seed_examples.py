@@ -156,10 +156,10 @@ def test_plateau_strategy_still_cuts_a_real_plateau() -> None:
     opt = OptimizerWrapper(torch.optim.AdamW([nn.Parameter(torch.ones(2))], lr=1e-3),
                            PlateauMetaOptimizer(patience=3, lr_factor=0.5))
     gen = torch.Generator().manual_seed(0)
-    for _ in range(60):  # flat loss with 20% minibatch noise: no progress at all
+    for _ in range(200):  # flat loss with 20% minibatch noise: no progress at all
         opt.update_hyperparameters({"loss": 1.0 + 0.2 * torch.randn((), generator=gen).item()})
         opt.step()
-    assert opt.param_groups[0]["lr"] <= 0.5e-3
+    assert opt.param_groups[0]["lr"] <= 0.5e-3  # judged on blocks of 20 losses, patience 3 blocks
 
 
 def test_enhanced_sgd_defaults_equal_sgd_in_seed_000s_example() -> None:
