@@ -348,3 +348,10 @@ def test_values_checked_before_the_trainer(prompts_file, raw, fragment):
 def test_output_dir_that_is_a_file(prompts_file):
     with pytest.raises(ConfigError, match="'OUTPUT_DIR'.*is a file"):
         parse_config(base(prompts_file, OUTPUT_DIR=prompts_file))
+
+
+def test_a_hub_token_is_not_written_with_the_config(tmp_path, prompts_file):
+    c = parse_config(base(prompts_file, hub_token="hf_secretsecretsecret", push_to_hub="false"))
+    assert c.TRAINER_ARGS["hub_token"] == "hf_secretsecretsecret"  # the trainer still gets it
+    text = c.save(tmp_path / "train_config.json").read_text()
+    assert "hf_secret" not in text and '"hub_token": "<HUB_TOKEN>"' in text

@@ -109,11 +109,20 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def to_public_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` with secrets replaced, as transformers does: any ``*_token`` trainer or
+        model argument (``hub_token``) becomes ``"<HUB_TOKEN>"``. What :meth:`save` writes."""
+        public = self.to_dict()
+        for group in ("TRAINER_ARGS", "MODEL_ARGS"):
+            public[group] = {k: f"<{k.upper()}>" if k.endswith("_token") and v is not None else v
+                             for k, v in public[group].items()}
+        return public
+
     def save(self, path: str | Path) -> Path:
-        """Write the resolved config (native JSON values) to ``path``."""
+        """Write the resolved config (native JSON values, secrets redacted) to ``path``."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        path.write_text(json.dumps(self.to_public_dict(), indent=2) + "\n")
         return path
 
 

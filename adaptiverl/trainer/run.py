@@ -320,7 +320,7 @@ class SaveConfigCallback(TrainerCallback):
     """Copies the resolved config into every checkpoint folder."""
 
     def __init__(self, config: TrainConfig) -> None:
-        self.config_dict = config.to_dict()
+        self.config_dict = config.to_public_dict()
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
