@@ -19,6 +19,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     **dict.fromkeys(_OPTIM_EXPORTS, "adaptiverl.optim"),
     "AdaptiveCallback": "adaptiverl.trainer.callback",
+    **dict.fromkeys(("AdaptiveTrainer", "AdaptiveSFTTrainer", "AdaptiveGRPOTrainer", "AdaptiveRLOOTrainer"),
+                    "adaptiverl.trainer.trainers"),
     "CompositeReward": "adaptiverl.rewards",
     "register_reward": "adaptiverl.rewards",
 }
