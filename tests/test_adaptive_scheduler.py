@@ -156,3 +156,17 @@ def test_the_seed_pseudo_code_would_fail_the_noisy_flat_check() -> None:
     assert lr == 1e-7  # the compounding damping drives it to lr_min
     _, scheduler = _make(patience=None)
     assert min(_run(scheduler, losses)) > 1e-3  # the fixed scheduler on the same losses
+
+
+def test_a_discarded_scheduler_stops_controlling() -> None:
+    import gc
+
+    optimizer, scheduler = _make(patience=None)
+    scheduler.step_loss(1.0)
+    optimizer.step()
+    assert scheduler.controller.loss_seen == 1
+    del scheduler
+    gc.collect()
+    optimizer.param_groups[0]["lr"] = 0.3
+    optimizer.step()  # the hook finds no scheduler: nothing rewrites the LR
+    assert optimizer.param_groups[0]["lr"] == 0.3

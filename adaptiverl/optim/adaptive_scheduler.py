@@ -29,6 +29,8 @@ weights or gradients.
 from __future__ import annotations
 
 import warnings
+import weakref
+from collections.abc import Callable
 from typing import Any
 
 from torch.optim import Optimizer
@@ -38,6 +40,15 @@ from adaptiverl.controllers.base import merge_for_role
 from adaptiverl.controllers.schedule import FeedbackSchedule
 from adaptiverl.optim.controlled import KnobWriter
 from adaptiverl.signals import Signals
+
+
+def _control_hook(scheduler: weakref.ref[AdaptiveScheduler]) -> Callable[..., None]:
+    """The optimizer step pre-hook: run the scheduler's control step (a no-op once it is gone)."""
+    def hook(*_: Any) -> None:
+        target = scheduler()
+        if target is not None:
+            target.update_hyperparameters()
+    return hook
 
 
 class AdaptiveScheduler(LRScheduler):
@@ -90,7 +101,7 @@ class AdaptiveScheduler(LRScheduler):
         self.writer = KnobWriter()
         self._warned_reward = False
         super().__init__(optimizer, last_epoch)
-        self._hook = optimizer.register_step_pre_hook(lambda *_: self.update_hyperparameters())
+        self._hook = optimizer.register_step_pre_hook(_control_hook(weakref.ref(self)))
 
     # ---- feeding metrics (record only) ------------------------------------------------------------
     def observe(self, loss: Any = None, reward: Any = None, **metrics: Any) -> None:
