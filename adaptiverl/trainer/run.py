@@ -51,7 +51,7 @@ MODEL_CARD = "README.md"
 # What HF's Trainer needs to resume (weights in one of their forms) and, written last by
 # SaveConfigCallback, our resolved config: a folder missing any is a save cut short.
 CHECKPOINT_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                      "adapter_model.safetensors", "pytorch_model_fsdp_0")
+                      "adapter_model.safetensors", "pytorch_model_fsdp_*", "global_step*")  # FSDP, DeepSpeed
 CHECKPOINT_FILES = ("trainer_state.json", "scheduler.pt", CONFIG_FILE)
 ONLINE_CLASSES = {"sgd": "OnlineSGD", "rmsprop": "OnlineRMSProp", "adamw": "OnlineAdamW",
                   "enhanced_sgd": "EnhancedSGD"}
@@ -331,7 +331,7 @@ class SaveConfigCallback(TrainerCallback):
 
 def checkpoint_problem(folder: Path) -> str | None:
     """Why ``folder`` cannot be resumed from (a file missing or torn), or None when it is complete."""
-    if not any((folder / name).exists() for name in CHECKPOINT_WEIGHTS):
+    if not any(any(folder.glob(pattern)) for pattern in CHECKPOINT_WEIGHTS):
         return "no model weights"
     missing = [name for name in CHECKPOINT_FILES if not (folder / name).is_file()]
     if missing:
