@@ -268,3 +268,10 @@ def test_applier_protocol_for_all_three_front_ends() -> None:
         assert len(dyn["groups"]) == 2 and dyn["summary"]["lr"] == pytest.approx(lr0)
         assert dyn["groups"][1]["lr"] == pytest.approx(lr0 * 5)
     assert scheduler.dynamics()["summary"]["momentum"] == 0.9
+
+
+def test_meta_optimizer_is_abstract_and_judge_every_is_validated() -> None:
+    with pytest.raises(TypeError, match="abstract"):
+        MetaOptimizer()  # type: ignore[abstract]
+    with pytest.raises(ValueError, match="judge_every"):
+        PlateauMetaOptimizer(judge_every=0)

@@ -28,6 +28,7 @@ Routing statistics come from the router logits a model returns with
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
@@ -94,7 +95,7 @@ def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-class MetaOptimizer(Controller):
+class MetaOptimizer(Controller, ABC):
     """Base class of the strategies (seed 004): ``update_hparams(metrics, step)`` every
     ``update_frequency`` calls, adjustments held in between; ``reset()`` forgets everything.
 
@@ -117,9 +118,9 @@ class MetaOptimizer(Controller):
         self._param_names: dict[int, str] = {}
 
     # ---- the strategy -----------------------------------------------------------------------
+    @abstractmethod
     def update_hparams(self, metrics: dict[str, float], step: int) -> Adjustments:
         """Return the adjustments (multipliers per role) from the current signals."""
-        raise NotImplementedError(f"{type(self).__name__} must implement update_hparams(metrics, step)")
 
     def initial_adjustments(self) -> Adjustments:
         """Adjustments in force before the first update (static role factors)."""

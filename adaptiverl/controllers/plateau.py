@@ -59,7 +59,7 @@ class Plateau(Rule):
         if threshold < 0:
             raise ValueError(f"Plateau: threshold must be >= 0, got {threshold}")
         if interval < 1:
-            raise ValueError(f"Plateau: interval must be >= 1, got {interval}")
+            raise ValueError(f"Plateau: interval (judge_every) must be >= 1, got {interval}")
         if min_count is not None and min_count < 0:
             raise ValueError(f"Plateau: min_count must be >= 0 or None (the signal's window), got {min_count}")
         self.signal, self.mode, self.factor, self.patience = signal, mode, factor, patience
