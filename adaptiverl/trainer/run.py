@@ -52,7 +52,7 @@ MODEL_CARD = "README.md"
 # SaveConfigCallback, our resolved config: a folder missing any is a save cut short.
 CHECKPOINT_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                       "adapter_model.safetensors", "pytorch_model_fsdp_*", "global_step*")  # FSDP, DeepSpeed
-CHECKPOINT_FILES = ("trainer_state.json", "scheduler.pt", CONFIG_FILE)
+CHECKPOINT_FILES = ("trainer_state.json", CONFIG_FILE)
 ONLINE_CLASSES = {"sgd": "OnlineSGD", "rmsprop": "OnlineRMSProp", "adamw": "OnlineAdamW",
                   "enhanced_sgd": "EnhancedSGD"}
 
