@@ -36,7 +36,8 @@ def test_task_is_deterministic_and_learns(quick_tasks, name):
 
 def test_full_budgets_are_larger_than_quick(quick_tasks):
     full = get_tasks(quick=False)
-    assert set(full) == set(quick_tasks) == {"tiny_gpt2_lm", "digits_mlp", "noisy_regression"}
+    assert set(full) == set(quick_tasks) == {"tiny_gpt2_lm", "tiny_gpt2_lm_600", "digits_cnn", "digits_mlp",
+                                             "noisy_regression"}
     assert all(full[n].steps > quick_tasks[n].steps for n in full)
 
 
