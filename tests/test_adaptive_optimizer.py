@@ -188,3 +188,13 @@ def test_other_attributes_pass_through_to_the_wrapped_optimizer() -> None:
     assert base.param_groups[0]["train_mode"] is False and len(seen) == 20 and losses[-1] < losses[0]
     restored = copy.deepcopy(opt)
     assert restored.optimizer is not base and restored.lr == opt.lr
+
+
+def test_huge_alternating_losses_do_not_overflow_the_variance_rule():
+    w = torch.nn.Parameter(torch.ones(4))
+    opt = AdaptiveOptimizer(torch.optim.AdamW([w], lr=1e-3), lr_rule="trend+variance")
+    for i in range(30):
+        w.grad = torch.ones(4)
+        opt.observe(loss=1e200 if i % 2 else -1e200)
+        opt.step()
+    assert torch.isfinite(w).all()

@@ -211,3 +211,18 @@ def test_feed_uses_the_seed_names_when_there_is_no_observe():
     feed(target, None, 0.25)
     feed(target, 0.4, 0.3)
     assert target.calls == [("loss", 0.5), ("reward", 0.25), ("loss", 0.4), ("reward", 0.3)]
+
+
+def test_resume_skips_a_torn_history_line_and_keeps_the_rest(tmp_path):
+    from types import SimpleNamespace
+
+    from adaptiverl.trainer.callback import HISTORY_FILE, AdaptiveCallback
+
+    rows = [json.dumps({"step": s, "loss": 1.0 / s}) for s in (1, 2, 3)]
+    (tmp_path / HISTORY_FILE).write_text("\n".join(rows[:2]) + "\n" + rows[2][:9])  # killed mid-line
+    callback = AdaptiveCallback()
+    with pytest.warns(UserWarning, match="torn"):
+        callback._resume_history(SimpleNamespace(output_dir=str(tmp_path)),
+                                 SimpleNamespace(is_world_process_zero=True, global_step=3))
+    assert [r["step"] for r in callback.history] == [1, 2]
+    assert [json.loads(line)["step"] for line in (tmp_path / HISTORY_FILE).read_text().splitlines()] == [1, 2]

@@ -206,7 +206,8 @@ class VarianceRule(Rule):
 
     def relative_variance(self, signals: Signals) -> float:
         sig = _signal(signals, self.signal)
-        return 0.0 if sig is None else sig.rel_std ** 2
+        # a product, not ``** 2``: a huge relative spread reads inf instead of raising OverflowError
+        return 0.0 if sig is None else sig.rel_std * sig.rel_std
 
     def __call__(self, signals: Signals) -> float:
         mult = (self.base + self.scale * self.relative_variance(signals)) ** self.power

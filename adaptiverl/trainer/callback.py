@@ -317,11 +317,30 @@ class AdaptiveCallback(TrainerCallback):
         if state.global_step > 0:
             for source in (out / f"checkpoint-{state.global_step}" / self.history_file,
                            out / self.history_file):
-                if source.is_file():
-                    rows = [json.loads(line) for line in source.read_text().splitlines() if line.strip()]
-                    self.history = [r for r in rows if r["step"] <= state.global_step]
+                if source.is_file():  # a line torn by a crash is skipped with a warning
+                    rows = read_jsonl(source)
+                    self.history = [r for r in rows if isinstance(r.get("step"), int | float)
+                                    and r["step"] <= state.global_step]
                     break
         _write_rows(out / self.history_file, self.history)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of ``path``, one a line; a torn or bad line is skipped with a warning."""
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if not isinstance(row, dict):
+            warnings.warn(f"{path}:{number}: skipping a line that is not a JSON object "
+                          f"(torn by a crash?): {line[:80]!r}", UserWarning, stacklevel=2)
+            continue
+        rows.append(row)
+    return rows
 
 
 def _write_rows(path: Path, rows: list[dict[str, float]]) -> None:

@@ -17,9 +17,8 @@ import json
 import statistics
 import warnings
 from pathlib import Path
-from typing import Any
 
-from adaptiverl.trainer.callback import HISTORY_FILE
+from adaptiverl.trainer.callback import HISTORY_FILE, read_jsonl
 
 PLOT_FILE = "dynamics.png"
 COMPARE_FILE = "compare.png"
@@ -27,24 +26,6 @@ STATE_FILE = "trainer_state.json"
 RUN_CONFIG_FILE = "train_config.json"
 COMPONENT_PREFIXES = ("composite/", "rewards/")
 COMPONENT_STYLES = ("--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)))  # one per component, in the run's colour
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The JSON objects of ``path``, one a line; a torn or bad line is skipped with a warning."""
-    rows = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            row = None
-        if not isinstance(row, dict):
-            warnings.warn(f"{path}:{number}: skipping a line that is not a JSON object "
-                          f"(torn by a crash?): {line[:80]!r}", UserWarning, stacklevel=2)
-            continue
-        rows.append(row)
-    return rows
 
 
 def read_history(output_dir: str | Path) -> list[dict[str, float]]:
