@@ -49,7 +49,7 @@ def test_pure_noise_signal_keeps_scales_within_20_percent_for_1000_steps(cls):
         opt.observe(loss=loss.item())
         opt.step()
     summary = opt.dynamics()["summary"]
-    assert 0.8 <= summary["delta_scale_min"] and summary["delta_scale_max"] <= 1.2, summary
+    assert summary["delta_scale_min"] >= 0.8 and summary["delta_scale_max"] <= 1.2, summary
 
 
 def test_one_step_never_changes_a_scale_by_more_than_max_step_factor():
