@@ -432,6 +432,7 @@ def meta_train(seed: int = 0, iterations: int = 70, pairs: int = 8, sigma: float
                 best = (score, done, theta.clone())
     log(f"best held-out meta score {best[0]:.4f} at iteration {best[1]}")
     return {"weights": unflatten(template, best[2], param_set), "curve": curve, "iterations": done,
+            "final_weights": unflatten(template, theta, param_set),
             "best_iteration": best[1], "best_eval_score": best[0],
             "seconds": time.perf_counter() - start,
             "config": {"seed": seed, "iterations": iterations, "pairs": pairs, "sigma": sigma, "lr": lr,

@@ -92,7 +92,9 @@ def test_quick_suite_end_to_end(tmp_path):
     assert {"lr_robustness", "grpo_reward"} <= ran
     lr = results["results"]["lr_robustness"]
     assert {"per_task", "summary", "targets", "baseline_loss", "unavailable"} <= set(lr)
-    assert set(lr["per_task"]) == {"tiny_gpt2_lm", "digits_mlp", "noisy_regression"}
+    assert set(lr["per_task"]) == {"tiny_gpt2_lm", "tiny_gpt2_lm_600", "digits_cnn", "digits_mlp",
+                                   "noisy_regression"}
+    assert set(lr["invariance"]["runs"]) == {"0.0001", "0.001", "0.01"}
     grpo = results["results"]["grpo_reward"]
     assert {"table", "reward_curves", "targets", "target_reward"} <= set(grpo)
     assert "adamw" in grpo["reward_curves"] and not grpo["errors"]

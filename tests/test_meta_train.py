@@ -50,10 +50,12 @@ def test_meta_training_is_deterministic_from_its_seed_and_writes_loadable_weight
               "horizons": (8,), "log": lambda *_: None}
     first = mt.meta_train(**kwargs)
     second = mt.meta_train(**kwargs)
-    assert first["weights"].keys() == second["weights"].keys()
-    assert all(torch.equal(first["weights"][k], second["weights"][k]) for k in first["weights"])
+    for key in ("weights", "final_weights"):  # the shipped (best) iterate and the last one
+        assert first[key].keys() == second[key].keys()
+        assert all(torch.equal(first[key][k], second[key][k]) for k in first[key])
+    assert [c["eval_score"] for c in first["curve"]] == [c["eval_score"] for c in second["curve"]]
     other = mt.meta_train(**{**kwargs, "seed": 6})
-    assert not torch.equal(first["weights"]["head.weight"], other["weights"]["head.weight"])
+    assert not torch.equal(first["final_weights"]["head.weight"], other["final_weights"]["head.weight"])
     path = mt.write_outputs(first, tmp_path)
     assert path.stat().st_size < 100 * 1024
     assert (tmp_path / "meta_training.json").is_file()

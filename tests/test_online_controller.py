@@ -52,19 +52,25 @@ def test_pure_noise_signal_keeps_scales_within_20_percent_for_1000_steps(cls):
     assert summary["delta_scale_min"] >= 0.8 and summary["delta_scale_max"] <= 1.2, summary
 
 
-def test_one_step_never_changes_a_scale_by_more_than_max_step_factor():
-    w = torch.nn.Parameter(torch.ones(64))
-    opt = OnlineSGD([w], lr=1e-4, max_step_factor=1.05)
-    previous = None
-    for _ in range(80):  # a too-small lr on a quadratic: the controller climbs as fast as allowed
+def test_one_step_changes_a_scale_by_at_most_the_documented_factors():
+    """Up: at most max_step_factor; down: at most max_step_factor * BRAKE_FACTOR (tested on a
+    too-small lr, where the scale climbs as fast as allowed, then a far too large one)."""
+    from adaptiverl.optim._online_core import BRAKE_FACTOR
+
+    w = torch.nn.Parameter(torch.ones(256))
+    opt = OnlineSGD([w], lr=1e-4, max_step_factor=1.05, scale_bounds=(1e-3, 1e6))
+    previous, ratios = None, []
+    for _ in range(200):
         opt.zero_grad()
         (0.5 * (w ** 2).sum()).backward()
         opt.step()
         scale = opt.dynamics()["tensors"][0]["delta_scale"]
         if previous is not None:
-            assert scale / previous <= 1.05 * (1 + 1e-6) and previous / scale <= 1.05 * (1 + 1e-6)
+            ratios.append(scale / previous)
         previous = scale
-    assert previous > 1.05 ** 40  # and it did climb: the factor is a cap, not a stall
+    assert max(ratios) <= 1.05 * (1 + 1e-6)
+    assert min(ratios) >= 1 / (1.05 * BRAKE_FACTOR) * (1 - 1e-6)
+    assert max(ratios) > 1.04 and min(ratios) < 1.0  # it climbed at the cap, and came back down
 
 
 def test_bounds_are_not_absorbing():

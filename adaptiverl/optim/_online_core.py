@@ -66,6 +66,14 @@ REWARD_CLIP = 3.0
 #: The controller's fixed rule: z = -(2 t_fast + t_slow) / 3 (each t clamped to +-3): scales rise
 #: while consecutive steps agree significantly (t < 0) and fall while they oscillate (t > 0).
 PRIOR_GAINS = {"hypergrad_tstat": -2.0, "hypergrad_tstat_slow": -1.0}
+#: The brake: one step whose hypergradient cosine shows a strong reversal (c_t above
+#: max(BRAKE_COS, BRAKE_NOISE / sqrt(sampled elements)), far beyond what minibatch noise gives: a
+#: random cosine has std 1 / sqrt(k)) cuts the scale at once by up to BRAKE_FACTOR, without
+#: waiting for the t-statistics: a diverging step size is repaired before it blows up the weights.
+#: A loss spike brakes every tensor: the observed loss more than BRAKE_SPIKE_Z standard deviations
+#: above its window and more than BRAKE_SPIKE_RATIO times its previous EMA (positive losses only).
+BRAKE_COS, BRAKE_NOISE, BRAKE_FACTOR = 0.5, 4.0, 2.0
+BRAKE_SPIKE_Z, BRAKE_SPIKE_RATIO = 4.0, 2.0
 #: After this fraction of training the feedback gate is multiplied by the schedule's a(p) / max a.
 ANNEAL_FREEZE_FROM = 0.1
 
@@ -239,6 +247,7 @@ class TensorFeatures:
     update_ratio: Tensor    # log10(rms u / rms theta) / 6, in [-1, 1]
     drift: Tensor           # log(rms g_t / rms g_{t-1})
     grad_sq: Tensor         # mean square of g_t
+    counts: Tensor          # sampled elements per row (summed over shards)
     knob_cos: dict[str, Tensor]  # the knob rules' cosines: momentum, beta1, weight_decay
     group_of_row: Tensor
     prev: RowState          # the active rows' state before this step
@@ -252,6 +261,7 @@ class LearningSignal:
     tstat_slow: Tensor
     gate: Tensor            # (T,) in [0, 1]
     reward_step: Tensor     # (T,) the reward path's change of log s (0 without rewards)
+    brake: Tensor           # (T,) in [0, 1]: strength of the immediate cut
     signal: Tensor          # (T,) ~ dL / d log s for the previous step's scale
     stats: dict[str, Tensor] = field(default_factory=dict)  # the updated running sums
 
@@ -723,6 +733,7 @@ class OnlineOptimizer(Optimizer):
         return TensorFeatures(G=G, P=P, M=M, hyper_cos=torch.where(has_prev, _cos(sums, "g_u", "g_g", "u_u"), zero),
                               memory_cos=_cos(sums, "g_m", "g_g", "m_m"), update_ratio=_unit(update_ratio, 1.0),
                               drift=torch.nan_to_num(drift), grad_sq=torch.nan_to_num(grad_sq),
+                              counts=count.float(),
                               knob_cos=knob_cos, group_of_row=group_of_row, prev=prev)
 
     def _learning_signal(self, feats: TensorFeatures, ctl: ControllerState,
@@ -778,8 +789,17 @@ class OnlineOptimizer(Optimizer):
         stats.update(reward_fd=r_mean, reward_fd_sq=r_sq, reward_count=r_count)
         reward_step = (self.controller.max_log_step * tunables["reward_weight"]
                        * torch.tanh(t_reward / TSTAT_SCALE) * _gate(t_reward, self.snr_threshold))
+        threshold = torch.clamp(BRAKE_NOISE / feats.counts.sqrt(), min=BRAKE_COS)
+        brake = torch.where(has_prev & (threshold < 1.0),
+                            ((c - threshold) / (1.0 - threshold).clamp_min(_EPS)).clamp(0.0, 1.0),
+                            torch.zeros_like(c))
+        loss = self.signals.loss
+        if (loss.count >= 5 and loss.z_score > BRAKE_SPIKE_Z and loss.last is not None and loss.last > 0
+                and loss.prev_ema is not None and loss.last > BRAKE_SPIKE_RATIO * abs(loss.prev_ema)):
+            brake = torch.ones_like(brake)
+        brake = brake * tunables["hypergrad_weight"].clamp(max=1.0)
         return LearningSignal(tstat_fast=t_fast, tstat_slow=t_slow, gate=gate, reward_step=reward_step,
-                              signal=signal, stats=stats)
+                              brake=brake, signal=signal, stats=stats)
 
     def _feature_matrix(self, feats: TensorFeatures, sig: LearningSignal) -> Tensor:
         """The ``(T, F)`` controller input, columns in ``FEATURE_NAMES`` order."""
@@ -837,7 +857,8 @@ class OnlineOptimizer(Optimizer):
 
         raw, h_new = self.controller(x, prev.hidden)
         step_cap = self.controller.max_log_step
-        delta = (self.controller.delta(raw, sig.gate) + sig.reward_step).clamp(-step_cap, step_cap)
+        delta = (self.controller.delta(raw, sig.gate) + sig.reward_step).clamp(-step_cap, step_cap) \
+            - sig.brake * math.log(BRAKE_FACTOR)
         log_scale = self.controller.integrate(prev.log_scale, delta)
         k = x.shape[0]
         if self.signals.reward.count > 0:
