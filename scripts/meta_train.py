@@ -369,8 +369,8 @@ def _ranks(values: list[float]) -> Tensor:
     return ranks / max(len(values) - 1, 1) - 0.5
 
 
-def meta_train(seed: int = 0, iterations: int = 70, pairs: int = 8, sigma: float = 0.1,
-               lr: float = 5e-4, workers: int = 2, minutes: float | None = None,
+def meta_train(seed: int = 0, iterations: int = 30, pairs: int = 8, sigma: float = 0.1,
+               lr: float = 1.5e-3, workers: int = 2, minutes: float | None = None,
                eval_every: int = 10, eval_runs: int = 24, param_set: str = "head",
                horizons: tuple[int, ...] = HORIZONS, log: Any = print) -> dict[str, Any]:
     """Antithetic ES over full training runs; returns the weights and the curve."""
@@ -473,10 +473,10 @@ def write_outputs(result: dict[str, Any], out_dir: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--iterations", type=int, default=70)
+    parser.add_argument("--iterations", type=int, default=30)
     parser.add_argument("--pairs", type=int, default=8)
     parser.add_argument("--sigma", type=float, default=0.1)
-    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--lr", type=float, default=1.5e-3)
     parser.add_argument("--params", choices=sorted(PARAM_SETS), default="head",
                         help="weights to search: head + schedule knots (default) or all")
     parser.add_argument("--workers", type=int, default=2)

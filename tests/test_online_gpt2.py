@@ -31,6 +31,8 @@ def test_online_optimizer_trains_tiny_gpt2(tiny_gpt2_dir, cls, lr):
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
     tensors = opt.dynamics()["tensors"]
     assert len(tensors) == len(list(model.parameters()))
-    assert all(0.1 <= t["delta_scale"] <= 10.0 for t in tensors)
+    # inside scale_bounds (1e-3, 1e3), and no faster than 1.1x up per step (x the warm-up-free
+    # unknown horizon: no schedule)
+    assert all(1e-3 * (1 - 1e-5) <= t["delta_scale"] <= 1.1 ** 25 for t in tensors)
     assert opt.format_dynamics().startswith(f"[{cls.__name__}] Step 25 dynamics:")
     assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -71,8 +71,8 @@ PRIOR_GAINS = {"hypergrad_tstat": -2.0, "hypergrad_tstat_slow": -1.0}
 #: random cosine has std 1 / sqrt(k)) cuts the scale at once by up to BRAKE_FACTOR, without
 #: waiting for the t-statistics: a diverging step size is repaired before it blows up the weights.
 #: A loss spike brakes every tensor: the observed loss more than BRAKE_SPIKE_Z standard deviations
-#: above its window and more than BRAKE_SPIKE_RATIO times its previous EMA, for a loss whose EMA
-#: sits above the window's standard deviation (a positive level, not noise around zero).
+#: above its window and more than BRAKE_SPIKE_RATIO times its previous EMA, for a loss whose window
+#: is all positive (a cross-entropy or an MSE, not noise around zero).
 BRAKE_COS, BRAKE_NOISE, BRAKE_FACTOR = 0.5, 4.0, 2.0
 BRAKE_SPIKE_Z, BRAKE_SPIKE_RATIO = 4.0, 2.0
 #: After this fraction of training the feedback gate is multiplied by the schedule's a(p) / max a.
@@ -795,11 +795,11 @@ class OnlineOptimizer(Optimizer):
                             ((c - threshold) / (1.0 - threshold).clamp_min(_EPS)).clamp(0.0, 1.0),
                             torch.zeros_like(c))
         loss = self.signals.loss
-        # only for a loss that sits clearly above zero (its EMA above the window's spread), as a
-        # cross-entropy or an MSE does: a loss that is noise around zero (a policy-gradient
-        # surrogate, a random objective) would spike by chance
+        # only for a positive loss (every value of the window > 0), as a cross-entropy or an MSE
+        # is: a loss that is noise around zero (a policy-gradient surrogate, a random objective)
+        # would spike by chance
         if (loss.count >= 5 and loss.z_score > BRAKE_SPIKE_Z and loss.last is not None
-                and loss.prev_ema is not None and loss.prev_ema > loss.std
+                and loss.prev_ema is not None and min(loss.values) > 0
                 and loss.last > BRAKE_SPIKE_RATIO * loss.prev_ema):
             brake = torch.ones_like(brake)
         brake = brake * tunables["hypergrad_weight"].clamp(max=1.0)
