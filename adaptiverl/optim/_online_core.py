@@ -653,7 +653,8 @@ class OnlineOptimizer(Optimizer):
         n = len(rows_list)
         scales, flat, ok = packed[:n], packed[n:-1], packed[-1] == 1.0
         if not ok:
-            scales = self._reset_controller(ctl)[:n] if all_active else [1.0] * n
+            self._reset_controller(ctl)
+            scales = [1.0] * n
         nk = len(self.KNOBS)
         knobs = [flat[i * nk:(i + 1) * nk] for i in range(len(self.param_groups))]
         ctl.knob_values = knobs
@@ -661,7 +662,7 @@ class OnlineOptimizer(Optimizer):
             ctl.scales = scales
         return scales, knobs
 
-    def _reset_controller(self, ctl: ControllerState) -> list[float]:
+    def _reset_controller(self, ctl: ControllerState) -> None:
         """A non-finite controller state: rebuild the controller and its rows, warn, scale 1."""
         self.controller_resets += 1
         warnings.warn(f"{type(self).__name__}: the controller state became non-finite; it was reset "
@@ -673,7 +674,6 @@ class OnlineOptimizer(Optimizer):
                                device)
         ctl.rows.put(None, fresh)
         ctl.seen = [False] * ctl.num_rows
-        return [1.0] * ctl.num_rows
 
     def _row_tunables(self, ctl: ControllerState, rows: Tensor | None, device: torch.device) -> dict[str, Tensor]:
         """Per-row values of the group tunables (param groups may override them)."""
