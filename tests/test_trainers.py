@@ -320,3 +320,16 @@ def test_a_non_finite_grad_norm_reaches_the_optimizer_before_it_steps(tiny_gpt2_
     assert optimizer.skipped_steps == 1
     assert snapshots == [False, True, False]  # step 2 left the weights as they were; 1 and 3 moved them
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_callback_without_horizon_leaves_the_optimizer_unscheduled(tiny_gpt2_dir, tmp_path):
+    model, tokenizer = _model_and_tokenizer(tiny_gpt2_dir)
+    optimizer = OnlineAdamW(model.parameters(), lr=1e-3)
+    trainer = Trainer(model=model, args=_sft_args(tmp_path), train_dataset=sft_dataset(tokenizer),
+                      data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+                      optimizers=(optimizer, None), callbacks=[AdaptiveCallback(print_console=False, horizon=False)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.train()
+    assert optimizer.total_steps is None and optimizer.progress is None
+    assert optimizer.dynamics()["summary"]["schedule"] == 1.0

@@ -165,8 +165,12 @@ class AdaptiveCallback(TrainerCallback):
     """
 
     def __init__(self, targets: list[Any] | None = None, *, print_console: bool = True,
-                 history_file: str | None = HISTORY_FILE, require_targets: bool = True) -> None:
+                 history_file: str | None = HISTORY_FILE, require_targets: bool = True,
+                 horizon: bool = True) -> None:
         self.extra_targets = list(targets or [])
+        #: tell the optimizers ``max_steps`` (their horizon schedule anneals towards it); False
+        #: leaves them without a horizon, e.g. for RL runs where an anneal loses to a constant lr
+        self.horizon = horizon
         self.require_targets = require_targets
         self.print_console = print_console
         self.history_file = history_file
@@ -234,7 +238,7 @@ class AdaptiveCallback(TrainerCallback):
             if self.require_targets:
                 raise ValueError(message)
             warnings.warn(message + "; training without adaptation", UserWarning, stacklevel=2)
-        for target in self.targets:
+        for target in self.targets if self.horizon else ():
             if callable(getattr(target, "set_total_steps", None)):
                 target.set_total_steps(int(state.max_steps))
         self._pending, self._from_logs = {}, {}
