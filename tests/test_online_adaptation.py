@@ -12,23 +12,23 @@ from adaptiverl.controllers.gru import GRUController
 from adaptiverl.optim.online import OnlineAdamW, OnlineRMSProp, OnlineSGD
 
 
-def _regression() -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(0)
+def _regression(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
     x = torch.randn(256, 16, generator=gen)
     return x, x @ torch.randn(16, 1, generator=gen)
 
 
-def _deep_linear() -> torch.nn.Module:
-    torch.manual_seed(0)
+def _deep_linear(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
     model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.Linear(16, 1))
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.1)
     return model
 
 
-def _fit(opt_factory, steps: int = 60, observe_loss: bool = True) -> tuple[torch.optim.Optimizer, float]:
-    x, y = _regression()
-    model = _deep_linear()
+def _fit(opt_factory, steps: int = 60, observe_loss: bool = True, seed: int = 0) -> tuple[torch.optim.Optimizer, float]:
+    x, y = _regression(seed)
+    model = _deep_linear(seed)
     opt = opt_factory(model.parameters())
     for _ in range(steps):
         opt.zero_grad()
@@ -44,36 +44,49 @@ CASES = [(OnlineSGD, {"momentum": 0.9}), (OnlineRMSProp, {}), (OnlineAdamW, {})]
 SWEEP = [10 ** (e / 2) for e in range(-8, 1)]  # 1e-4 .. 1
 
 
-def _tuned_lr(cls, kwargs) -> float:
+def _tuned_lr(cls, kwargs, seed: int = 0) -> float:
     """The best lr of the plain optimizer (``adapt=False``) on this problem, over half-decades."""
     finals = {}
     for lr in SWEEP:
-        _, loss = _fit(lambda p, lr=lr: cls(p, lr=lr, adapt=False, **kwargs))
+        _, loss = _fit(lambda p, lr=lr: cls(p, lr=lr, adapt=False, **kwargs), seed=seed)
         finals[lr] = loss if math.isfinite(loss) else math.inf
     return min(finals, key=finals.get)
 
 
+def _step_factor(opt: torch.optim.Optimizer) -> float:
+    """The factor by which the controller scales the model's step: the geometric mean of the
+    per-tensor scales, weighted by each tensor's number of elements."""
+    sizes = [p.numel() for group in opt.param_groups for p in group["params"]]
+    scales = [t["delta_scale"] for t in opt.dynamics()["tensors"]]
+    return math.exp(sum(n * math.log(s) for n, s in zip(sizes, scales, strict=True)) / sum(sizes))
+
+
 @pytest.mark.parametrize(("cls", "kwargs"), CASES, ids=[c[0].__name__ for c in CASES])
-def test_scales_rise_when_lr_10x_too_small_and_fall_when_10x_too_large(cls, kwargs):
-    """10x below / above the plain optimizer's best lr on this problem (found by a sweep here);
-    the step scale alone (knobs fixed: a falling momentum would also tame a too-large lr).
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_scales_rise_when_lr_10x_too_small_and_fall_when_10x_too_large(cls, kwargs, seed):
+    """10x below / above the plain optimizer's best lr on this problem (found by a sweep here,
+    for each of three data/initialisation seeds); the step scale alone (knobs fixed: a falling
+    momentum would also tame a too-large lr).
+
+    Too large is judged on the step the model takes, the element-weighted geometric mean of the
+    scales, which must fall by at least 2x. The largest single scale is not a measure of it: a
+    bias gets little signal and stays near 1, and in this two-layer net cutting the first layer's
+    lr by 100x lets the 16-element second layer's rise a little (1.15x on one seed, on some CPUs,
+    while the model's step fell 200x). Too small is judged on the mean scale, which must rise.
 
     On this full-batch problem the best SGD(momentum 0.9) lr sits at the edge of stability, and
     plain SGD at 10x it diverges within three steps: the brake cuts the scale (asserted) but no
     controller that changes the lr gradually from 1x can save that run, so only the adaptive-step
     algorithms are required to stay finite there.
     """
-    lr = _tuned_lr(cls, kwargs)
-    small, _ = _fit(lambda p: cls(p, lr=lr / 10, adapt_knobs=False, **kwargs))
+    lr = _tuned_lr(cls, kwargs, seed)
+    small, _ = _fit(lambda p: cls(p, lr=lr / 10, adapt_knobs=False, **kwargs), seed=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # SGD's diverging run skips its steps
-        large, loss_large = _fit(lambda p: cls(p, lr=lr * 10, adapt_knobs=False, **kwargs))
-    s_small = small.dynamics()["summary"]
-    s_large = large.dynamics()["summary"]
-    assert s_small["delta_scale_mean"] > 1.5
-    assert s_large["delta_scale_mean"] < 0.8
+        large, loss_large = _fit(lambda p: cls(p, lr=lr * 10, adapt_knobs=False, **kwargs), seed=seed)
+    assert small.dynamics()["summary"]["delta_scale_mean"] > 1.5
+    assert _step_factor(large) < 0.5
     if cls is not OnlineSGD:
-        assert s_large["delta_scale_max"] < 1.0
         assert math.isfinite(loss_large)
 
 
