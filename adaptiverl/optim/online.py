@@ -40,7 +40,8 @@ reward-only and both work: absent signals read 0.
 
 **Group knobs** (momentum, alpha, betas, weight decay) adapt as multipliers on the
 ``param_groups`` values, each clamped to an absolute bound given as an argument
-(``momentum_bounds`` ...); the rules are in ``OnlineOptimizer._knob_values``. A knob
+(``momentum_bounds`` ...); the rules are in
+:meth:`adaptiverl.controllers.online.OnlineController.knob_values`. A knob
 whose base value is 0 stays 0. ``adapt_knobs=False`` keeps them at the group values.
 
 **Bad input.** Non-finite ``loss`` / ``reward`` passed to :meth:`observe` are ignored
@@ -69,8 +70,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from adaptiverl.controllers.online import FEATURE_NAMES
 from adaptiverl.optim._kernels import sgd
-from adaptiverl.optim._online_core import FEATURE_NAMES, OnlineOptimizer
+from adaptiverl.optim._online_core import OnlineOptimizer
 
 __all__ = ["FEATURE_NAMES", "OnlineAdamW", "OnlineOptimizer", "OnlineRMSProp", "OnlineSGD"]
 
