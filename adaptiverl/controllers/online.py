@@ -132,11 +132,14 @@ class RowState:
         return RowState(**{f.name: getattr(self, f.name)[rows] for f in dataclasses.fields(self)})
 
     def put(self, rows: Tensor | None, new: RowState) -> None:
+        """Replace the fields (never in place: a shallow copy taken before stays the old state)."""
         for f in dataclasses.fields(self):
             if rows is None:
                 setattr(self, f.name, getattr(new, f.name))
             else:
-                getattr(self, f.name)[rows] = getattr(new, f.name)
+                merged = getattr(self, f.name).clone()
+                merged[rows] = getattr(new, f.name)
+                setattr(self, f.name, merged)
 
     @classmethod
     def zeros(cls, rows: int, width: int, features: int, hidden: int, device: torch.device) -> RowState:
@@ -368,6 +371,31 @@ class OnlineController(Controller):
         self.state.knob_values = knobs
         if all_rows:
             self.state.scales = scales
+
+    def snapshot(self) -> dict[str, Any]:
+        """What one call changes, kept so that :meth:`restore` can undo it (a step whose gradients
+        turn out non-finite in the same host sync as the controller's output). Cheap: references
+        to the row tensors (replaced, never written in place), a copy of the network's few weights
+        (its online learning writes in place) and of the generator's state."""
+        ctl = self.state
+        assert ctl is not None
+        return {"rows": dataclasses.replace(ctl.rows), "knob_log_mult": ctl.knob_log_mult,
+                "drift_ema": ctl.drift_ema, "steps": ctl.steps, "last_reward_count": ctl.last_reward_count,
+                "seen": list(ctl.seen), "generator": self.generator.get_state(),
+                "weights": [w.detach().clone() for w in self.network.parameters()]}
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        """Undo the calls since :meth:`snapshot`."""
+        ctl = self.state
+        assert ctl is not None
+        ctl.rows = snapshot["rows"]
+        ctl.knob_log_mult, ctl.drift_ema = snapshot["knob_log_mult"], snapshot["drift_ema"]
+        ctl.steps, ctl.last_reward_count = snapshot["steps"], snapshot["last_reward_count"]
+        ctl.seen = snapshot["seen"]
+        self.generator.set_state(snapshot["generator"])
+        with torch.no_grad():
+            for w, saved in zip(self.network.parameters(), snapshot["weights"], strict=True):
+                w.copy_(saved)
 
     def reset(self) -> None:
         """A non-finite state: a new network and fresh rows (scales 1); knobs and statistics of the

@@ -33,6 +33,7 @@ from adaptiverl.controllers.online import (
     OnlineController,
     StepInputs,
 )
+from adaptiverl.optim._kernels import KERNELS, apply_update
 from adaptiverl.signals.stats import Signals, to_float
 from adaptiverl.signals.tensor_stats import any_rank, is_sharded, local
 
@@ -42,8 +43,8 @@ _FINITE_CHECKS = ("auto", "full", "sample", "off")
 class OnlineOptimizer(Optimizer):
     """Base class: a torch optimizer whose per-tensor lr and per-group knobs adapt online.
 
-    Subclasses define ``KNOBS`` (names of the group knobs, in the order of ``_base_knobs``),
-    ``_init_state``, ``_memory`` and the two kernels.
+    Subclasses define ``ALGORITHM`` (their kernels in :mod:`adaptiverl.optim._kernels`), ``KNOBS``
+    (names of the group knobs, in the order of ``_base_knobs``), ``_init_state`` and ``_memory``.
 
     Tunables that a param group may override (torch's habit: they live in ``defaults``):
     ``hypergrad_weight``, ``reward_weight``, ``explore_std``, ``knob_lr``, ``drift_gain``.
@@ -53,6 +54,9 @@ class OnlineOptimizer(Optimizer):
     The controller itself is :attr:`online_controller`; :attr:`controller` is its network.
     """
 
+    #: the update (:func:`adaptiverl.optim._kernels.apply_update`): algorithm and default fast kernel
+    ALGORITHM = ""
+    FAST_KERNEL = "multi_tensor"
     KNOBS: tuple[str, ...] = ()
     #: knobs driven by the grad-scale drift rule instead of a one-step hypergradient
     DRIFT_KNOBS: tuple[str, ...] = ()
@@ -160,10 +164,21 @@ class OnlineOptimizer(Optimizer):
 
     def _kernel_fast(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
                      states: list[dict[str, Any]], lrs: list[float], knobs: dict[str, float]) -> None:
-        raise NotImplementedError
+        """The group's fast kernel: ``fused=True`` / ``foreach=True`` pick torch's kind, else ``FAST_KERNEL``."""
+        impl = self.FAST_KERNEL
+        if group.get("fused") and (self.ALGORITHM, "fused") in KERNELS:
+            impl = "fused"
+        elif group.get("foreach") or group.get("fused"):
+            impl = "multi_tensor"
+        apply_update(self.ALGORITHM, impl, params, grads, states, lrs=lrs, knobs=knobs, group=group)
 
     def _kernel_reference(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
                           states: list[dict[str, Any]], lrs: list[float], knobs: dict[str, float]) -> None:
+        """The readable single-tensor kernel (tested equal to the fast ones)."""
+        apply_update(self.ALGORITHM, "single_tensor", params, grads, states, lrs=lrs, knobs=knobs, group=group)
+
+    def _state_keys(self, group: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """Per-parameter state keys: those the kernels need in ``group``, and all the algorithm knows."""
         raise NotImplementedError
 
     def _use_reference(self, group: dict[str, Any]) -> bool:
@@ -201,23 +216,25 @@ class OnlineOptimizer(Optimizer):
         grad_norm, self._pending_grad_norm = self._pending_grad_norm, None
         if not batch["params"]:
             return loss
-        if not self._gradients_finite(batch, grad_norm):
-            self.skipped_steps += 1
-            warnings.warn(
-                f"{type(self).__name__}: non-finite gradient, step skipped (parameters, optimizer "
-                f"and controller state unchanged; {self.skipped_steps} skipped so far)",
-                RuntimeWarning, stacklevel=4)
-            return loss
+        verdict = self._finite_check(batch, grad_norm)
+        if verdict is False:
+            return self._skip(loss)
+        bad = verdict if isinstance(verdict, Tensor) else None
+        if self.adapt:
+            self._warn_if_unfed()
+            decided = self._adapt(batch, bad)
+            if decided is None:
+                return self._skip(loss)
+            scales, knob_values = decided
+        else:
+            if bad is not None and bool(bad.item()):
+                return self._skip(loss)
+            scales = [1.0] * len(batch["params"])
+            knob_values = [self._base_knobs(g) for g in self.param_groups]
         for group, params, states in zip(self.param_groups, batch["by_group"], batch["states"], strict=True):
             for p, state in zip(params, states, strict=True):
                 if not state:
                     state.update(self._init_state(p, group))
-        if self.adapt:
-            self._warn_if_unfed()
-            scales, knob_values = self._adapt(batch)
-        else:
-            scales = [1.0] * len(batch["params"])
-            knob_values = [self._base_knobs(g) for g in self.param_groups]
         offset = 0
         for gi, (group, params, grads, states) in enumerate(
                 zip(self.param_groups, batch["by_group"], batch["grads_by_group"], batch["states"],
@@ -238,6 +255,14 @@ class OnlineOptimizer(Optimizer):
                     st.update({k: v for k, v in shard.items() if k not in st or st[k] is None})
             else:
                 kernel(group, params, grads, states, lrs, knobs)
+        return loss
+
+    def _skip(self, loss: Any) -> Any:
+        self.skipped_steps += 1
+        warnings.warn(
+            f"{type(self).__name__}: non-finite gradient, step skipped (parameters, optimizer "
+            f"and controller state unchanged; {self.skipped_steps} skipped so far)",
+            RuntimeWarning, stacklevel=4)
         return loss
 
     def _warn_if_unfed(self) -> None:
@@ -283,9 +308,16 @@ class OnlineOptimizer(Optimizer):
                 "grads_by_group": grads_by_group, "states": states,
                 "local_params": [local(p) for p in params], "local_grads": [local(g) for g in grads]}
 
-    def _gradients_finite(self, batch: dict[str, Any], grad_norm: float | None) -> bool:
-        """Whether to take the step. ``auto``: the observed grad norm when one was given for
-        this step (free: the caller already reduced every element), else ``full``."""
+    def _finite_check(self, batch: dict[str, Any], grad_norm: float | None) -> bool | Tensor:
+        """``True`` / ``False`` when known on the host, else a device flag (1,), > 0 for a
+        non-finite gradient on any rank, read with the step's one host sync.
+
+        ``auto``: the observed grad norm when one was given for this step (free: the caller
+        already reduced every element), else ``full``: one read of every gradient, the per-tensor
+        norms (``torch._foreach_norm``) summed in float32 as the trainer's clip norm is, so a step
+        is taken exactly when the total gradient norm is finite (a non-finite element, or a norm
+        beyond ~1.8e19 whose square overflows, skips it: such a step would overflow the momentum
+        and the controller's statistics); ``sample``: the feature sample only."""
         mode = self.finite_check
         if mode == "off":
             return True
@@ -294,44 +326,39 @@ class OnlineOptimizer(Optimizer):
                 return math.isfinite(grad_norm)
             mode = "full"
         grads = batch["local_grads"]
-        if mode == "full":
-            found = torch.zeros(1, device=grads[0].device)
-            inv_scale = torch.ones(1, device=grads[0].device)
-            by_device: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
-            for g in grads:
-                by_device.setdefault((g.device, g.dtype), []).append(g)
-            for (dev, _), gs in by_device.items():
-                if dev != found.device:
-                    f = torch.zeros(1, device=dev)
-                    torch._amp_foreach_non_finite_check_and_unscale_(gs, f, inv_scale.to(dev))
-                    found += f.to(found.device)
-                else:
-                    torch._amp_foreach_non_finite_check_and_unscale_(gs, found, inv_scale)
-            return self._all_ranks_finite(found)
         device = grads[0].device
-        sample = self._prepare_controller(device).sample_gradients(grads, batch["rows"], device)
-        batch["G_sample"] = sample
-        return self._all_ranks_finite((~torch.isfinite(sample)).any().float().reshape(1))
-
-    def _all_ranks_finite(self, found: Tensor) -> bool:
-        """``found`` (1,) > 0 on any rank: skip everywhere (each shard checks only its own part)."""
-        return not bool(any_rank(found, self._shard_reduce).item())
+        if mode == "full":
+            norms = torch.stack([n.to(device) for n in torch._foreach_norm(grads)]).float()
+            found = ~torch.isfinite(norms.square().sum())
+        else:
+            sample = self._prepare_controller(device).sample_gradients(grads, batch["rows"], device)
+            batch["G_sample"] = sample
+            found = (~torch.isfinite(sample)).any()
+        return any_rank(found.float().reshape(1), self._shard_reduce)
 
     # ------------------------------------------------------- adaptation
-    def _adapt(self, batch: dict[str, Any]) -> tuple[list[float], list[list[float]]]:
-        """One call into the controller, one host sync; a non-finite controller is reset (scales 1)."""
+    def _adapt(self, batch: dict[str, Any], bad: Tensor | None) -> tuple[list[float], list[list[float]]] | None:
+        """One call into the controller and one host sync; ``None``: skip the step.
+
+        With ``bad`` (the finite check's device flag) the controller steps speculatively and is
+        rolled back when the flag reads non-finite in the same sync. A non-finite controller is
+        reset (scales 1)."""
         online = self._prepare_controller(batch["grads"][0].device)
         groups = self.param_groups
         inputs = StepInputs(
             rows=batch["rows"], grads=batch["local_grads"], params=batch["local_params"],
-            memories=[self._memory(s) for states in batch["states"] for s in states],
+            memories=[self._memory(s) if s else None for states in batch["states"] for s in states],
             maximize=[bool(g["maximize"]) for g in groups],
             tunables=tuple(tuple(float(g[k]) for k in self.GROUP_TUNABLES) for g in groups),
             base_knobs=[self._base_knobs(g) for g in groups], progress=self.progress,
             grad_sample=batch.get("G_sample"))
+        undo = online.snapshot() if bad is not None else None
         out = online(self.signals, inputs)
-        packed = torch.cat([out.log_scales.exp().double(), out.knobs.flatten(),
-                            out.finite.double().reshape(1)]).tolist()
+        flags = [out.finite.double().reshape(1)] + ([] if bad is None else [bad.double()])
+        packed = torch.cat([out.log_scales.exp().double(), out.knobs.flatten(), *flags]).tolist()
+        if bad is not None and packed.pop() != 0.0:  # the finite check's flag, last in the sync
+            online.restore(undo)
+            return None
         n = len(inputs.rows)
         scales, flat, ok = packed[:n], packed[n:-1], packed[-1] == 1.0
         if not ok:
@@ -452,6 +479,14 @@ class OnlineOptimizer(Optimizer):
         return "\n".join(lines)
 
     # ------------------------------------------------------------ persistence
+    def __getstate__(self) -> dict[str, Any]:
+        """Everything but torch's hooks: torch keeps only ``defaults``, ``state`` and
+        ``param_groups``, and a copy without its controller and signals could not step.
+        ``copy.deepcopy((model, opt))`` and pickling continue exactly like the original."""
+        state = super().__getstate__()
+        state.update({k: v for k, v in self.__dict__.items() if k not in state and not k.startswith("_optimizer_")})
+        return state
+
     def state_dict(self) -> dict[str, Any]:
         out = super().state_dict()
         online = self.online_controller.state_dict()
@@ -463,13 +498,23 @@ class OnlineOptimizer(Optimizer):
             "skipped_steps": self.skipped_steps,
             "controller_resets": online["controller_resets"],
             "total_steps": self.total_steps,
+            "class": type(self).__name__,
+            "algorithm": self.ALGORITHM,
         }
         return out
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Loads this class's state dicts and torch's optimizer of the same algorithm (e.g. a
+        ``torch.optim.AdamW`` one into :class:`OnlineAdamW`: the moments and step counts carry over,
+        the adaptation tunables take this optimizer's defaults, the controller starts fresh).
+        Anything else is refused here, naming both classes, before anything changes."""
         state_dict = dict(state_dict)
         online = state_dict.pop("online", None)
+        self._check_loadable(state_dict, online)
         super().load_state_dict(state_dict)
+        for group in self.param_groups:  # a torch optimizer's groups lack the adaptation tunables
+            for key, value in self.defaults.items():
+                group.setdefault(key, value)
         if online is None:
             return
         self.signals.load_state_dict(online["signals"])
@@ -479,3 +524,38 @@ class OnlineOptimizer(Optimizer):
         self._signals_fed = self._signals_fed or self.signals.loss.count > 0 or self.signals.reward.count > 0
         params = self._all_params()
         self.online_controller.load_state_dict(online, device=params[0].device if params else None)
+
+    def _check_loadable(self, state_dict: dict[str, Any], online: dict[str, Any] | None) -> None:
+        name = type(self).__name__
+        saved_state = [s for s in state_dict.get("state", {}).values() if s]
+        keys = set().union(*(set(s) for s in saved_state)) if saved_state else set()
+        source = _saved_by(keys, online)
+        ctl = online.get("ctl") if online else None
+        other_algorithm = online is not None and online.get("algorithm", self.ALGORITHM) != self.ALGORITHM
+        if other_algorithm or (ctl is not None and ctl["knob_log_mult"].shape[1] != len(self.KNOBS)):
+            raise ValueError(f"{name}.load_state_dict: the state dict was saved by {source}, another "
+                             f"algorithm; build a {source} to resume it, or start {name} without it")
+        groups = state_dict.get("param_groups", [])
+        saved_groups = {i: g for g in groups for i in g.get("params", [])}
+        known = self._state_keys({})[1]
+        for index, state in state_dict.get("state", {}).items():
+            if not state:
+                continue
+            group = {**self.defaults, **saved_groups.get(index, {})}
+            missing = [k for k in self._state_keys(group)[0] if k not in state]
+            if missing or not set(state) & set(known):
+                raise ValueError(f"{name}.load_state_dict: the state dict was saved by {source}, whose "
+                                 f"per-parameter state ({', '.join(sorted(state))}) does not carry over to "
+                                 f"{name} (needs {', '.join(self._state_keys(group)[0] or known)})")
+
+
+def _saved_by(keys: set[str], online: dict[str, Any] | None) -> str:
+    """The class a state dict most likely came from (recorded since the controller moved; else
+    from its per-parameter state keys)."""
+    if online is not None and online.get("class"):
+        return str(online["class"])
+    for key, algorithm in (("exp_avg", "AdamW"), ("square_avg", "RMSprop"), ("momentum_buffer", "SGD")):
+        if key in keys:
+            online_name = {"RMSprop": "OnlineRMSProp"}.get(algorithm, "Online" + algorithm)
+            return online_name if online is not None else "torch.optim." + algorithm
+    return "another optimizer"

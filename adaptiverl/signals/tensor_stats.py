@@ -31,6 +31,9 @@ from torch.distributed.tensor import DTensor
 EPS = 1e-12
 #: ``log10(rms u / rms theta)`` is divided by this before clamping to [-1, 1].
 UPDATE_RATIO_DECADES = 6.0
+#: The gradient-scale drift ``log(rms g_t / rms g_{t-1})`` is clamped to +-DRIFT_MAX (a change by
+#: e^30 between two steps): an overflowing gradient must not make the drift EMA of the knob rule infinite.
+DRIFT_MAX = 30.0
 
 #: Per-row sums of the sampled matrices. ``g``: gradient, ``u``: last update, ``m``: memory,
 #: ``p``: parameter, ``mp`` / ``pp``: previous memory / parameter, ``dm``: previous memory minus
@@ -176,7 +179,7 @@ class TensorFeatures:
     hyper_cos: Tensor       # cos(g_t, u_{t-1}), 0 for rows without a previous step
     memory_cos: Tensor      # cos(g_t, memory)
     update_ratio: Tensor    # log10(rms u / rms theta) / 6, in [-1, 1]
-    drift: Tensor           # log(rms g_t / rms g_{t-1})
+    drift: Tensor           # log(rms g_t / rms g_{t-1}), in [-DRIFT_MAX, DRIFT_MAX]
     grad_sq: Tensor         # mean square of g_t
     counts: Tensor          # sampled elements per row (summed over shards)
     knob_cos: dict[str, Tensor]  # the knob rules' cosines: momentum, beta1, weight_decay
@@ -212,5 +215,5 @@ def tensor_features(G: Tensor, P: Tensor, M: Tensor, signs: Tensor, *, P_prev: T
                 "weight_decay": cosine(sums, "g_pp", "g_g", "pp_pp")}
     return TensorFeatures(G=G, P=P, M=M, hyper_cos=torch.where(has_prev, cosine(sums, "g_u", "g_g", "u_u"), zero),
                           memory_cos=cosine(sums, "g_m", "g_g", "m_m"), update_ratio=unit(update_ratio, 1.0),
-                          drift=torch.nan_to_num(drift), grad_sq=torch.nan_to_num(grad_sq),
+                          drift=torch.nan_to_num(drift).clamp(-DRIFT_MAX, DRIFT_MAX), grad_sq=torch.nan_to_num(grad_sq),
                           counts=count.float(), knob_cos=knob_cos)
