@@ -139,11 +139,10 @@ def state_bytes(opt: torch.optim.Optimizer) -> int:
                 add(v)
 
     add(list(opt.state.values()))
-    controller = getattr(opt, "controller", None)
-    if controller is not None:
-        ctl = getattr(opt, "_ctl", None)
-        add(ctl.to_dict() if ctl is not None else {})
-        add(list(controller.parameters()))
+    online = getattr(opt, "online_controller", None)
+    if online is not None:
+        add(online.state_dict()["ctl"] or {})
+        add(list(online.network.parameters()))
     return total
 
 

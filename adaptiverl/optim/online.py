@@ -40,7 +40,8 @@ reward-only and both work: absent signals read 0.
 
 **Group knobs** (momentum, alpha, betas, weight decay) adapt as multipliers on the
 ``param_groups`` values, each clamped to an absolute bound given as an argument
-(``momentum_bounds`` ...); the rules are in ``OnlineOptimizer._knob_values``. A knob
+(``momentum_bounds`` ...); the rules are in
+:meth:`adaptiverl.controllers.online.OnlineController.knob_values`. A knob
 whose base value is 0 stays 0. ``adapt_knobs=False`` keeps them at the group values.
 
 **Bad input.** Non-finite ``loss`` / ``reward`` passed to :meth:`observe` are ignored
@@ -69,8 +70,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from adaptiverl.optim._kernels import sgd
-from adaptiverl.optim._online_core import FEATURE_NAMES, OnlineOptimizer
+from adaptiverl.controllers.online import FEATURE_NAMES
+from adaptiverl.optim._kernels import zeros_state
+from adaptiverl.optim._online_core import OnlineOptimizer
 
 __all__ = ["FEATURE_NAMES", "OnlineAdamW", "OnlineOptimizer", "OnlineRMSProp", "OnlineSGD"]
 
@@ -102,27 +104,6 @@ def _adapt_kwargs(local: dict[str, Any]) -> dict[str, Any]:
     return {k: local[k] for k in keys}
 
 
-_HALF = (torch.float16, torch.bfloat16)
-
-
-def _compute_dtype(p: Tensor) -> torch.dtype:
-    """float32 for half-precision parameters on the CPU (their states and update math), else
-    the parameter's own dtype. In fp16, AdamW's ``eps = 1e-8`` and small ``g^2`` underflow to 0
-    and ``0 / 0`` gives NaN; the update is computed in float32 and rounded once into ``p``."""
-    return torch.float32 if p.device.type == "cpu" and p.dtype in _HALF else p.dtype
-
-
-def _zeros_state(p: Tensor) -> Tensor:
-    return torch.zeros_like(p, dtype=_compute_dtype(p), memory_format=torch.preserve_format)
-
-
-def _work(p: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
-    """The tensor the reference kernels update (``p`` itself, or a float32 copy) and ``g`` in its dtype."""
-    dtype = _compute_dtype(p)
-    work = p if p.dtype == dtype else p.to(dtype)
-    return work, g.to(dtype)
-
-
 def _bounds(name: str, value: tuple[float, float], lo: float, hi: float) -> tuple[float, float]:
     a, b = (float(v) for v in value)
     if not lo <= a <= b <= hi:
@@ -139,6 +120,7 @@ class OnlineSGD(OnlineOptimizer):
     ``momentum_bounds``), ``weight_decay`` (``weight_decay_bounds``).
     """
 
+    ALGORITHM = "sgd"
     KNOBS = ("momentum", "weight_decay")
 
     def __init__(self, params: Iterable[Any], lr: float | Tensor = 1e-3, momentum: float = 0.0,
@@ -176,27 +158,8 @@ class OnlineSGD(OnlineOptimizer):
     def _memory(self, state: dict[str, Any]) -> Tensor | None:
         return state.get("momentum_buffer")
 
-    def _kernel_fast(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
-                     states: list[dict[str, Any]], lrs: list[float], knobs: dict[str, float]) -> None:
-        self._sgd(group, params, grads, states, lrs, knobs, foreach=True)
-
-    def _kernel_reference(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
-                          states: list[dict[str, Any]], lrs: list[float], knobs: dict[str, float]) -> None:
-        self._sgd(group, params, grads, states, lrs, knobs, foreach=False)
-
-    @staticmethod
-    def _sgd(group: dict[str, Any], params: list[Tensor], grads: list[Tensor], states: list[dict[str, Any]],
-             lrs: list[float], knobs: dict[str, float], *, foreach: bool) -> None:
-        """The package's one SGD kernel (:mod:`adaptiverl.optim._kernels`) with per-tensor lrs."""
-        momentum = knobs["momentum"]
-        buffers = [s.get("momentum_buffer") for s in states] if momentum != 0 else [None] * len(params)
-        sgd(params, grads, buffers, lrs=lrs, momentum=momentum, dampening=group["dampening"],
-            weight_decay=knobs["weight_decay"], nesterov=group["nesterov"], maximize=group["maximize"],
-            foreach=foreach)
-        if momentum != 0:
-            for state, buf in zip(states, buffers, strict=True):
-                state["momentum_buffer"] = buf
-
+    def _state_keys(self, group: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        return (), ("momentum_buffer",)
 
 class OnlineRMSProp(OnlineOptimizer):
     """``torch.optim.RMSprop`` with an online per-tensor lr multiplier and adapted alpha / momentum / wd.
@@ -207,6 +170,7 @@ class OnlineRMSProp(OnlineOptimizer):
     ``alpha_bounds``), ``momentum`` (``momentum_bounds``), ``weight_decay``.
     """
 
+    ALGORITHM = "rmsprop"
     KNOBS = ("alpha", "momentum", "weight_decay")
     DRIFT_KNOBS = ("alpha",)
 
@@ -243,71 +207,20 @@ class OnlineRMSProp(OnlineOptimizer):
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
         state = {"step": torch.tensor(0.0),
-                 "square_avg": _zeros_state(p)}
+                 "square_avg": zeros_state(p)}
         if group["momentum"] > 0:
-            state["momentum_buffer"] = _zeros_state(p)
+            state["momentum_buffer"] = zeros_state(p)
         if group["centered"]:
-            state["grad_avg"] = _zeros_state(p)
+            state["grad_avg"] = zeros_state(p)
         return state
 
     def _memory(self, state: dict[str, Any]) -> Tensor | None:
         return state.get("momentum_buffer")
 
-    def _kernel_fast(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
-                     states: list[dict[str, Any]], lrs: list[float], knobs: dict[str, float]) -> None:
-        alpha, momentum, weight_decay = knobs["alpha"], knobs["momentum"], knobs["weight_decay"]
-        square_avgs = [s["square_avg"] for s in states]
-        torch._foreach_add_([s["step"] for s in states], 1)
-        if group["maximize"]:
-            grads = torch._foreach_neg(grads)
-        if weight_decay != 0:
-            grads = torch._foreach_add(grads, params, alpha=weight_decay)
-        torch._foreach_mul_(square_avgs, alpha)
-        torch._foreach_addcmul_(square_avgs, grads, grads, value=1 - alpha)
-        if group["centered"]:
-            grad_avgs = [s["grad_avg"] for s in states]
-            torch._foreach_lerp_(grad_avgs, grads, 1 - alpha)
-            avg = torch._foreach_addcmul(square_avgs, grad_avgs, grad_avgs, value=-1)
-            torch._foreach_sqrt_(avg)
-        else:
-            avg = torch._foreach_sqrt(square_avgs)
-        torch._foreach_add_(avg, group["eps"])
-        if momentum > 0:
-            bufs = [s["momentum_buffer"] for s in states]
-            torch._foreach_mul_(bufs, momentum)
-            torch._foreach_addcdiv_(bufs, grads, avg)
-            for p, buf, lr in zip(params, bufs, lrs, strict=True):
-                p.add_(buf, alpha=-lr)
-        else:
-            torch._foreach_addcdiv_(params, grads, avg, [-lr for lr in lrs])
-
-    def _kernel_reference(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
-                          states: list[dict[str, Any]], lrs: list[float], knobs: dict[str, float]) -> None:
-        alpha, momentum, weight_decay = knobs["alpha"], knobs["momentum"], knobs["weight_decay"]
-        for param, grad, state, lr in zip(params, grads, states, lrs, strict=True):
-            p, g = _work(param, grad)
-            state["step"] += 1
-            g = -g if group["maximize"] else g
-            if weight_decay != 0:
-                g = g.add(p, alpha=weight_decay)
-            square_avg = state["square_avg"]
-            square_avg.mul_(alpha).addcmul_(g, g, value=1 - alpha)
-            if group["centered"]:
-                grad_avg = state["grad_avg"]
-                grad_avg.lerp_(g, 1 - alpha)
-                avg = square_avg.addcmul(grad_avg, grad_avg, value=-1).sqrt_()
-            else:
-                avg = square_avg.sqrt()
-            avg = avg.add_(group["eps"])
-            if momentum > 0:
-                buf = state["momentum_buffer"]
-                buf.mul_(momentum).addcdiv_(g, avg)
-                p.add_(buf, alpha=-lr)
-            else:
-                p.addcdiv_(g, avg, value=-lr)
-            if p is not param:
-                param.copy_(p)
-
+    def _state_keys(self, group: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        required = ("step", "square_avg") + (("momentum_buffer",) if group.get("momentum", 0) > 0 else ()) \
+            + (("grad_avg",) if group.get("centered") else ())
+        return required, ("step", "square_avg", "momentum_buffer", "grad_avg")
 
 class OnlineAdamW(OnlineOptimizer):
     """``torch.optim.AdamW`` with an online per-tensor lr multiplier and adapted betas / weight decay.
@@ -319,6 +232,8 @@ class OnlineAdamW(OnlineOptimizer):
     ``weight_decay`` (``weight_decay_bounds``).
     """
 
+    ALGORITHM = "adamw"
+    FAST_KERNEL = "fused"
     KNOBS = ("beta1", "beta2", "weight_decay")
     DRIFT_KNOBS = ("beta2",)
 
@@ -357,15 +272,19 @@ class OnlineAdamW(OnlineOptimizer):
         fast = not self._use_reference(group)
         state = {
             "step": torch.tensor(0.0, dtype=torch.float32, device=p.device if fast else None),
-            "exp_avg": _zeros_state(p),
-            "exp_avg_sq": _zeros_state(p),
+            "exp_avg": zeros_state(p),
+            "exp_avg_sq": zeros_state(p),
         }
         if group["amsgrad"]:
-            state["max_exp_avg_sq"] = _zeros_state(p)
+            state["max_exp_avg_sq"] = zeros_state(p)
         return state
 
     def _memory(self, state: dict[str, Any]) -> Tensor | None:
         return state.get("exp_avg")
+
+    def _state_keys(self, group: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        required = ("step", "exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if group.get("amsgrad") else ())
+        return required, ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Also accepts a torch AdamW state dict; step counters move to their parameter's
@@ -378,37 +297,3 @@ class OnlineAdamW(OnlineOptimizer):
                 state = self.state.get(p)
                 if state and state["step"].device != p.device:
                     state["step"] = state["step"].to(device=p.device, dtype=torch.float32)
-
-    def _kernel_fast(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
-                     states: list[dict[str, Any]], lrs: list[float], knobs: dict[str, float]) -> None:
-        beta1, beta2, weight_decay = knobs["beta1"], knobs["beta2"], knobs["weight_decay"]
-        amsgrad = group["amsgrad"]
-        torch._foreach_add_([s["step"] for s in states], 1)  # the fused kernel reads, never bumps, the step
-        for p, g, state, lr in zip(params, grads, states, lrs, strict=True):
-            torch._fused_adamw_([p], [g], [state["exp_avg"]], [state["exp_avg_sq"]],
-                                [state["max_exp_avg_sq"]] if amsgrad else [], [state["step"]],
-                                amsgrad=amsgrad, lr=lr, beta1=beta1, beta2=beta2, weight_decay=weight_decay,
-                                eps=group["eps"], maximize=group["maximize"], grad_scale=None, found_inf=None)
-
-    def _kernel_reference(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
-                          states: list[dict[str, Any]], lrs: list[float], knobs: dict[str, float]) -> None:
-        beta1, beta2, weight_decay = knobs["beta1"], knobs["beta2"], knobs["weight_decay"]
-        for param, grad, state, lr in zip(params, grads, states, lrs, strict=True):
-            p, g = _work(param, grad)
-            g = -g if group["maximize"] else g
-            state["step"] += 1
-            step = float(state["step"])
-            p.mul_(1 - lr * weight_decay)
-            exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-            exp_avg.lerp_(g, 1 - beta1)
-            exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-            bias_correction1 = 1 - beta1**step
-            bias_correction2_sqrt = math.sqrt(1 - beta2**step)
-            if group["amsgrad"]:
-                torch.maximum(state["max_exp_avg_sq"], exp_avg_sq, out=state["max_exp_avg_sq"])
-                denom = (state["max_exp_avg_sq"].sqrt() / bias_correction2_sqrt).add_(group["eps"])
-            else:
-                denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(group["eps"])
-            p.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)
-            if p is not param:
-                param.copy_(p)
