@@ -91,50 +91,14 @@ def grpo_run(job: tuple[str, float, str, str, int, int]) -> dict[str, Any]:
             "lr_max": max((x for x in lrs if math.isfinite(x)), default=math.nan)}
 
 
-def _gated_class() -> Any:
-    """OnlineAdamW with the policy rules hooked in from outside (the development harness)."""
-    import dataclasses
+def _set_rules(variant: str) -> None:
+    """Switch the controller's policy rules for this process (ablations of the shipped defaults)."""
+    from adaptiverl.controllers import online, policy_rules
 
-    import torch
-
-    from adaptiverl.controllers.policy_rules import AnnealGate, kl_adaptive_factor
-    from adaptiverl.optim import OnlineAdamW
-
-    class Gated(OnlineAdamW):
-        def __init__(self, *args: Any, gate: bool = True, kl_target: float | None = None, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.anneal_gate = AnnealGate() if gate else None
-            self.kl_target = kl_target
-            self._kl_count = 0
-            self._gated_progress = 0.0
-
-        @property
-        def progress(self) -> float | None:
-            if self.anneal_gate is None or self.total_steps is None:
-                return super().progress
-            return self._gated_progress
-
-        def _adapt(self, batch: Any) -> Any:
-            if self.anneal_gate is not None and self.total_steps is not None:
-                reward = self.signals.reward
-                self._gated_progress = self.anneal_gate.step(self.total_steps, reward.trend_tstat, reward.count > 0)
-            return super()._adapt(batch)
-
-        def _learning_signal(self, feats: Any, ctl: Any, tunables: Any) -> Any:
-            sig = super()._learning_signal(feats, ctl, tunables)
-            kl = self.signals.signals.get("policy_kl")
-            if self.kl_target is None or kl is None or kl.count == self._kl_count:
-                return sig
-            self._kl_count = kl.count
-            factor = kl_adaptive_factor(kl.last, self.kl_target)
-            if factor > 1:
-                return dataclasses.replace(sig, reward_step=sig.reward_step + self.controller.max_log_step)
-            if factor < 1:
-                cut = math.log(1 / factor) / math.log(2.0)
-                return dataclasses.replace(sig, brake=torch.clamp(sig.brake, min=cut))
-            return sig
-
-    return Gated
+    online.anneal_advances = (lambda *_: True) if variant == "online_nogate" else policy_rules.anneal_advances
+    online.kl_adaptive_factor = (lambda *_: 1.0) if variant == "online_nokl" else policy_rules.kl_adaptive_factor
+    online.KL_TARGET = float(variant.removeprefix("online_kl")) if variant.startswith("online_kl") \
+        else policy_rules.KL_TARGET
 
 
 def _hint_class() -> Any:
@@ -154,27 +118,31 @@ def _hint_class() -> Any:
             super().__init__(*args, **kwargs)
             self.start, self.trust = start, trust
 
-        def _ensure_controller_state(self, device: Any) -> Any:
-            fresh = self._ctl is None
-            ctl = super()._ensure_controller_state(device)
+        def _prepare_controller(self, device: Any) -> Any:
+            fresh = self.online_controller.state is None
+            online = super()._prepare_controller(device)
             if fresh and self.start != 1.0:
-                ctl.rows.log_scale.fill_(math.log(self.start))
-            return ctl
+                online.state.rows.log_scale.fill_(math.log(self.start))
+            return online
 
-        def _adapt(self, batch: Any) -> Any:
-            scales, knobs = super()._adapt(batch)
-            if self.trust is None:
-                return scales, knobs
+        def _adapt(self, batch: Any, bad: Any) -> Any:
+            out = super()._adapt(batch, bad)
+            if out is None or self.trust is None:
+                return out
+            scales, knobs = out
             params = batch["params"]
             rms = (torch.stack(torch._foreach_norm(params)) /
                    torch.tensor([p.numel() ** 0.5 for p in params])).clamp_min(1e-2).tolist()
             lrs = [float(g["lr"]) for g in self.param_groups for p in g["params"] if p.grad is not None]
             capped = [min(s, self.trust * r / lr) for s, r, lr in zip(scales, rms, lrs, strict=True)]
-            if self._ctl is not None and self._ctl.scales is not None and len(capped) == self._ctl.num_rows:
-                self._ctl.scales = capped
+            self.online_controller.record(capped, knobs, all_rows=len(capped) == self.online_controller.state.num_rows)
             return capped, knobs
 
     return Hint
+
+
+HINT_DESIGNS = {"online": {}, "start0.01": {"start": 0.01}, "start0.05": {"start": 0.05},
+                "start0.1": {"start": 0.1}, "trust1e-3": {"trust": 1e-3}, "trust3e-3": {"trust": 3e-3}}
 
 
 def finetune_run(job: tuple[str, float, str, int, int]) -> dict[str, Any]:
@@ -189,8 +157,7 @@ def finetune_run(job: tuple[str, float, str, int, int]) -> dict[str, Any]:
     if design == "adamw_linear":
         method = METHODS["adamw_linear"]
     else:
-        options = {"online": {}, "start0.01": {"start": 0.01}, "start0.05": {"start": 0.05},
-                   "trust1e-3": {"trust": 1e-3}, "trust3e-3": {"trust": 3e-3}}[design]
+        options = HINT_DESIGNS[design]
 
         def build(params: Any, lr: float, total: int) -> Driver:
             opt = _hint_class()(params, lr=lr, weight_decay=0.0, total_steps=total, **options)
@@ -200,8 +167,36 @@ def finetune_run(job: tuple[str, float, str, int, int]) -> dict[str, Any]:
     with contextlib.redirect_stdout(io.StringIO()):
         result = train(task, method, lr, seed)
     return {"task": "finetune", "design": design, "lr": lr, "seed": seed, "eval_loss": result.final_eval_loss,
-            "accuracy": result.metrics.get("accuracy"), "lr_first": result.lrs[0], "lr_10": result.lrs[min(9, len(result.lrs) - 1)],
-            "lr_last": result.lrs[-1]}
+            "accuracy": result.metrics.get("accuracy"), "lr_first": result.lrs[0],
+            "lr_10": result.lrs[min(9, len(result.lrs) - 1)], "lr_last": result.lrs[-1]}
+
+
+def scratch_run(job: tuple[str, int]) -> dict[str, Any]:
+    """One from-scratch run of the meta-training family (OnlineAdamW at 1e-3, the default lr), design
+    ``job[0]``, task seed ``job[1]``: what an lr-hint design costs where no pretrained weights exist."""
+    import torch
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from meta_train import make_task
+
+    design, seed = job
+    gen = torch.Generator().manual_seed(10_000 + seed)  # meta-training's own seeds are drawn elsewhere
+    kind = ("blobs_classifier", "illcond_logreg", "char_lm", "deep_linear", "autoencoder")[seed % 5]
+    steps = 150
+    task = make_task(kind, gen, steps)
+    opt = _hint_class()(task.model.parameters(), lr=1e-3, weight_decay=0.01, total_steps=steps,
+                        **HINT_DESIGNS[design])
+    for _ in range(steps):
+        loss = task.loss(task.model, next(task.batches))
+        if not math.isfinite(loss.item()):
+            return {"task": "scratch", "design": design, "seed": seed, "kind": kind, "eval_loss": math.inf}
+        opt.zero_grad()
+        loss.backward()
+        opt.observe(loss=loss)
+        opt.step()
+    with torch.no_grad():
+        final = task.eval_loss(task.model)
+    return {"task": "scratch", "design": design, "seed": seed, "kind": kind, "eval_loss": final}
 
 
 def _dev_optimizer(variant: str, model: Any, c: Any) -> Any:
@@ -210,23 +205,18 @@ def _dev_optimizer(variant: str, model: Any, c: Any) -> Any:
     from adaptiverl.optim import OnlineAdamW
     from adaptiverl.trainer.trainers import decay_parameter_groups
 
+    _set_rules(variant)
     groups = decay_parameter_groups(model, 0.0)
     if variant == "adamw":
         return torch.optim.AdamW(groups, lr=c.LRATE)
-    if variant == "online":
+    if variant.startswith("online"):  # online_nohorizon: the callback does not tell it the horizon
         return OnlineAdamW(groups, lr=c.LRATE)
-    if variant == "online_nohorizon":  # the callback does not tell it the horizon
-        return OnlineAdamW(groups, lr=c.LRATE)
-    if variant == "gate":
-        return _gated_class()(groups, lr=c.LRATE)
-    if variant.startswith("gate_kl"):  # gate_kl0.01
-        return _gated_class()(groups, lr=c.LRATE, kl_target=float(variant.removeprefix("gate_kl")))
     raise ValueError(f"unknown variant {variant!r}")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("task", choices=["grpo", "finetune"])
+    parser.add_argument("task", choices=["grpo", "finetune", "scratch"])
     parser.add_argument("--designs", nargs="+", default=["adamw_linear", "online"])
     parser.add_argument("--lrs", nargs="+", type=float, default=[1e-3, 5e-5])
     parser.add_argument("--variants", nargs="+", default=["adamw", "online"])
@@ -238,6 +228,10 @@ def main(argv: list[str] | None = None) -> None:
     from adaptiverl.tiny import build_tiny_gpt2
     from benchmarks.tasks import run_parallel
 
+    if args.task == "scratch":
+        for record in run_parallel(scratch_run, [(d, s) for s in range(10) for d in args.designs], args.workers):
+            print(json.dumps(record), flush=True)
+        return
     if args.task == "finetune":
         import torch
 

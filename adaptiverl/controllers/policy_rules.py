@@ -8,14 +8,13 @@ the Online controller and the benchmarks' anchors share one definition:
   is below half a target, divide by 1.5 above twice it. The Online controller uses it as a prior
   with :data:`KL_TARGET`: raise by its own largest step (1.1x) while the policy barely moves, cut
   by 1.5 at once (through its brake) while it moves too far.
-* :class:`AnnealGate`: lets a horizon anneal advance only on steps where the reward is not
-  significantly climbing: ``reward_trend_tstat`` below ``CLIMB_TSTAT`` releases the gate.
+* :func:`anneal_advances`: lets a horizon anneal advance only on steps where the reward is not
+  significantly climbing (the window slope's t-statistic at most ``CLIMB_TSTAT``).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
 
 #: The rsl_rl rule's factor and thresholds (relative to the target).
 KL_FACTOR, KL_LOW, KL_HIGH = 1.5, 0.5, 2.0
@@ -25,6 +24,8 @@ KL_FACTOR, KL_LOW, KL_HIGH = 1.5, 0.5, 2.0
 KL_TARGET = 0.01
 #: A reward trend with a t-statistic above this is climbing: the anneal waits.
 CLIMB_TSTAT = 1.0
+#: The warm-up of the horizon schedule (its first knot after 0), which always advances.
+ANNEAL_WARMUP = 0.05
 
 
 def kl_adaptive_factor(kl: float, target: float) -> float:
@@ -38,29 +39,14 @@ def kl_adaptive_factor(kl: float, target: float) -> float:
     return 1.0
 
 
-class AnnealGate:
-    """Effective training progress for a horizon anneal that advances only on evidence.
+def anneal_advances(progress: float | None, reward_tstat: float, rewarded: bool) -> bool:
+    """Whether a horizon anneal may advance by this step.
 
-    ``step(reward_tstat, rewarded)`` once per optimizer step: without rewards (a supervised run)
-    progress is the true fraction of steps done, unchanged; with rewards, a step counts towards the
-    anneal only while the reward trend is not climbing (``t < CLIMB_TSTAT``). The warm-up part of
-    a schedule (``progress <= warmup``) always advances, so a too-large lr is still eased in.
+    Without rewards (a supervised run) always: progress is the plain fraction of steps done. With
+    rewards, only while the reward trend is not climbing (``reward_tstat <= CLIMB_TSTAT``): the
+    default path must not anneal away a reward that is still rising. The warm-up part of a
+    schedule (``progress < ANNEAL_WARMUP``) always advances, so a too-large lr is still eased in.
     """
-
-    def __init__(self, warmup: float = 0.05) -> None:
-        self.warmup = warmup
-        self.steps = 0.0
-
-    def step(self, total_steps: int, reward_tstat: float, rewarded: bool) -> float:
-        """Advance by one step when allowed; returns the effective progress in [0, 1]."""
-        progress = self.steps / total_steps
-        climbing = rewarded and math.isfinite(reward_tstat) and reward_tstat > CLIMB_TSTAT
-        if not climbing or progress < self.warmup:
-            self.steps += 1.0
-        return min(1.0, self.steps / total_steps)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"warmup": self.warmup, "steps": self.steps}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.warmup, self.steps = state["warmup"], state["steps"]
+    if progress is None or progress < ANNEAL_WARMUP or not rewarded:
+        return True
+    return not (math.isfinite(reward_tstat) and reward_tstat > CLIMB_TSTAT)
