@@ -96,7 +96,9 @@ def _set_rules(variant: str) -> None:
     from adaptiverl.controllers import online, policy_rules
 
     online.anneal_advances = (lambda *_: True) if variant == "online_nogate" else policy_rules.anneal_advances
-    online.kl_adaptive_factor = (lambda *_: 1.0) if variant == "online_nokl" else policy_rules.kl_adaptive_factor
+    online.kl_adaptive_factor = (lambda *_: 1.0) if variant.startswith("online_nokl") else policy_rules.kl_adaptive_factor
+    # e.g. online_nokl_climb0: the anneal gate's threshold (the shipped value is CLIMB_TSTAT = 1)
+    policy_rules.CLIMB_TSTAT = float(variant.split("_climb")[1]) if "_climb" in variant else 1.0
     online.KL_TARGET = float(variant.removeprefix("online_kl")) if variant.startswith("online_kl") \
         else policy_rules.KL_TARGET
 
