@@ -49,3 +49,20 @@ def test_summary_normalises_to_the_best_adamw_cell():
     rows, tuned = ft.summarise(records)
     assert tuned == 0.4
     assert {r["method"]: r["vs tuned AdamW"] for r in rows if r["lr"] == 1e-3} == {"online_adamw": pytest.approx(1.5)}
+
+
+def test_the_development_tasks_share_nothing_with_the_benchmarks():
+    """Constants are chosen in scripts/rl_dev.py: other libraries, other prompts, other rewards."""
+    import importlib.util
+    import json
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("rl_dev", root / "scripts" / "rl_dev.py")
+    rl_dev = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rl_dev)
+    assert not set(rl_dev.DEV_FT_LIBRARIES) & set(ft.LIBRARIES)
+    assert not set(rl_dev.DEV_PROMPT_LIBRARIES) & sys.stdlib_module_names  # quickstart's prompts are stdlib's
+    quickstart = json.loads((root / "configs" / "quickstart.json").read_text())["REWARDS"]
+    assert not [r for r in rl_dev.DEV_REWARDS if r in quickstart]
