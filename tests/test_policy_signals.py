@@ -77,3 +77,19 @@ def test_probe_reads_zero_without_a_step(tiny_gpt2_dir):
     batch = _sampled_batch(model, rows=8)
     assert PolicyProbe.applies_to(batch) and not PolicyProbe.applies_to({"input_ids": batch["prompt_ids"]})
     assert PolicyProbe(model, batch).after()["policy_kl"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_text_probe_batch_reads_the_prompts_own_prefixes(tiny_gpt2_dir):
+    from transformers import AutoTokenizer
+
+    from adaptiverl.signals.policy import text_probe_batch
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_gpt2_dir)
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    batch = text_probe_batch(["Return the value of the object.", "A list", ""], tokenizer, max_tokens=6)
+    assert PolicyProbe.applies_to(batch)
+    assert batch["prompt_ids"].shape == (2, 1) and batch["completion_ids"].shape == (2, 6)
+    assert batch["completion_mask"][1].sum() < batch["completion_mask"][0].sum()  # the short one is padded
+    assert text_probe_batch(["", "  "], tokenizer) is None
+    model = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir)
+    assert PolicyProbe(model, batch).after()["policy_kl"] == pytest.approx(0.0, abs=1e-6)

@@ -94,7 +94,8 @@ class PolicyProbe:
 
     def __init__(self, model: Any, inputs: dict[str, Any], temperature: float = 1.0, seed: int = 0) -> None:
         self.model = model
-        self.batch = tuple(inputs[k] for k in self.KEYS)
+        device = next(model.parameters()).device
+        self.batch = tuple(inputs[k].to(device) for k in self.KEYS)
         self.temperature = float(temperature)
         logp = self._log_probs()
         generator = torch.Generator(device=logp.device).manual_seed(seed)
@@ -127,3 +128,22 @@ class PolicyProbe:
         mask = self.batch[3].unsqueeze(-1).expand_as(self.draws)
         kl = sampled_token_kl(self.logp_before, logp_after, mask)
         return {"policy_kl": float(kl), "entropy": self.entropy}
+
+
+def text_probe_batch(texts: list[str], tokenizer: Any, rows: int = 8, max_tokens: int = 32) -> dict[str, Tensor] | None:
+    """A fixed :class:`PolicyProbe` batch from text: each of the first ``rows`` texts, its first
+    token as the prompt and the rest (at most ``max_tokens``) as the "completion" whose prefixes
+    the probe reads. For trainers whose sampled batches no public hook shows (a stock GRPO trainer
+    under ``AdaptiveCallback``): the policy change is then measured at the training prompts' own
+    prefixes instead of the step's completions. None when there is no usable text."""
+    texts = [t for t in texts[:rows] if isinstance(t, str) and t.strip()]
+    if not texts or not callable(tokenizer):
+        return None
+    encoded = tokenizer(texts, truncation=True, max_length=max_tokens + 1, padding="max_length",
+                        return_tensors="pt")
+    ids, mask = encoded["input_ids"], encoded["attention_mask"]
+    if ids.shape[1] < 2 or int(mask[:, 1:].sum()) == 0:
+        return None
+    return {"prompt_ids": ids[:, :1], "prompt_mask": mask[:, :1],
+            "completion_ids": ids[:, 1:], "completion_mask": mask[:, 1:]}
+

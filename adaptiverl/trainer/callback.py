@@ -36,7 +36,9 @@ gradients, before ``optimizer.step()``), every target gets one
   the ``Adaptive*Trainer``'s :class:`~adaptiverl.signals.policy.PolicyProbe`, measured in
   ``on_optimizer_step`` and fed with the next step's signals), ``entropy``, ``reward_std`` and
   ``frac_reward_zero_std`` (TRL's per-batch records; on a stock trainer, from its logs as for
-  the loss, without ``policy_kl``).
+  the loss). On a stock GRPO/RLOO trainer, whose sampled batches no public hook shows,
+  ``policy_kl`` is measured at the prefixes of the first 8 training prompts (when they are plain
+  text) instead: two no-grad forwards of 8 short rows per step.
 * **horizon**: ``set_total_steps(state.max_steps)`` at train begin (also on resume), for
   targets that have it.
 
@@ -66,6 +68,7 @@ from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
 from adaptiverl.signals import ScalarSignal
+from adaptiverl.signals.policy import PolicyProbe, text_probe_batch
 
 HISTORY_FILE = "adaptive_history.jsonl"
 LOG_PREFIX = "adaptive/"
@@ -192,6 +195,7 @@ class AdaptiveCallback(TrainerCallback):
         self._pending: dict[str, float | None] = {}
         self._from_logs: dict[str, float | None] = {}
         self._probe: Any = None
+        self._text_probe: dict[str, Any] | None = None  # stock trainers: the prompts' own prefixes
         self._policy: dict[str, float | None] = {}
         self._warned_logs_only = False
         self._last: dict[str, Any] = {}
@@ -263,6 +267,7 @@ class AdaptiveCallback(TrainerCallback):
             if callable(getattr(target, "set_total_steps", None)):
                 target.set_total_steps(int(state.max_steps))
         self._pending, self._from_logs, self._probe, self._policy = {}, {}, None, {}
+        self._text_probe = _prompt_probe(kwargs.get("train_dataloader"), kwargs.get("processing_class"))
         self._resume_history(args, state)
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
@@ -276,6 +281,9 @@ class AdaptiveCallback(TrainerCallback):
             signals, self._from_logs = self._from_logs, {}
             norm = gradient_norm(model.parameters()) if model is not None else None
             signals["grad_norm"] = float(norm) if norm is not None else None
+            if self._text_probe is not None and model is not None:  # measured after the step
+                self._probe = PolicyProbe(model, self._text_probe,
+                                          temperature=float(getattr(args, "temperature", 1.0) or 1.0))
         signals = {**signals, **{k: v for k, v in self._policy.items() if v is not None}}
         self._policy = {}
         loss, reward, grad_norm = signals.get("loss"), signals.get("reward"), signals.get("grad_norm")
@@ -290,7 +298,10 @@ class AdaptiveCallback(TrainerCallback):
         """The step is taken: measure how far it moved the policy (fed with the next step's signals)."""
         probe, self._probe = self._probe, None
         if probe is not None and self.targets:
-            self._policy = {k: _finite(v) for k, v in probe.after().items()}
+            measured = probe.after()
+            if not self.fed_by_trainer:  # prompt prefixes: the change, not the policy's own entropy
+                measured = {"policy_kl": measured["policy_kl"]}
+            self._policy = {k: _finite(v) for k, v in measured.items()}
 
     def on_step_end(self, args, state, control, lr_scheduler=None, **kwargs):
         summary: dict[str, float] = {}
@@ -357,6 +368,18 @@ class AdaptiveCallback(TrainerCallback):
                                     and r["step"] <= state.global_step]
                     break
         _write_rows(out / self.history_file, self.history)
+
+
+def _prompt_probe(dataloader: Any, tokenizer: Any) -> dict[str, Any] | None:
+    """The stock-trainer probe batch: the first training prompts, when they are plain text."""
+    dataset = getattr(dataloader, "dataset", None)
+    names = getattr(dataset, "column_names", None)
+    if not names or "prompt" not in names or tokenizer is None:
+        return None
+    try:
+        return text_probe_batch(list(dataset[:8]["prompt"]), tokenizer)
+    except (TypeError, ValueError, KeyError):  # conversational prompts, a processor without text input
+        return None
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
