@@ -524,7 +524,7 @@ class OnlineController(Controller):
 
         Below half of ``KL_TARGET`` every row's change gets the network's largest step up (1.1x);
         above twice it the brake cuts every row by 1.5 at once. Nothing without a new measurement
-        (supervised runs, stock trainers), so the rest of the controller is unchanged there.
+        (supervised runs), so the rest of the controller is unchanged there.
         """
         ctl = self.state
         kl = signals.signals.get("policy_kl")
