@@ -27,6 +27,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 from torch.nn import functional as F
 
@@ -123,11 +124,21 @@ class PolicyProbe:
         return F.log_softmax(logits, dim=-1)
 
     def after(self) -> dict[str, float]:
-        """The policy change since construction (the step in between) and the entropy before it."""
+        """The policy change since construction (the step in between) and the entropy before it.
+
+        Averaged over ranks when ``torch.distributed`` is initialised (each rank probes its own
+        micro-batch; every rank must call this in the same step), so every replica's optimizer sees
+        the same values and the replicas stay identical.
+        """
         logp_after = self._log_probs().gather(-1, self.draws)
         mask = self.batch[3].unsqueeze(-1).expand_as(self.draws)
-        kl = sampled_token_kl(self.logp_before, logp_after, mask)
-        return {"policy_kl": float(kl), "entropy": self.entropy}
+        values = torch.stack([sampled_token_kl(self.logp_before, logp_after, mask).float(),
+                              torch.tensor(self.entropy, device=logp_after.device)])
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(values)
+            values = values / dist.get_world_size()
+        kl, entropy = values.tolist()
+        return {"policy_kl": kl, "entropy": entropy}
 
 
 def text_probe_batch(texts: list[str], tokenizer: Any, rows: int = 8, max_tokens: int = 32) -> dict[str, Tensor] | None:
