@@ -162,3 +162,14 @@ def test_sft_needs_one_of_trls_formats(tiny_gpt2_dir, tmp_path):
     data = write_jsonl(tmp_path / "q.jsonl", [{"question": "why"}])
     with pytest.raises(ConfigError, match=r"needs a 'text' column, 'messages', or 'prompt' \+ 'completion'"):
         preflight(sft_config(tiny_gpt2_dir, tmp_path / "out", TRAIN_FILE=str(data)))
+
+
+# ---- issue 16 item 2: horizon as a config key ----------------------------------------------------------
+
+@pytest.mark.parametrize(("horizon", "told"), [(None, 2), ("false", None), (True, 2)])
+def test_horizon_key_sets_the_callbacks_horizon(tiny_gpt2_dir, tmp_path, horizon, told):
+    extra = {} if horizon is None else {"HORIZON": horizon}
+    result = train(sft_config(tiny_gpt2_dir, tmp_path / "out", TRAIN_FILE=str(ROOT / "configs" / "data" / "sft_text.jsonl"),
+                              STEPS=2, **extra))
+    optimizer = result.trainer.optimizer.optimizer  # under accelerate's wrapper: OnlineAdamW
+    assert optimizer.total_steps == told

@@ -24,9 +24,11 @@ other kind in.
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib
 import importlib.util
 import inspect
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -106,9 +108,9 @@ def import_reward_module(name: str) -> Any:
     """Import a local Python file (``"myrewards.py"``, relative to the working directory) or a module
     by name (``"my_pkg.rewards"``), running its ``@register_reward`` decorators.
 
-    A file is imported under its stem (``myrewards``), as ``python myrewards.py``'s folder on
-    ``PYTHONPATH`` would, so its rewards pickle by reference; a different module already imported
-    under that name is refused rather than shadowed.
+    A file is imported once per process, under a module name made from its path (so a user's
+    ``random.py`` or ``rewards.py`` shadows nothing); the second import of the same file is the
+    module already loaded.
     """
     if not name.endswith(".py"):
         try:
@@ -119,13 +121,11 @@ def import_reward_module(name: str) -> Any:
     path = Path(name).expanduser().resolve()
     if not path.is_file():
         raise RewardSpecError(f"reward file not found: {path}")
-    module_name = path.stem
-    held = sys.modules.get(module_name)
-    if held is not None:
-        if Path(getattr(held, "__file__", "") or "").resolve() == path:
-            return held
-        raise RewardSpecError(f"cannot import {path} as module {module_name!r}: another module of that name "
-                              f"is already imported ({getattr(held, '__file__', None) or 'built in'}); rename the file")
+    digest = hashlib.sha1(str(path).encode()).hexdigest()[:12]
+    stem = re.sub(r"\W", "_", path.stem)
+    module_name = f"_adaptiverl_file_{stem}_{digest}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
@@ -183,7 +183,10 @@ def resolve_reward(name: str) -> Callable[..., Any]:
         try:
             obj = _import_path(name)
         except (ImportError, AttributeError) as exc:
-            raise RewardSpecError(f"cannot import reward {name!r}: {exc}") from exc
+            local = (f"; a function in a local file is written '{name.partition(':')[0]}.py:"
+                     f"{name.partition(':')[2] or 'function'}' (relative to the config file), without "
+                     "setting PYTHONPATH" if isinstance(exc, ModuleNotFoundError) else "")
+            raise RewardSpecError(f"cannot import reward {name!r}: {exc}{local}") from exc
         return check_dotted_reward(name, obj)
     raise RewardSpecError(f"unknown reward type {name!r}; registered: {', '.join(registered_rewards())}. "
                           "A reward in a local file: 'myrewards.py:my_reward' (relative to the config "

@@ -53,6 +53,8 @@ UNSUPPORTED_TORCH_OPTIMIZERS = {
     "SparseAdam": "needs sparse gradients (nn.Embedding(sparse=True)); a transformer's are dense",
     "LBFGS": "needs a closure that re-evaluates the loss, which the HF Trainer does not pass",
 }
+# Trainer arguments that may name a file beside the config.
+PATH_TRAINER_ARGS = ("chat_template_path",)
 # The sections of `train.py --help`, in order.
 SECTIONS = ("model", "data", "optimizer", "schedule", "rl", "precision", "lora", "output")
 
@@ -551,7 +553,7 @@ def _looks_local(name: str) -> bool:
 def anchor_paths(values: dict[str, Any], spelled: dict[str, str], base_dir: Path) -> dict[str, Any]:
     """Relative paths of a config file resolved the way its author meant: from the working
     directory, else from the config file's folder (``train_file``, a local ``dataset_name``,
-    ``file.py:function`` reward types, ``reward_modules`` files)."""
+    ``file.py:function`` reward types, ``reward_modules`` files, a ``chat_template_path`` file)."""
     values = dict(values)
     for name in ("train_file", "dataset_name"):
         value = values.get(name)
@@ -562,6 +564,10 @@ def anchor_paths(values: dict[str, Any], spelled: dict[str, str], base_dir: Path
     if isinstance(rewards, list):
         values["rewards"] = [_anchor_reward(spec, base_dir, spelled.get("rewards", "rewards"))
                              for spec in rewards]
+    for name, value in values.get("trainer_args", {}).items():
+        beside = base_dir / str(value)
+        if name in PATH_TRAINER_ARGS and not Path(str(value)).exists() and beside.exists():
+            values["trainer_args"] = {**values["trainer_args"], name: str(beside.resolve())}
     modules = values.get("reward_modules")
     if isinstance(modules, list):
         key = spelled.get("reward_modules", "reward_modules")

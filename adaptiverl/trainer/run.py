@@ -272,10 +272,16 @@ def build_trainer(c: TrainConfig, model, tokenizer, dataset, optimizer=None, eva
 
 
 class QuietProgressCallback(ProgressCallback):
-    """The HF progress bar without its raw log dicts: AdaptiveCallback prints the summary line."""
+    """The HF progress bar without its raw log dicts: AdaptiveCallback prints the summary line;
+    evaluation results get one line of their own."""
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        return
+        if state.is_world_process_zero and logs and any(k.startswith("eval_") for k in logs):
+            shown = [f"{k.removeprefix('eval_')}: {v:.4g}" for k, v in logs.items() if k.startswith("eval_")
+                     and not k.endswith(("_runtime", "_per_second")) and isinstance(v, int | float)]
+            from tqdm.auto import tqdm
+
+            tqdm.write(f"Eval {state.global_step} | " + " | ".join(shown))
 
 
 class SaveConfigCallback(TrainerCallback):
