@@ -15,4 +15,4 @@ from adaptiverl.rewards import completion_text, register_reward
 @register_reward("mentions_topic")
 def mentions_topic(completions, topic, bonus: float = 1.0, **kwargs):
     """`bonus` when the completion names the row's `topic` (a dataset column; TRL passes it as a keyword)."""
-    return [bonus if t.lower() in completion_text(c).lower() else 0.0 for c, t in zip(completions, topic)]
+    return [bonus if t.lower() in completion_text(c).lower() else 0.0 for c, t in zip(completions, topic, strict=True)]
