@@ -731,7 +731,8 @@ def merge_overrides(raw: dict[str, Any], argv: list[str]) -> dict[str, Any]:
     A flag replaces the file's value of the same setting in either spelling.
     """
     aliased, rest = _split_alias_flags(argv)
-    mode = _mode_of({**raw, **({"mode": m} if (m := aliased.get("MODE") or _flag_value(rest, "mode")) else {})}, None)
+    flag_mode = aliased.get("MODE") or _flag_value(rest, "mode")
+    mode = _mode_of({**raw, "mode": flag_mode} if flag_mode else raw, None)
     parser = config_parser(mode)
     namespace = argparse.Namespace()
     for action in parser._actions:
