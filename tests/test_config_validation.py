@@ -176,3 +176,18 @@ def test_trainconfig_in_python_takes_either_spelling(prompts_file):
     seed = TrainConfig(MODEL="gpt2", TRAIN_FILE=prompts_file, MODE="sft", STEPS="5")
     trl = TrainConfig(model_name_or_path="gpt2", train_file=prompts_file, mode="sft", max_steps=5)
     assert seed == trl and seed.max_steps == 5
+
+
+# ---- issue 19 item 6: train.py --help grouped, our keys first ---------------------------------------
+
+def test_help_lists_our_settings_by_section_and_help_all_puts_them_first():
+    from adaptiverl.trainer.config import FIELDS, config_parser, help_text
+
+    text = help_text()
+    assert len(text.splitlines()) < 200
+    assert all(f"--{name}" in text for name in FIELDS)
+    assert "--per_device_train_batch_size (BATCH_SIZE)" in text and "--use_peft (FULLTUNE)" in text
+    assert text.index("model:") < text.index("data:") < text.index("optimizer:") < text.index("output:")
+    full = config_parser("rl").format_help()
+    assert full.index("adaptiverl's own settings") < full.index("--per_device_train_batch_size") < \
+        full.index("--top_p")

@@ -56,7 +56,7 @@ UNSUPPORTED_TORCH_OPTIMIZERS = {
 # Trainer arguments that may name a file beside the config.
 PATH_TRAINER_ARGS = ("chat_template_path",)
 # The sections of `train.py --help`, in order.
-SECTIONS = ("model", "data", "optimizer", "schedule", "rl", "precision", "lora", "output")
+SECTIONS = ("model", "data", "optimizer", "schedule", "rl", "precision", "lora", "output", "other")
 
 
 class ConfigError(ValueError):
@@ -135,8 +135,8 @@ class TrainConfig:
     logging_steps: int = setting(10, alias="LOGGING_STEPS", section="output", help="Log (console line, TensorBoard/W&B) every N steps.")
     report_to: list = setting(alias="REPORT_TO", section="output", factory=list, help="Loggers: `tensorboard`, `wandb`, ... (list or comma-separated string; empty: none).")
     plot: bool = setting(True, alias="PLOT", section="output", help="Write `dynamics.png` (loss, reward, LR, momentum/betas) to output_dir at the end.")
-    trainer_args: dict = setting(alias="TRAINER_ARGS", section="output", factory=dict, help="Any other field of the mode's trainer arguments (GRPOConfig, RLOOConfig, SFTConfig) by its own name, e.g. `{\"top_p\": 0.9, \"loss_type\": \"dr_grpo\"}`; such keys may also be written at the top level.")
-    model_args: dict = setting(alias="MODEL_ARGS", section="output", factory=dict, help="Any other field of TRL's ModelConfig (e.g. `dtype`, `model_revision`, `attn_implementation`, `use_rslora`); such keys may also be written at the top level.")
+    trainer_args: dict = setting(alias="TRAINER_ARGS", section="other", factory=dict, help="Any other field of the mode's trainer arguments (GRPOConfig, RLOOConfig, SFTConfig) by its own name, e.g. `{\"top_p\": 0.9, \"loss_type\": \"dr_grpo\"}`; such keys may also be written at the top level.")
+    model_args: dict = setting(alias="MODEL_ARGS", section="other", factory=dict, help="Any other field of TRL's ModelConfig (e.g. `dtype`, `model_revision`, `attn_implementation`, `use_rslora`); such keys may also be written at the top level.")
 
     def __init__(self, **given: Any) -> None:
         self._build(*normalize(given))
