@@ -271,14 +271,18 @@ def build_trainer(c: TrainConfig, model, tokenizer, dataset, optimizer=None, eva
     return trainer
 
 
+# What the console's eval line shows (SFT: loss and token accuracy; GRPO/RLOO: reward and components).
+EVAL_LINE_KEYS = ("loss", "mean_token_accuracy", "reward", "reward_std", "entropy")
+
+
 class QuietProgressCallback(ProgressCallback):
     """The HF progress bar without its raw log dicts: AdaptiveCallback prints the summary line;
     evaluation results get one line of their own."""
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs and any(k.startswith("eval_") for k in logs):
-            shown = [f"{k.removeprefix('eval_')}: {v:.4g}" for k, v in logs.items() if k.startswith("eval_")
-                     and not k.endswith(("_runtime", "_per_second")) and isinstance(v, int | float)]
+            shown = [f"{k.removeprefix('eval_')}: {v:.4g}" for k, v in logs.items() if isinstance(v, int | float)
+                     and (k.removeprefix("eval_") in EVAL_LINE_KEYS or re.fullmatch(r"eval_composite/.+/mean", k))]
             from tqdm.auto import tqdm
 
             tqdm.write(f"Eval {state.global_step} | " + " | ".join(shown))
