@@ -6,8 +6,8 @@ Two backends share the prompt templates and the reply parsing:
   ``P(yes) / (P(yes) + P(no))`` from the next-token distribution after the template, summing the
   probabilities of the first tokens of the ``yes_words`` / ``no_words`` variants (the
   "probability of a yes-like answer" judge of e.g. G-Eval, Liu et al. 2023, which weights scores by
-  token probabilities). ``mode="grade"`` generates greedily and parses the first integer 1..10 as
-  ``(g - 1) / 9`` in [0, 1]; no integer -> ``None``.
+  token probabilities). ``mode="grade"`` generates greedily and parses the grade ``g`` (0..10, see
+  :func:`parse_grade`) as ``max(g - 1, 0) / 9`` in [0, 1]; no grade -> ``None``.
 * :class:`HTTPJudgeReward`: an OpenAI-compatible ``/chat/completions`` server (vLLM, llama.cpp,
   TGI, OpenAI...). Base URL and model come from config; the API key only from the environment
   variable named by ``api_key_env``, read at request time, sent as a bearer header and never
@@ -54,8 +54,17 @@ GRADE_TEMPLATE = (
     "Rate the answer to the question from 1 (useless) to 10 (excellent). Reply with the number only.\n\n"
     "Question: {prompt}\nAnswer: {completion}\nRating:"
 )
-_GRADE_RE = re.compile(r"(?<!\d)(10|[1-9])(?!\d)")
+_NUMBER = r"(?<![\d.])(\d+(?:\.\d+)?)(?![\d])"
+#: "7/10", "7 / 10", "7 out of 10": a grade with its scale.
+_FRACTION_RE = re.compile(_NUMBER + r"\s*(?:/|out\s+of)\s*(\d+)(?![\d.]\d)", re.IGNORECASE)
+#: Scale descriptions whose numbers are no grade: "on a scale of 1 to 10", "from 1-10", "out of 10".
+_SCALE_RE = re.compile(r"(?:(?:on\s+)?a\s+scale\s+)?(?:of|from)\s+[01]\s*(?:to|-|\u2013)\s*10(?!\d)"
+                       r"|(?<![\d.])[01]\s*(?:-|\u2013|to)\s*10(?!\d)|(?:out\s+of|/)\s*10(?!\d)",
+                       re.IGNORECASE)
+_FIRST_NUMBER_RE = re.compile(_NUMBER)
 _YES_RE = re.compile(r"^\W*(yes|no)\b", re.IGNORECASE)
+#: Where the first clause of a yes/no reply ends.
+_CLAUSE_END_RE = re.compile(r"[.,;:!?\n]")
 #: Pieces of the API key this long or longer are redacted from replies (a server may echo a
 #: shortened key); a key shorter than this is redacted whole.
 MIN_KEY_PIECE = 6
@@ -101,15 +110,45 @@ def redact(text: str, secret: str | None, min_piece: int = MIN_KEY_PIECE) -> str
 
 
 def parse_grade(text: str) -> float | None:
-    """``(g - 1) / 9`` for the first integer ``g`` in 1..10 in ``text``, else ``None``."""
-    m = _GRADE_RE.search(text)
-    return (int(m.group(1)) - 1) / 9.0 if m else None
+    """The grade ``g`` (0..10) of a reply as ``max(g - 1, 0) / 9`` in [0, 1], else ``None``.
+
+    In this order: the first grade written with its scale (``"7/10"``, ``"0 out of 10"``; over any
+    other scale, ``"3/5"``, the reply is ``None``); otherwise the first number once the scale's
+    own description is removed (``"On a scale of 1 to 10, I give it 3."`` -> 3, ``"Out of 10,
+    this is a 4"`` -> 4). That number must lie in 0..10 (decimals allowed), else ``None``: a
+    reply such as ``"42"`` is no grade. ``0`` is below the template's scale of 1..10 and counts
+    as its bottom, 0.0.
+    """
+    fraction = _FRACTION_RE.search(text)
+    if fraction is not None:
+        grade, scale = float(fraction.group(1)), int(fraction.group(2))
+        if scale != 10:
+            return None
+    else:
+        number = _FIRST_NUMBER_RE.search(_SCALE_RE.sub(" ", text))
+        if number is None:
+            return None
+        grade = float(number.group(1))
+    return max(grade - 1.0, 0.0) / 9.0 if 0.0 <= grade <= 10.0 else None
 
 
 def parse_yes_no(text: str) -> float | None:
-    """1.0 for a reply starting with "yes", 0.0 for "no", else ``None``."""
+    """1.0 for a reply starting with "yes", 0.0 for "no", else ``None``.
+
+    A reply that names the other answer too within its first clause (up to the first ``. , ; :
+    ! ?`` or line break: ``"Yes and no"``, ``"yes/no"``, ``"No or yes"``) is ambiguous: ``None``.
+    ``"Yes, there is no error"`` is a yes.
+    """
     m = _YES_RE.match(text)
-    return None if m is None else (1.0 if m.group(1).lower() == "yes" else 0.0)
+    if m is None:
+        return None
+    answer = m.group(1).lower()
+    rest = text[m.end():]
+    end = _CLAUSE_END_RE.search(rest)
+    other = "no" if answer == "yes" else "yes"
+    if re.search(rf"\b{other}\b", rest[:end.start() if end else len(rest)], re.IGNORECASE):
+        return None
+    return 1.0 if answer == "yes" else 0.0
 
 
 class LocalJudgeReward(RewardFunction):
