@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from adaptiverl.rewards import CompositeReward
+from adaptiverl.rewards.composite import AsyncCompositeReward
 from adaptiverl.rewards.judge import HTTPJudgeReward, JudgeError, parse_grade, parse_yes_no, redact
 
 SECRET = "sk-test-SECRET-7f3a9c"
@@ -208,7 +208,7 @@ def test_on_error_none_and_inside_a_composite(server, caplog):
     def length(completions, **kwargs):
         return [float(len(c)) for c in completions]
 
-    comp = CompositeReward([(judge(server.url), 2.0), (length, 0.0)])
+    comp = AsyncCompositeReward([(judge(server.url), 2.0), (length, 0.0)])
     out = asyncio.run(comp(prompts=["q", "q"], completions=["good", "bad"]))
     assert out == pytest.approx([16 / 9, 2 / 9])
     assert comp.last_components["http_judge"] == pytest.approx(0.5)
