@@ -93,7 +93,7 @@ def test_wrapper_composes_with_lambda_lr() -> None:
 
 def test_metric_errors_name_the_key() -> None:
     opt = _wrapped(PlateauMetaOptimizer())
-    with pytest.raises(ValueError, match="metric 'grad_norm' must be a scalar"):
+    with pytest.raises(ValueError, match="metric 'grad_norm' must be a real scalar"):
         opt.update_hyperparameters({"loss": 1.0, "grad_norm": torch.ones(3)})
     with pytest.raises(TypeError, match="meta must be a MetaOptimizer"):
         OptimizerWrapper(torch.optim.SGD([nn.Parameter(torch.ones(1))], lr=0.1), object())  # type: ignore[arg-type]

@@ -264,3 +264,11 @@ def test_missing_dataset_column_is_a_configuration_error():
         comp(completions=["x", "y"], reference=["a", "b"])
     assert "sample" not in str(err.value)
     assert comp(completions=["x", "y"], answer=["x", "q"]) == [2.0, 0.0]
+
+
+@pytest.mark.parametrize("schedule", [[[0, math.nan]], [[0, 1.0], [10, math.inf]], {"start": 1.0, "end": math.nan, "steps": 5}])
+def test_a_non_finite_schedule_multiplier_is_refused_naming_it(schedule):
+    with pytest.raises(ValueError, match="schedule: steps and multipliers must be finite"):
+        CompositeReward([Component(const(1.0), schedule=schedule)])
+    with pytest.raises(ValueError, match=r"reward component 0 \(type 'length'\): schedule: .*finite"):
+        build_rewards([{"type": "length", "target": 3, "schedule": schedule}])

@@ -88,10 +88,7 @@ def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
         elif key in _NOT_SIGNALS or value is None:
             continue
         else:
-            try:
-                out[key] = to_float(value)
-            except (TypeError, ValueError) as err:
-                raise ValueError(f"metric {key!r} must be a scalar (float or 0-d tensor): {err}") from err
+            out[key] = to_float(value, f"metric {key!r}")
     return out
 
 

@@ -234,8 +234,8 @@ class EnhancedSGD(Optimizer):
     # ---- applier protocol ------------------------------------------------------
     def observe(self, loss: Any = None, reward: Any = None, **metrics: Any) -> None:
         """Record signals. ``loss`` is used by the next :meth:`step` unless that step's closure returns one."""
-        if loss is not None:
-            self._pending_loss = loss
+        if loss is not None:  # a tensor is read at the step (no host sync here), anything else now
+            self._pending_loss = loss if isinstance(loss, torch.Tensor) else to_float(loss, "loss")
         if reward is not None or metrics:
             self.signals.observe(reward=reward, **metrics)
 
@@ -278,7 +278,7 @@ class EnhancedSGD(Optimizer):
         self._pending_loss = None
         loss_value = None
         if signal_loss is not None:
-            loss_value = to_float(signal_loss)
+            loss_value = to_float(signal_loss, "loss")
             self.signals.observe(loss=loss_value)
         self._track_epoch(current_epoch, loss_value)
 

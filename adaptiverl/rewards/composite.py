@@ -89,7 +89,8 @@ class WeightSchedule:
             if not spec["steps"] > 0:
                 raise ValueError(f"schedule: steps must be > 0, got {spec['steps']}")
             begin = float(spec.get("begin", 0))
-            self._points = [(begin, float(spec["start"])), (begin + float(spec["steps"]), float(spec["end"]))]
+            self._points = _finite_points(
+                [(begin, float(spec["start"])), (begin + float(spec["steps"]), float(spec["end"]))], spec)
         elif isinstance(spec, (list, tuple)) and spec:
             try:
                 points = [(float(s), float(m)) for s, m in spec]
@@ -97,7 +98,7 @@ class WeightSchedule:
                 raise ValueError(f"schedule must be a list of [step, multiplier] pairs, got {spec!r}") from None
             if any(b[0] <= a[0] for a, b in zip(points, points[1:], strict=False)):
                 raise ValueError(f"schedule steps must increase strictly, got {[p[0] for p in points]}")
-            self._points = points
+            self._points = _finite_points(points, spec)
         else:
             raise ValueError(f"schedule must be [[step, mult], ...], {{start, end, steps}} or a callable, "
                              f"got {spec!r}")
@@ -114,6 +115,15 @@ class WeightSchedule:
             return pts[-1][1]
         (s0, m0), (s1, m1) = pts[i - 1], pts[i]
         return m0 + (m1 - m0) * (step - s0) / (s1 - s0)
+
+
+def _finite_points(points: list[tuple[float, float]], spec: Any) -> list[tuple[float, float]]:
+    """``points`` if every step and multiplier is finite; a ValueError naming the bad one otherwise."""
+    for step, mult in points:
+        if not (math.isfinite(step) and math.isfinite(mult)):
+            raise ValueError(f"schedule: steps and multipliers must be finite numbers, got step {step} "
+                             f"with multiplier {mult} in {spec!r}")
+    return points
 
 
 @dataclass
