@@ -341,14 +341,19 @@ class RLMetaOptimizer(MetaOptimizer):
     """REINFORCE meta-optimizer: a small policy picks an LR multiplier and a weight-decay delta.
 
     Every ``update_frequency`` steps: the previous action is rewarded with the
-    relative fall of the loss EMA since it was taken, minus ``cost_weight`` times
-    the EMA of the ``cost`` metric (e.g. seconds per step); the policy takes one
+    relative fall of the loss EMA since it was taken minus ``cost_weight`` times the
+    EMA of the ``cost`` metric (e.g. seconds per step), clipped to [-1, 1] (a loss
+    falls by all of itself at most, and one loss of 1e200 must not become a
+    policy-gradient step of 1e200); the policy takes one
     REINFORCE step (:class:`~adaptiverl.controllers.reinforce.ReinforcePolicy`:
     baseline, entropy bonus ``entropy_weight``, Adam with ``policy_lr``); then it
     samples a new action from the state
 
         [tanh(window * loss trend), log1p(grad-norm EMA), loss rel. std,
-         cost EMA, log10(LR multiplier)]
+         sign(c) log1p(|c|) of the cost EMA c, log10(LR multiplier)]
+
+    (every entry finite and of moderate size for any finite signal: the loss's
+    relative std is at most ``sqrt(window)``)
 
     and sets ``lr_mult <- clip(lr_mult * lr_actions[i], min_lr_mult, max_lr_mult)``,
     ``wd_offset <- wd_offset + wd_actions[j]`` (the weight decay never goes below 0).
@@ -397,8 +402,9 @@ class RLMetaOptimizer(MetaOptimizer):
         loss, window = self.signals.loss, self.signals.window
         grad = self.signals.signals.get("grad_norm")
         cost = self.signals.signals.get("cost")
+        cost_ema = cost.ema if cost and cost.ema is not None else 0.0
         return [math.tanh(window * loss.trend), math.log1p(grad.ema) if grad and grad.ema is not None else 0.0,
-                loss.rel_std, cost.ema if cost and cost.ema is not None else 0.0, math.log10(self.lr_mult)]
+                loss.rel_std, math.copysign(math.log1p(abs(cost_ema)), cost_ema), math.log10(self.lr_mult)]
 
     def reward(self) -> float | None:
         loss = self.signals.loss.ema
@@ -406,7 +412,8 @@ class RLMetaOptimizer(MetaOptimizer):
             return None
         cost = self.signals.signals.get("cost")
         penalty = self.cost_weight * cost.ema if cost is not None and cost.ema is not None else 0.0
-        return (self.loss_at_action - loss) / (abs(self.loss_at_action) + 1e-12) - penalty
+        fall = (self.loss_at_action - loss) / (abs(self.loss_at_action) + 1e-12)
+        return min(max(fall - penalty, -1.0), 1.0)
 
     def update_hparams(self, metrics: dict[str, float], step: int) -> Adjustments:
         reward = self.reward()
