@@ -72,6 +72,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -145,6 +146,9 @@ class EnhancedSGD(Optimizer):
         max_momentum: cap on the effective momentum (per group).
         signal_window: window of the loss / gradient-norm statistics.
         seed: seed of the optimizer's own random generators (Q-learner, noise, Bayesian init).
+        finite_check: ``"full"`` (default) skips a step whose gradients hold a NaN or inf element
+            (parameters, momentum, controller and counters unchanged; counted in ``skipped_steps``,
+            warned), as the Online optimizers do; ``"off"`` steps regardless, as ``torch.optim.SGD``.
     """
 
     def __init__(self, params: Iterable[Any], lr: float = 0.01, momentum: float = 0.9,
@@ -162,7 +166,7 @@ class EnhancedSGD(Optimizer):
                  spike_recovery_steps: int = 10, retention_score: str = "norm", retention_blend: float = 0.1,
                  retention_decay: float = 0.9, bayesian_init: bool = False, prior_std: float = 1.0,
                  entropy_bins: int = 64, entropy_sample_size: int = 16384, max_momentum: float = 0.999,
-                 signal_window: int = 20, seed: int = 0) -> None:
+                 signal_window: int = 20, seed: int = 0, finite_check: str = "full") -> None:
         defaults = {"lr": lr, "momentum": momentum, "dampening": dampening, "weight_decay": weight_decay,
                     "nesterov": nesterov, "maximize": maximize, "max_momentum": max_momentum,
                     "gradient_centering": gradient_centering, "noise_scale": noise_scale,
@@ -188,6 +192,8 @@ class EnhancedSGD(Optimizer):
         for i, group in enumerate(self.param_groups):
             _check_group(f"param group {i}: ", group)
 
+        self.finite_check = gp.check_finite_mode("EnhancedSGD", finite_check)
+        self.skipped_steps = 0
         self.gradient_buffer_size = gradient_buffer_size
         self.retention_score, self.retention_blend, self.retention_decay = retention_score, retention_blend, retention_decay
         self.entropy_bins, self.entropy_sample_size = entropy_bins, entropy_sample_size
@@ -288,6 +294,8 @@ class EnhancedSGD(Optimizer):
             return loss
         if any(p.grad.is_sparse for ps in params for p in ps):
             raise RuntimeError("EnhancedSGD does not support sparse gradients")
+        if gp.skip_non_finite(self, [p.grad for ps in params for p in ps]) or self._skip_overflow(groups, params):
+            return loss
         self.step_count += 1
         grads = self._processed_gradients(groups, params)
         for group, ps, gs in zip(groups, params, grads, strict=True):
@@ -308,6 +316,42 @@ class EnhancedSGD(Optimizer):
                 torch._foreach_lerp_(slow, ps, group["lookahead_alpha"])
                 torch._foreach_copy_(ps, slow)
         return loss
+
+    def _skip_overflow(self, groups: list[dict[str, Any]], params: list[list[Tensor]]) -> bool:
+        """With ``finite_check="full"``: whether the SGD update would push a parameter past its
+        dtype's range (a finite gradient times a huge lr), bounded per tensor from the largest
+        magnitudes of the parameter ``P``, gradient ``G`` and momentum buffer ``B``::
+
+            |d| <= G + wd P,   |b'| <= mu B + |d|,   |p'| <= P + lr (|d| + mu |b'| if nesterov else |b'|)
+
+        (``lr``, ``mu`` the last effective values, times 4 for the controller's next multipliers
+        and gradient processing). One ``_foreach_norm(inf)`` pass and one host sync; counted and
+        warned like a non-finite gradient."""
+        if self.finite_check == "off":
+            return False
+        bounds = []
+        for group, ps in zip(groups, params, strict=True):
+            lr, momentum = self._effective(group)
+            bufs = [self.state[p].get("momentum_buffer") for p in ps]
+            big_p, big_g = (torch.stack(torch._foreach_norm(ts, ord=math.inf)).double()
+                            for ts in (ps, [p.grad for p in ps]))
+            if any(buf is None for buf in bufs):  # a tensor's first step: no buffer (0) yet
+                bufs = [torch.zeros((), device=p.device, dtype=p.dtype) if buf is None else buf
+                        for p, buf in zip(ps, bufs, strict=True)]
+            big_b = torch.stack(torch._foreach_norm(bufs, ord=math.inf)).double().to(big_p.device)
+            big_g = big_g.to(big_p.device)
+            d = big_g + group["weight_decay"] * big_p
+            b = momentum * big_b + d
+            step = d + momentum * b if group["nesterov"] else b
+            limit = torch.tensor([torch.finfo(p.dtype).max for p in ps], dtype=torch.float64, device=d.device)
+            bounds.append(((big_p + 4.0 * lr * step) / limit).max())
+        if not torch.stack(bounds).max().item() >= 1.0:
+            return False
+        self.skipped_steps += 1
+        warnings.warn(f"EnhancedSGD: this step would overflow a parameter (lr too large for the gradient), "
+                      f"step skipped (parameters and optimizer state unchanged; {self.skipped_steps} skipped "
+                      "so far)", RuntimeWarning, stacklevel=3)
+        return True
 
     def _processed_gradients(self, groups: list[dict[str, Any]], params: list[list[Tensor]]) -> list[list[Tensor]]:
         """Stages 2-7: statistics, the controller's call, centering, clipping, noise, retention."""
@@ -384,7 +428,13 @@ class EnhancedSGD(Optimizer):
             self._epoch_loss_count += 1
 
     # ---- persistence -------------------------------------------------------------
-    _EXTRA_STATE = ("step_count", "retention_scores", "epoch", "_epoch_loss_sum", "_epoch_loss_count", "_last")
+    _EXTRA_STATE = ("step_count", "retention_scores", "epoch", "_epoch_loss_sum", "_epoch_loss_count", "_last",
+                    "skipped_steps")
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Everything (torch keeps only defaults, state and param groups, and a copy could not
+        step): ``copy.deepcopy`` and pickle give an optimizer that continues identically."""
+        return self.__dict__.copy()
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
@@ -405,4 +455,5 @@ class EnhancedSGD(Optimizer):
             for device, gen_state in extra["generators"].items():
                 self._generator(torch.device(device)).set_state(gen_state)
             for key in self._EXTRA_STATE:
-                setattr(self, key, copy.deepcopy(extra[key.lstrip("_")]))
+                if key.lstrip("_") in extra:  # skipped_steps is newer than some checkpoints
+                    setattr(self, key, copy.deepcopy(extra[key.lstrip("_")]))
