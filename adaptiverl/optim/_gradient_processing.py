@@ -53,13 +53,18 @@ def check_finite_mode(owner: str, finite_check: str) -> str:
 def skip_non_finite(applier: Any, grads: list[Tensor]) -> bool:
     """Whether ``applier`` (with ``finite_check`` and ``skipped_steps``) must skip this step: with
     ``finite_check="full"``, when :func:`non_finite_flag` finds a non-finite element (one host
-    sync); the skip is counted in ``applier.skipped_steps`` and warned about."""
+    sync); the skip is counted and warned about (:func:`record_skip`)."""
     if applier.finite_check == "off" or not grads or not non_finite_flag(grads).item():
         return False
-    applier.skipped_steps += 1
-    warnings.warn(f"{type(applier).__name__}: non-finite gradient, step skipped (parameters and optimizer "
-                  f"state unchanged; {applier.skipped_steps} skipped so far)", RuntimeWarning, stacklevel=4)
+    record_skip(applier, "non-finite gradient")
     return True
+
+
+def record_skip(applier: Any, why: str) -> None:
+    """Count a skipped step in ``applier.skipped_steps`` and warn about it."""
+    applier.skipped_steps += 1
+    warnings.warn(f"{type(applier).__name__}: {why}, step skipped (parameters and optimizer state "
+                  f"unchanged; {applier.skipped_steps} skipped so far)", RuntimeWarning, stacklevel=4)
 
 
 def magnitude_sample(grads: list[Tensor], sample_size: int) -> Tensor:

@@ -72,7 +72,6 @@ from __future__ import annotations
 
 import copy
 import math
-import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -294,7 +293,7 @@ class EnhancedSGD(Optimizer):
             return loss
         if any(p.grad.is_sparse for ps in params for p in ps):
             raise RuntimeError("EnhancedSGD does not support sparse gradients")
-        if gp.skip_non_finite(self, [p.grad for ps in params for p in ps]) or self._skip_overflow(groups, params):
+        if self._skip(groups, params):
             return loss
         self.step_count += 1
         grads = self._processed_gradients(groups, params)
@@ -317,41 +316,41 @@ class EnhancedSGD(Optimizer):
                 torch._foreach_copy_(ps, slow)
         return loss
 
-    def _skip_overflow(self, groups: list[dict[str, Any]], params: list[list[Tensor]]) -> bool:
-        """With ``finite_check="full"``: whether the SGD update would push a parameter past its
-        dtype's range (a finite gradient times a huge lr), bounded per tensor from the largest
-        magnitudes of the parameter ``P``, gradient ``G`` and momentum buffer ``B``::
+    def _skip(self, groups: list[dict[str, Any]], params: list[list[Tensor]]) -> bool:
+        """With ``finite_check="full"``: whether to skip this step, because a gradient holds a NaN or
+        inf element (:func:`~adaptiverl.optim._gradient_processing.non_finite_flag`, the native
+        optimizers' check) or because the SGD update would push a parameter past its dtype's range
+        (a finite gradient times a huge lr). The update is bounded per tensor from the L2 norms
+        (each at least the largest magnitude) of the parameter ``P``, gradient ``G`` and momentum
+        buffer ``B``::
 
             |d| <= G + wd P,   |b'| <= mu B + |d|,   |p'| <= P + lr (|d| + mu |b'| if nesterov else |b'|)
 
-        (``lr``, ``mu`` the last effective values, times 4 for the controller's next multipliers
-        and gradient processing). One ``_foreach_norm(inf)`` pass and one host sync; counted and
-        warned like a non-finite gradient."""
+        with ``lr``, ``mu`` the last effective values and a margin of 4 for the controller's next
+        multipliers and the gradient processing. One ``_foreach_norm`` per list and one host sync."""
         if self.finite_check == "off":
             return False
-        bounds = []
+        flat = [p.grad for ps in params for p in ps]
+        checks = [non_finite := gp.non_finite_flag(flat).double().reshape(())]
         for group, ps in zip(groups, params, strict=True):
             lr, momentum = self._effective(group)
             bufs = [self.state[p].get("momentum_buffer") for p in ps]
-            big_p, big_g = (torch.stack(torch._foreach_norm(ts, ord=math.inf)).double()
-                            for ts in (ps, [p.grad for p in ps]))
             if any(buf is None for buf in bufs):  # a tensor's first step: no buffer (0) yet
                 bufs = [torch.zeros((), device=p.device, dtype=p.dtype) if buf is None else buf
                         for p, buf in zip(ps, bufs, strict=True)]
-            big_b = torch.stack(torch._foreach_norm(bufs, ord=math.inf)).double().to(big_p.device)
-            big_g = big_g.to(big_p.device)
+            big_p, big_g, big_b = (torch.stack(torch._foreach_norm(ts)).double().to(non_finite.device)
+                                   for ts in (ps, [p.grad for p in ps], bufs))
             d = big_g + group["weight_decay"] * big_p
             b = momentum * big_b + d
             step = d + momentum * b if group["nesterov"] else b
             limit = torch.tensor([torch.finfo(p.dtype).max for p in ps], dtype=torch.float64, device=d.device)
-            bounds.append(((big_p + 4.0 * lr * step) / limit).max())
-        if not torch.stack(bounds).max().item() >= 1.0:
-            return False
-        self.skipped_steps += 1
-        warnings.warn(f"EnhancedSGD: this step would overflow a parameter (lr too large for the gradient), "
-                      f"step skipped (parameters and optimizer state unchanged; {self.skipped_steps} skipped "
-                      "so far)", RuntimeWarning, stacklevel=3)
-        return True
+            checks.append(((big_p + 4.0 * lr * step) / limit).max().nan_to_num(nan=1.0))
+        found, *ratios = torch.stack(checks).tolist()
+        if found:
+            gp.record_skip(self, "non-finite gradient")
+        elif max(ratios) >= 1.0:
+            gp.record_skip(self, "the update would overflow a parameter (lr too large for the gradient)")
+        return bool(found) or max(ratios) >= 1.0
 
     def _processed_gradients(self, groups: list[dict[str, Any]], params: list[list[Tensor]]) -> list[list[Tensor]]:
         """Stages 2-7: statistics, the controller's call, centering, clipping, noise, retention."""
