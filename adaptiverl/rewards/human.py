@@ -1,18 +1,27 @@
 """Human feedback: +1 (good), -1 (bad) or skip (``None``) for each completion.
 
-Two modes:
+Three modes:
 
 * ``mode="interactive"``: each sample's prompt and completion are shown on the terminal
   (``output`` stream, default ``sys.stdout``) and a rating is read from ``input`` (default
-  ``sys.stdin``) with a per-sample time limit ``timeout``; no answer in time -> ``None``.
-  Accepted answers: ``+``, ``+1``, ``1``, ``y``, ``good`` -> +1; ``-``, ``-1``, ``n``, ``bad`` -> -1;
-  ``s``, ``skip`` or an empty line -> ``None``.
-* ``mode="queue"``: for annotating asynchronously from another terminal or tool. Each sample is
-  appended as a request ``{"id", "step", "prompt", "completion", "time"}`` to
-  ``<queue_dir>/requests.jsonl``; answers ``{"id": ..., "rating": 1 | -1 | "skip"}`` are read from
-  ``<queue_dir>/answers.jsonl`` until every request of the batch is answered or ``timeout``
-  seconds have passed (unanswered -> ``None``). ``python -m adaptiverl.rewards.human QUEUE_DIR``
-  is a small terminal client that answers pending requests.
+  ``sys.stdin``, or any text stream) with a per-sample time limit ``timeout``; no answer in time
+  -> ``None``. Accepted answers: ``+``, ``+1``, ``1``, ``y``, ``good`` -> +1; ``-``, ``-1``, ``n``,
+  ``bad`` -> -1; ``s``, ``skip`` or an empty line -> ``None``.
+* ``mode="queue"``: for annotating asynchronously from another terminal, a browser or a tool.
+  Each sample is appended as a request ``{"id", "step", "prompt", "completion", "time",
+  "deadline"}`` to ``<queue_dir>/requests.jsonl``; answers ``{"id": ..., "rating": 1 | -1 |
+  "skip"}`` (optionally ``"rater"``) are read from ``<queue_dir>/answers.jsonl`` until every request
+  of the batch is answered or ``timeout`` seconds have passed (unanswered -> ``None``). Answer with
+  ``adaptiverl rate QUEUE_DIR`` (a rating page, :mod:`adaptiverl.rewards.rating`) or with
+  ``python -m adaptiverl.rewards.human QUEUE_DIR`` (a terminal client).
+* ``mode="web"``: the queue, with the rating page served from inside training (``host``,
+  ``port``, ``token``; 127.0.0.1 and a free port by default) and its URL printed when the first
+  batch comes (or at :meth:`HumanFeedbackReward.start_server`). ``queue_dir`` defaults to a
+  ``human_queue`` folder beside ``log_path``.
+
+Several raters may answer one queue. The rule for a sample answered more than once
+(:func:`count_first_answers`): the first answer line in ``answers.jsonl`` counts, whoever wrote it
+and however the trainer's reads fall; the later ones stay in the file and change nothing.
 
 Every outcome is appended to the JSONL ``log_path`` (prompt, completion, rating, outcome, step,
 sample, time, and the request ``id`` in queue mode) and flushed and fsynced as soon as it is known:
