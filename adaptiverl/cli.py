@@ -63,8 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     rate.add_argument("--host", default="127.0.0.1",
                       help="address to listen on (default 127.0.0.1; any other requires an access token)")
     rate.add_argument("--port", type=int, default=8765, help="port (default 8765; 0: any free port)")
-    rate.add_argument("--token", default=None,
-                      help="access token to require (default: a random one where --host is not loopback)")
+    rate.add_argument("--token-env", default=None, metavar="NAME",
+                      help="environment variable holding the access token to require (default: a random "
+                           "token where --host is not loopback)")
 
     tiny = commands.add_parser("build-tiny", help="build the quickstart's tiny GPT-2 (offline)")
     tiny.add_argument("out_dir", nargs="?", default="models/tiny-gpt2")
@@ -144,10 +145,15 @@ def quickstart(out: Path, steps: int | None, compare: bool, pretrain_steps: int,
     return 0
 
 
-def rate(queue_dir: str, host: str, port: int, token: str | None) -> int:
+def rate(queue_dir: str, host: str, port: int, token_env: str | None) -> int:
     """Serve the rating page for ``queue_dir`` until Ctrl-C; the URL (with its token) is printed once."""
+    import os
+
     from adaptiverl.rewards.rating import RatingServer
 
+    token = os.environ.get(token_env) if token_env else None
+    if token_env and not token:
+        raise ValueError(f"--token-env names the environment variable {token_env!r}, which is not set")
     try:
         server = RatingServer(queue_dir, host=host, port=port, token=token)
     except OSError as err:  # the port is taken, the address is not this machine's
@@ -196,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             png = plot_dynamics(args.output_dir, args.out)
             print(png if png is not None else "no plot drawn (see the warning above)")
         elif args.command == "rate":
-            return rate(args.queue_dir, args.host, args.port, args.token)
+            return rate(args.queue_dir, args.host, args.port, args.token_env)
         else:
             build_tiny(args.out_dir, args.pretrain_steps, args.n_layer, args.n_embd, args.threads)
     except (ConfigError, FileNotFoundError, ValueError) as err:

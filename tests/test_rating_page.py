@@ -200,7 +200,22 @@ def test_a_completion_with_html_renders_as_text(browser, tmp_path):
     assert browser.execute_script("return window.__xss === undefined")
 
 
-def test_bound_elsewhere_a_token_is_required_for_every_call(browser, tmp_path):
+def test_web_mode_takes_its_token_from_the_environment_only(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="'RATING_TOKEN', which is not set"):
+        HumanFeedbackReward(mode="web", log_path=tmp_path / "log.jsonl", token_env="RATING_TOKEN")
+    monkeypatch.setenv("RATING_TOKEN", "s3cret-from-the-environment")
+    shown = io.StringIO()
+    reward = HumanFeedbackReward(mode="web", log_path=tmp_path / "log.jsonl", host="0.0.0.0",
+                                 token_env="RATING_TOKEN", output=shown)
+    try:
+        assert reward.start_server().token == "s3cret-from-the-environment"
+        assert shown.getvalue().count("#token=s3cret-from-the-environment") == 1  # printed once
+        assert reward.queue_dir == tmp_path / "human_queue"
+    finally:
+        reward.close()
+
+
+def test_bound_elsewhere_a_token_is_required_for_every_call(browser, tmp_path, caplog):
     queue = tmp_path / "queue"
     ids = queue_requests(queue, ["one", "two"])
     server = RatingServer(queue, host="0.0.0.0").start()
@@ -230,6 +245,7 @@ def test_bound_elsewhere_a_token_is_required_for_every_call(browser, tmp_path):
     finally:
         server.close()
     assert lines(queue / "answers.jsonl") and [a["id"] for a in lines(queue / "answers.jsonl")] == [first]
+    assert server.token not in caplog.text  # no request line or error logged it
 
 
 def test_loopback_refuses_a_foreign_host_name(tmp_path):

@@ -14,10 +14,12 @@ Three modes:
   of the batch is answered or ``timeout`` seconds have passed (unanswered -> ``None``). Answer with
   ``adaptiverl rate QUEUE_DIR`` (a rating page, :mod:`adaptiverl.rewards.rating`) or with
   ``python -m adaptiverl.rewards.human QUEUE_DIR`` (a terminal client).
-* ``mode="web"``: the queue, with the rating page served from inside training (``host``,
-  ``port``, ``token``; 127.0.0.1 and a free port by default) and its URL printed when the first
-  batch comes (or at :meth:`HumanFeedbackReward.start_server`). ``queue_dir`` defaults to a
-  ``human_queue`` folder beside ``log_path``.
+* ``mode="web"``: the queue, with the rating page served from inside training (``host`` and
+  ``port``: 127.0.0.1 and a free port by default) and its URL printed when the first batch comes
+  (or at :meth:`HumanFeedbackReward.start_server`). Bound to another address, the page requires
+  an access token: random, or read from the environment variable named by ``token_env`` (never
+  from the config, which is saved with the run). ``queue_dir`` defaults to a ``human_queue``
+  folder beside ``log_path``.
 
 Several raters may answer one queue. The rule for a sample answered more than once
 (:func:`count_first_answers`): the first answer line in ``answers.jsonl`` counts, whoever wrote it
@@ -202,7 +204,7 @@ class HumanFeedbackReward(RewardFunction):
                  queue_dir: str | os.PathLike[str] | None = None, poll_interval: float = 0.2,
                  max_chars: int = 2000, input: TextIO | None = None, output: TextIO | None = None,
                  name: str | None = None, host: str = "127.0.0.1", port: int = 0,
-                 token: str | None = None) -> None:
+                 token_env: str | None = None) -> None:
         super().__init__(name)
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
@@ -220,7 +222,9 @@ class HumanFeedbackReward(RewardFunction):
         if self.queue_dir is not None and self.queue_dir.exists() and not self.queue_dir.is_dir():
             raise ValueError(f"queue_dir {str(self.queue_dir)!r} is a file, not a folder")
         self.mode, self.timeout, self.poll_interval, self.max_chars = mode, float(timeout), poll_interval, max_chars
-        self.host, self.port, self.token = host, int(port), token
+        if token_env is not None and not os.environ.get(token_env):
+            raise ValueError(f"token_env names the environment variable {token_env!r}, which is not set")
+        self.host, self.port, self.token_env = host, int(port), token_env
         self.input, self.output = input, output
         self.run_id = uuid.uuid4().hex[:8]
         self.calls = 0
@@ -251,7 +255,8 @@ class HumanFeedbackReward(RewardFunction):
         if self.server is None:
             from adaptiverl.rewards.rating import RatingServer
 
-            self.server = RatingServer(self.queue_dir, host=self.host, port=self.port, token=self.token).start()
+            token = os.environ.get(self.token_env) if self.token_env else None
+            self.server = RatingServer(self.queue_dir, host=self.host, port=self.port, token=token).start()
             out = self.output or sys.stdout
             out.write(f"human feedback: rate the samples at {self.server.url}\n")
             out.flush()
