@@ -49,6 +49,7 @@ def new_browser():
             pytest.fail(f"the browser tests must run here: {missing}")
         pytest.skip(missing)
     os.environ["SE_AVOID_STATS"] = "true"  # no Selenium telemetry
+    os.environ["SE_MANAGER_PATH"] = "/nonexistent/selenium-manager"  # were it called, the test would fail
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -105,19 +106,26 @@ def lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+def settled(driver) -> int:
+    """How many answers the page has sent and heard back about."""
+    return driver.execute_script("return Number(document.getElementById('status').dataset.n || 0)")
+
+
 def rate(driver, how: str, answers: Path) -> str:
-    """Rate the sample shown large (``how`` a button id or a key); return its id once the page says
-    "saved", checking that the answer is on disk by then."""
+    """Rate the sample shown large (``how`` a button id or a key); return the id the page saved
+    once it says "saved", checking that the answer is on disk by then."""
     from selenium.webdriver.common.by import By
 
-    sample_id = wait_for(lambda: current(driver), what="a sample on the page")[0]
+    wait_for(lambda: current(driver), what="a sample on the page")
+    before = settled(driver)
     if how in ("good", "bad", "skip"):
         driver.find_element(By.ID, how).click()
     else:
         driver.find_element(By.TAG_NAME, "body").send_keys(how)
-    wait_for(lambda: driver.execute_script(
-        "const s = document.getElementById('status');"
-        "return s.className === 'saved' && s.dataset.id === arguments[0];", sample_id), what="saved")
+    wait_for(lambda: settled(driver) > before, what="the answer to settle")
+    status = driver.find_element(By.ID, "status")
+    assert status.get_attribute("class") == "saved", status.text
+    sample_id = status.get_attribute("data-id")
     assert sample_id in [a["id"] for a in lines(answers)]  # fsynced before the page said "saved"
     return sample_id
 
@@ -158,6 +166,7 @@ def test_rate_by_click_and_keyboard_reaches_answers_log_and_reward(browser, tmp_
         wait_for(lambda: current(browser), what="the batch on the page")
         assert text(browser, "cur-prompt") == "Write a greeting" and text(browser, "n-pending") == "4"
         assert text(browser, "cur-step") == "step 0" and text(browser, "cur-left").endswith("s left")
+        shown_first = current(browser)[0]
         rated = [rate(browser, "good", queue / "answers.jsonl"),   # a click
                  rate(browser, "-", queue / "answers.jsonl")]      # a key
         wait_for(lambda: text(browser, "n-pending") == "2" and "+1: 1 · −1: 1" in text(browser, "counts"),
@@ -173,7 +182,7 @@ def test_rate_by_click_and_keyboard_reaches_answers_log_and_reward(browser, tmp_
     finally:
         reward.close()
     assert result["out"] == [1.0, -1.0, None, -1.0]  # the reward the trainer returns
-    assert len(set(rated)) == 4  # it moved on by itself after each answer
+    assert rated[0] == shown_first and len(set(rated)) == 4  # it moved on by itself after each answer
     assert [(a["rating"], a["via"]) for a in lines(queue / "answers.jsonl")] == [
         (1, "web"), (-1, "web"), ("skip", "web"), (-1, "web")]
     assert [(r["completion"], r["rating"], r["outcome"]) for r in lines(log)] == [
@@ -237,6 +246,8 @@ def test_bound_elsewhere_a_token_is_required_for_every_call(browser, tmp_path, c
         assert call(base + "api/answer", answer, {TOKEN_HEADER: server.token,
                                                   "Content-Type": "text/plain"})[0] == 415
         assert call(base + "api/state", headers={TOKEN_HEADER: server.token})[0] == 200
+        late = queue_requests(queue, ["too late"], timeout=-1.0)[0]  # the trainer gave up on it
+        assert call(base + "api/answer", json.dumps({"id": late, "rating": 1}).encode(), good)[0] == 410
         assert not (queue / "answers.jsonl").exists()
         # The browser, given the printed URL, keeps the token for its tab and out of the address bar.
         browser.get(f"http://127.0.0.1:{server.port}/#token={server.token}")
@@ -284,7 +295,7 @@ def test_two_raters_at_once_lose_nothing(browser, second_browser, tmp_path):
             try:
                 saved[name].append(rate(driver, key, queue / "answers.jsonl"))
             except AssertionError:  # the other rater took the last one meanwhile
-                if current(driver):
+                if current(driver) and trainer.is_alive():
                     raise
 
     threads = [threading.Thread(target=rater, args=("ann", "g")), threading.Thread(target=rater, args=("bob", "b"))]
@@ -334,9 +345,9 @@ def test_grpo_training_with_a_browser_rater(browser, tiny_gpt2_dir, tmp_path):
                 continue
             sample_id, completion = shown
             seen[sample_id] = completion
+            before = settled(browser)
             browser.find_element(By.TAG_NAME, "body").send_keys("g" if len(completion) % 2 == 0 else "b")
-            wait_for(lambda sample_id=sample_id: browser.execute_script(
-                "return document.getElementById('status').dataset.id === arguments[0]", sample_id))
+            wait_for(lambda before=before: settled(browser) > before, what="the answer to settle")
 
     thread = threading.Thread(target=browser_rater, daemon=True)
     thread.start()

@@ -19,7 +19,8 @@ Three modes:
   (or at :meth:`HumanFeedbackReward.start_server`). Bound to another address, the page requires
   an access token: random, or read from the environment variable named by ``token_env`` (never
   from the config, which is saved with the run). ``queue_dir`` defaults to a ``human_queue``
-  folder beside ``log_path``.
+  folder beside ``log_path``. In a distributed run only rank 0 serves the page; every rank
+  queues its samples in the shared ``queue_dir``.
 
 Several raters may answer one queue. The rule for a sample answered more than once
 (:func:`count_first_answers`): the first answer line in ``answers.jsonl`` counts, whoever wrote it
@@ -348,7 +349,7 @@ class HumanFeedbackReward(RewardFunction):
 
     def _queue(self, step: int, prompts: list[str], completions: list[str]) -> list[float | None]:
         """Queue the batch and wait for its answers, logging each as soon as it is read."""
-        if self.mode == "web":
+        if self.mode == "web" and os.environ.get("RANK", "0") == "0":  # one page for all ranks' shared queue
             self.start_server()
         ids = [f"{self.run_id}-{self.calls}-{j}" for j in range(len(completions))]
         index = {rid: j for j, rid in enumerate(ids)}

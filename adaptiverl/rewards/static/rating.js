@@ -20,6 +20,7 @@
   let currentId = null;   // the sample shown large
   const mine = new Set(); // ids this page has answered (saved), left out until the server agrees
   let busy = false;
+  let answered = 0;       // answers this page has sent and heard back about
 
   function headers(extra) {
     const h = Object.assign({}, extra || {});
@@ -139,6 +140,8 @@
       setStatus("not saved: " + err.message, "error");
     } finally {
       busy = false;
+      answered += 1;
+      $("status").dataset.n = String(answered);  // one more answer settled (saved or not)
     }
   }
 
