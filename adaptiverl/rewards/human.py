@@ -27,7 +27,8 @@ Several raters may answer one queue. The rule for a sample answered more than on
 and however the trainer's reads fall; the later ones stay in the file and change nothing.
 
 Every outcome is appended to the JSONL ``log_path`` (prompt, completion, rating, outcome, step,
-sample, time, and the request ``id`` and the answer's ``rater`` in queue and web mode) and flushed and fsynced as soon as it is known:
+sample, time, and the request ``id`` and the answer's ``rater`` in queue and web mode) and flushed
+and fsynced as soon as it is known:
 a typed rating at once, a queue answer as soon as it is read (so the log lists answers in the order
 they came), a timeout when the batch gives up. A crash loses nothing already rated.
 
