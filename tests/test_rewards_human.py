@@ -302,7 +302,8 @@ def test_the_first_answer_for_a_sample_counts_whether_read_in_one_poll_or_two(tm
         append_jsonl(queue / "answers.jsonl", [{"id": ids[0], "rating": 1, "rater": "bob"}])
 
     thread = answer_when_asked(queue, one_then_other)
-    assert reward(completions=["b", "c"]) == [-1.0, None]  # c unanswered: the batch times out
+    reward.timeout = 1.5  # c stays unanswered: the batch ends at its time limit
+    assert reward(completions=["b", "c"]) == [-1.0, None]
     thread.join()
     rated = [r for r in log_lines(log) if r["outcome"] == "rated"]
     assert [(r["completion"], r["rating"], r["rater"]) for r in rated] == [("a", -1.0, "ann"), ("b", -1.0, "ann")]
