@@ -311,9 +311,13 @@ class HumanFeedbackReward(RewardFunction):
             lines = self._lines
 
             def pump() -> None:
-                for line in iter(stream.readline, ""):
-                    lines.put(line.rstrip("\r\n"))
-                lines.put(None)  # end of input: no one will answer
+                try:
+                    for line in iter(stream.readline, ""):
+                        lines.put(line.rstrip("\r\n"))
+                except (OSError, ValueError):  # a closed or unreadable stream: as its end
+                    pass
+                finally:
+                    lines.put(None)  # end of input: no one will answer
 
             threading.Thread(target=pump, name="human-feedback-input", daemon=True).start()
         try:
