@@ -145,9 +145,10 @@ class EnhancedSGD(Optimizer):
         max_momentum: cap on the effective momentum (per group).
         signal_window: window of the loss / gradient-norm statistics.
         seed: seed of the optimizer's own random generators (Q-learner, noise, Bayesian init).
-        finite_check: ``"full"`` (default) skips a step whose gradients hold a NaN or inf element
-            (parameters, momentum, controller and counters unchanged; counted in ``skipped_steps``,
-            warned), as the Online optimizers do; ``"off"`` steps regardless, as ``torch.optim.SGD``.
+        finite_check: ``"full"`` (default) skips a step whose gradients hold a NaN or inf element,
+            as the Online optimizers do, or whose update would overflow a parameter (parameters,
+            momentum, controller and counters unchanged; counted in ``skipped_steps``, warned);
+            ``"off"`` steps regardless, as ``torch.optim.SGD`` does.
     """
 
     def __init__(self, params: Iterable[Any], lr: float = 0.01, momentum: float = 0.9,
