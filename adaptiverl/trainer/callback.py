@@ -59,6 +59,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
+from adaptiverl._files import append_text, write_text
 from adaptiverl.signals import ScalarSignal
 
 HISTORY_FILE = "adaptive_history.jsonl"
@@ -279,8 +280,7 @@ class AdaptiveCallback(TrainerCallback):
         row.update(summary)
         self.history.append(row)
         if self.history_file and state.is_world_process_zero:
-            with open(Path(args.output_dir) / self.history_file, "a") as fh:
-                fh.write(json.dumps(row) + "\n")
+            append_text(Path(args.output_dir) / self.history_file, json.dumps(row) + "\n")
 
     def on_save(self, args, state, control, **kwargs):
         """Keep the history up to this step with the checkpoint, so a resumed run continues it."""
@@ -303,11 +303,16 @@ class AdaptiveCallback(TrainerCallback):
         if self._warned_logs_only:
             return
         self._warned_logs_only = True
+        every = args.logging_steps
+        first = (f"; with logging_steps={every} the optimizer gets its first loss at step {int(every) + 1} "
+                 "and until then adapts from gradients alone (an Online optimizer then warns that no loss "
+                 "was observed: this is why). Lower logging_steps (1 feeds every step's loss) or"
+                 if every > 1 else ". For every step's own values")
         warnings.warn(
             "AdaptiveCallback on a stock trainer: HF callbacks never receive the training loss, so "
             f"the loss (and TRL's reward) reach the optimizer from the trainer's logs, every "
-            f"logging_steps={args.logging_steps} steps and one step late, and the gradient norm is "
-            "taken after clipping. For every step's values use the Adaptive*Trainer classes of "
+            f"logging_steps={every} steps and one step late, and the gradient norm is "
+            f"taken after clipping{first} use the Adaptive*Trainer classes of "
             "adaptiverl.trainer.trainers (AdaptiveTrainer, AdaptiveSFTTrainer, AdaptiveGRPOTrainer, "
             "AdaptiveRLOOTrainer).", UserWarning, stacklevel=2)
 
@@ -348,4 +353,4 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def _write_rows(path: Path, rows: list[dict[str, float]]) -> None:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
