@@ -329,7 +329,7 @@ def _redacting_class(base: type) -> type:
 
     def __reduce_ex__(self, protocol):
         state = {k: f"<{k.upper()}>" if k.endswith("_token") and v is not None else v for k, v in vars(self).items()}
-        return copyreg.__newobj__, (base,), state
+        return copyreg._reconstructor, (base, object, None), state  # unpickles as plain ``base``
 
     def __copy__(self):
         new = object.__new__(type(self))
