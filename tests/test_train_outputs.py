@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import shutil
 import types
@@ -232,7 +233,16 @@ def test_read_only_output_dir_is_one_line(tiny_gpt2_dir, tmp_path):
 
 # ---- GRPO resumes bit for bit, also in a later epoch ------------------------------------------
 
-def test_grpo_resume_in_a_later_epoch_equals_the_uninterrupted_run(tiny_gpt2_dir, tmp_path, capfd):
+class Recorded(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_grpo_resume_in_a_later_epoch_equals_the_uninterrupted_run(tiny_gpt2_dir, tmp_path):
     data = tmp_path / "prompts.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"Tell me about item {i}"}) + "\n" for i in range(6)))
 
@@ -243,13 +253,20 @@ def test_grpo_resume_in_a_later_epoch_equals_the_uninterrupted_run(tiny_gpt2_dir
                              "SAVE_STEPS": 4, "LOGGING_STEPS": 1, "CPU_THREADS": 1, "PLOT": False, "SEED": 1,
                              "REWARDS": [{"type": "length", "target": 3, "unit": "words"}], **overrides})
 
+    logging.Logger.warning_once.cache_clear()  # transformers' once-only warnings: shown again here
+    recorded = Recorded()
+    logging.getLogger("transformers").addHandler(recorded)
     full = train(config(tmp_path / "full"))  # 3 steps an epoch: checkpoint-4 is in the second
     resumed_dir = tmp_path / "resumed"
     resumed_dir.mkdir()
     shutil.copytree(tmp_path / "full" / "checkpoint-4", resumed_dir / "checkpoint-4")
-    capfd.readouterr()
-    resumed = train(config(resumed_dir, RESUME=True))
-    assert "missing keys" not in capfd.readouterr().err  # lm_head.weight is tied to the embedding
+    try:
+        resumed = train(config(resumed_dir, RESUME=True))
+    finally:
+        logging.getLogger("transformers").removeHandler(recorded)
+    warned = "\n".join(recorded.messages)
+    assert "missing keys" not in warned  # lm_head.weight is tied to the embedding: stored once
+    assert "attention_mask" not in warned  # the padding heuristic on decode steps that sampled EOS
     assert [r["reward"] for r in resumed.history] == [r["reward"] for r in full.history]
     a, b = params(full.trainer.model), params(resumed.trainer.model)
     for name in a:
@@ -273,3 +290,23 @@ def test_stock_trainer_warning_explains_a_long_logging_interval():
     with pytest.warns(UserWarning, match=r"logging_steps=500 the optimizer gets its first loss at step 501"):
         AdaptiveCallback()._warn_logs_only(types.SimpleNamespace(logging_steps=500))
 
+
+
+def test_trl_defaults_raise_no_checkpointing_deprecation_warnings(tiny_gpt2_dir, tmp_path):
+    """A stock-trainer script (``from adaptiverl.trainer import AdaptiveCallback``, TRL's GRPOConfig and
+    its generation around the model's checkpointing switches) sees none of transformers' four notes."""
+    import warnings
+
+    from transformers import AutoModelForCausalLM
+    from trl import GRPOConfig
+
+    from adaptiverl.trainer import AdaptiveCallback
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir)
+    with warnings.catch_warnings(record=True) as seen:
+        AdaptiveCallback()
+        GRPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+        model.gradient_checkpointing_enable()
+        assert model.is_gradient_checkpointing
+        model.gradient_checkpointing_disable()
+    assert not [str(w.message) for w in seen if "checkpointing" in str(w.message)]

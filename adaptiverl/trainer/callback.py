@@ -66,6 +66,24 @@ HISTORY_FILE = "adaptive_history.jsonl"
 LOG_PREFIX = "adaptive/"
 
 
+
+def quiet_checkpointing_aliases() -> None:
+    """Hide transformers 5's four FutureWarnings about the ``gradient_checkpointing`` names, only them.
+
+    TRL's configs default the deprecated ``gradient_checkpointing`` argument to True, and TRL's
+    generation calls the deprecated model methods around every ``generate``: a stock-trainer script
+    gets four warnings about names it never wrote. Called on import of this module and by every
+    :class:`AdaptiveCallback` (train.py also avoids them at the source: it sets
+    ``activation_checkpointing``).
+    """
+    warnings.filterwarnings(
+        "ignore", message=r"`(is_)?gradient_checkpointing(_enable|_disable)?` is deprecated and will be removed",
+        category=FutureWarning)
+
+
+quiet_checkpointing_aliases()
+
+
 def unwrap_optimizer(optimizer: Any) -> Any:
     """Follow ``.optimizer`` (accelerate's ``AcceleratedOptimizer`` and similar) to the object that adapts."""
     seen = set()
@@ -168,6 +186,7 @@ class AdaptiveCallback(TrainerCallback):
     def __init__(self, targets: list[Any] | None = None, *, print_console: bool = True,
                  history_file: str | None = HISTORY_FILE, require_targets: bool = True,
                  horizon: bool = True) -> None:
+        quiet_checkpointing_aliases()
         self.extra_targets = list(targets or [])
         #: tell the optimizers ``max_steps`` (their horizon schedule anneals towards it); False
         #: leaves them without a horizon, e.g. for RL runs where an anneal loses to a constant lr

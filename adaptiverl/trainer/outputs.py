@@ -14,8 +14,8 @@ in its preflight, before anything loads or is written:
 
 During training, :class:`SaveConfigCallback` marks each finished checkpoint, :class:`ReplaySamplerEpochs`
 puts TRL's prompt sampler where an uninterrupted run has it, :func:`redact_pickled_secrets` keeps
-``*_token`` arguments out of ``training_args.bin``, and :func:`tied_weights_quiet` drops transformers'
-warning about tied weights "missing" from a checkpoint.
+``*_token`` arguments out of ``training_args.bin``, and :func:`known_noise_quiet` drops two
+transformers false alarms (tied weights "missing" from a checkpoint, the padding heuristic).
 """
 
 from __future__ import annotations
@@ -361,6 +361,9 @@ def redact_pickled_secrets(args: Any) -> Any:
 
 
 _MISSING_KEYS = re.compile(r"There were missing keys in the checkpoint model loaded: (\[.*\])")
+# transformers' padding heuristic, which fires on decode steps whose one new token is EOS when the
+# pad token is EOS (GRPO / RLOO generation: TRL passes the attention mask, the decode step has none).
+_PAD_IS_EOS_HINT = "You may ignore this warning if your `pad_token_id`"
 
 
 def tied_parameter_names(model: Any) -> set[str]:
@@ -374,13 +377,18 @@ def tied_parameter_names(model: Any) -> set[str]:
     return tied
 
 
-class _TiedWeightsFilter(logging.Filter):
+class _KnownNoise(logging.Filter):
+    """Drops two transformers warnings that say nothing about a train() run (see :func:`known_noise_quiet`)."""
+
     def __init__(self, model: Any) -> None:
         super().__init__()
         self.model = model
 
     def filter(self, record: logging.LogRecord) -> bool:
-        match = _MISSING_KEYS.search(record.getMessage())
+        message = record.getMessage()
+        if message.startswith("We strongly recommend passing in an `attention_mask`") and _PAD_IS_EOS_HINT in message:
+            return False
+        match = _MISSING_KEYS.search(message)
         if match is None:
             return True
         try:
@@ -392,15 +400,24 @@ class _TiedWeightsFilter(logging.Filter):
 
 
 @contextlib.contextmanager
-def tied_weights_quiet(model: Any) -> Iterator[None]:
-    """Drop transformers' "missing keys in the checkpoint" warning when every key named is a tied
-    parameter: checkpoints store a tied weight once (``lm_head.weight`` is the embedding), and the
-    Trainer's check compares against ``_keys_to_ignore_on_save``, which transformers 5 models leave
-    empty. Any other missing key is still reported."""
-    logger = logging.getLogger("transformers.trainer")
-    quiet = _TiedWeightsFilter(model)
-    logger.addFilter(quiet)
+def known_noise_quiet(model: Any) -> Iterator[None]:
+    """Hide, while training ``model``, two transformers warnings that are false alarms here.
+
+    * "missing keys in the checkpoint ... ['lm_head.weight']" on resume when every key named is a
+      tied parameter: checkpoints store a tied weight once, and the Trainer's check compares with
+      ``_keys_to_ignore_on_save``, which transformers 5 models leave empty. Any other missing key
+      is still reported.
+    * "We strongly recommend passing in an `attention_mask`" when the pad token is the EOS token
+      (set so by :func:`~adaptiverl.trainer.run.load_model_and_tokenizer`): GPT-2's check looks at
+      the first and last input id, and during generation each decode step's single input is the
+      token just sampled, EOS for a finished completion. TRL and the SFT collator pass real masks.
+    """
+    quiet = _KnownNoise(model)
+    loggers = [logging.getLogger(name) for name in ("transformers.trainer", "transformers.modeling_utils")]
+    for logger in loggers:
+        logger.addFilter(quiet)
     try:
         yield
     finally:
-        logger.removeFilter(quiet)
+        for logger in loggers:
+            logger.removeFilter(quiet)

@@ -52,9 +52,9 @@ from adaptiverl.trainer.outputs import (
     check_output_dir,
     check_resume_matches,
     finished_step,
+    known_noise_quiet,
     redact_pickled_secrets,
     resume_checkpoint,
-    tied_weights_quiet,
 )
 
 MODEL_CARD = "README.md"
@@ -466,7 +466,7 @@ def train(config: TrainConfig | dict[str, Any] | str | Path) -> TrainResult:
     trainer.add_callback(ReplaySamplerEpochs())
     if trainer.pop_callback(ProgressCallback) is not None:
         trainer.add_callback(QuietProgressCallback())
-    with checkpointing_alias_quiet(), tied_weights_quiet(trainer.model):
+    with checkpointing_alias_quiet(), known_noise_quiet(trainer.model):
         output = trainer.train(resume_from_checkpoint=None if resume_from is None else str(resume_from))
     trainer.save_model(str(out))
     plot_path = None
