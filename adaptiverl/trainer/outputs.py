@@ -27,6 +27,7 @@ import copyreg
 import functools
 import json
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -240,7 +241,10 @@ def check_output_dir(c: TrainConfig, resuming: bool) -> None:
 
     With ``OVERWRITE_OUTPUT_DIR`` the earlier run's ``checkpoint-*`` folders and final
     ``trainer_state.json`` are removed (after every other check passed), so that a later RESUME
-    cannot continue the old run under the new config.
+    cannot continue the old run under the new config. In a distributed launch only the main
+    process (``RANK`` 0) judges and removes an earlier run: it writes ``train_config.json`` as soon
+    as its checks pass, which another rank still in its checks must not take for an earlier run
+    (a refusal on rank 0 ends the launch).
     """
     out = Path(c.OUTPUT_DIR).expanduser()
     links = symlinked_outputs(out)
@@ -248,7 +252,7 @@ def check_output_dir(c: TrainConfig, resuming: bool) -> None:
         shown = ", ".join(str(p.relative_to(out)) for p in links[:5]) + (" ..." if len(links) > 5 else "")
         raise ConfigError(f"config key 'OUTPUT_DIR' = {c.OUTPUT_DIR!r}: holds symlinks ({shown}); training "
                           "writes files there and would write through them: remove them or pick another OUTPUT_DIR")
-    earlier = None if resuming else previous_run(out)
+    earlier = None if resuming or int(os.environ.get("RANK", "0")) != 0 else previous_run(out)
     if earlier is not None and not c.OVERWRITE_OUTPUT_DIR:
         raise ConfigError(f"config key 'OUTPUT_DIR' = {c.OUTPUT_DIR!r}: holds {earlier} ({out.resolve()}), "
                           "which a fresh run would replace: continue it with RESUME true, start over with "
