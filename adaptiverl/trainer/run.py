@@ -433,8 +433,9 @@ def write_model_card(c: TrainConfig, trainer, out: Path) -> Path:
 def already_finished(c: TrainConfig, step: int, start: float) -> TrainResult:
     """RESUME of a run at or past its last step: say so, train nothing, write nothing."""
     if int(os.environ.get("RANK", "0")) == 0:
+        last = f"STEPS {c.STEPS}" if c.STEPS > 0 else f"the last step of EPOCHS {c.EPOCHS:g}"
         print(f"RESUME: the run in OUTPUT_DIR {c.OUTPUT_DIR} already reached step {step} "
-              f"(STEPS {c.STEPS}); nothing to train. Raise STEPS to train further.")
+              f"({last}); nothing to train. Raise STEPS to train further.")
     return TrainResult(output_dir=Path(c.OUTPUT_DIR), global_step=step,
                        runtime_s=time.perf_counter() - start, already_finished=True)
 
