@@ -93,6 +93,7 @@ class TrainConfig:
     SAVE_STEPS: int = field(default=0, metadata={"help": "Checkpoint every N steps (0: only the final model)."})
     SAVE_TOTAL_LIMIT: int = field(default=0, metadata={"help": "Keep at most this many checkpoints (0: keep all)."})
     RESUME: bool = field(default=False, metadata={"help": "Continue from the newest complete checkpoint in OUTPUT_DIR (an incomplete one, e.g. from a crash during a save, is skipped with a warning)."})
+    OVERWRITE_OUTPUT_DIR: bool = field(default=False, metadata={"help": "Start a fresh run in an OUTPUT_DIR that holds an earlier run (its checkpoint-* folders are removed); without it such a run is refused."})
     CPU_THREADS: int = field(default=0, metadata={"help": "torch intra-op threads (0: torch's default). 1 is fastest for tiny models on a small, shared CPU."})
     SEED: int = field(default=42, metadata={"help": "Seed of every RNG (the same on all ranks)."})
     LOGGING_STEPS: int = field(default=10, metadata={"help": "Log (console line, TensorBoard/W&B) every N steps."})
@@ -120,9 +121,11 @@ class TrainConfig:
 
     def save(self, path: str | Path) -> Path:
         """Write the resolved config (native JSON values, secrets redacted) to ``path``."""
+        from adaptiverl._files import write_text
+
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_public_dict(), indent=2) + "\n")
+        write_text(path, json.dumps(self.to_public_dict(), indent=2) + "\n")
         return path
 
 
@@ -150,7 +153,7 @@ MODEL_TWINS = {
 OWN_NAMES = {
     "TRAIN_FILE": "train_file", "MODE": "mode", "OPTIM": "optimizer", "OPTIM_ARGS": "optimizer_args",
     "ADAPTIVE_ARGS": "adaptive_args", "REWARDS": "rewards", "MAXSEQ": "max_seq_length",
-    "RESUME": "resume", "CPU_THREADS": "cpu_threads", "PLOT": "plot",
+    "RESUME": "resume", "OVERWRITE_OUTPUT_DIR": "overwrite_output_dir", "CPU_THREADS": "cpu_threads", "PLOT": "plot",
     "TRAINER_ARGS": "trainer_args", "MODEL_ARGS": "model_args",
 }
 TRL_NAMES = {**TRAINER_TWINS, **MODEL_TWINS, **OWN_NAMES}
@@ -160,7 +163,6 @@ INVERTED = {"FULLTUNE"}  # FULLTUNE true == use_peft false
 RESERVED_TRAINER_FIELDS = {
     "optim": "adaptiverl builds the optimizer: pick it with OPTIM (`optimizer`)",
     "optim_args": "give optimizer arguments in OPTIM_ARGS (`optimizer_args`)",
-    "resume_from_checkpoint": "set RESUME (`resume`) to continue from the newest complete checkpoint in OUTPUT_DIR",
 }
 # Deprecated trainer names folded into their successors (transformers warns on the old ones).
 DEPRECATED_TRAINER_FIELDS = {"gradient_checkpointing": "activation_checkpointing",
