@@ -66,9 +66,10 @@ def save_torch(obj: Any, path: str | Path) -> Path:
     return Path(path)
 
 
-def append_text(path: str | Path, text: str, encoding: str = "utf-8") -> None:
-    """Append ``text`` to ``path`` (created if missing); a symlink there is refused, not followed."""
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+def open_for_append(path: str | Path) -> IO[bytes]:
+    """``path`` opened to append (created if missing) and read back; a symlink there is refused
+    with :class:`OutputPathError` naming it, never followed."""
+    flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
     try:
         fd = os.open(path, flags, 0o644)
     except OSError:
@@ -76,5 +77,10 @@ def append_text(path: str | Path, text: str, encoding: str = "utf-8") -> None:
             raise OutputPathError(f"{path} is a symlink; adaptiverl does not append through one "
                                   "(remove it, or choose another output folder)") from None
         raise
-    with os.fdopen(fd, "ab") as fh:
+    return os.fdopen(fd, "a+b")
+
+
+def append_text(path: str | Path, text: str, encoding: str = "utf-8") -> None:
+    """Append ``text`` to ``path`` (created if missing); a symlink there is refused, not followed."""
+    with open_for_append(path) as fh:
         fh.write(text.encode(encoding))

@@ -126,7 +126,7 @@ def quickstart(out: Path, steps: int | None, compare: bool, pretrain_steps: int,
     runs = COMPARE_OPTIMIZERS if compare else (("run", None),)
     results = []
     for name, optim in runs:
-        extra = ["--MODEL", str(model_dir), "--OUTPUT_DIR", str(out / name),
+        extra = ["--MODEL", str(model_dir), "--OUTPUT_DIR", str(out / name), "--overwrite_output_dir", "true",
                  "--TRAIN_FILE", str(packaged_config().parent / "data" / "quickstart_prompts.jsonl")]
         extra += ["--STEPS", str(steps)] if steps is not None else []
         extra += ["--OPTIM", optim] if optim is not None else []
@@ -188,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
             from adaptiverl.trainer.run import train
 
             result = train(config)
-            print(f"trained {result.global_step} steps in {result.runtime_s:.0f} s -> {result.output_dir}")
+            if not result.already_finished:
+                print(f"trained {result.global_step} steps in {result.runtime_s:.0f} s -> {result.output_dir}")
         elif args.command == "quickstart":
             return quickstart(Path(args.out), args.steps, args.compare, args.pretrain_steps, extra)
         elif args.command == "compare":

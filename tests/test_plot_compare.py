@@ -137,3 +137,15 @@ def test_a_plot_that_cannot_be_drawn_warns_and_never_raises(tmp_path):
         assert plot_dynamics(run, out_file=tmp_path / "a-file" / "x.png") is None  # cannot be written
     with pytest.warns(UserWarning, match="no adaptive_history.jsonl"):
         assert plot_dynamics(tmp_path / "not-a-run") is None
+
+
+def test_a_plot_is_never_written_through_a_symlink(tmp_path):
+    """compare.png a symlink to another file: the picture replaces the link, the target is untouched."""
+    run = fake_run(tmp_path / "run", "adamw")
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    link = tmp_path / "compare.png"
+    link.symlink_to(target)
+    out = plot_runs([run], link)
+    assert target.read_text() == "keep me"
+    assert not out.is_symlink() and out.read_bytes().startswith(b"\x89PNG")

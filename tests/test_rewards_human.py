@@ -327,3 +327,16 @@ def test_interactive_mode_reads_a_stream_without_a_file_descriptor(tmp_path):
     assert reward(completions=["a", "b", "c"]) == [1.0, -1.0, None]
     assert "not understood: 'what'" in shown.getvalue()
     assert [r["outcome"] for r in log_lines(tmp_path / "log.jsonl")] == ["rated", "rated", "timeout"]
+
+
+def test_answers_are_never_appended_through_a_symlink(tmp_path):
+    from adaptiverl._files import OutputPathError
+    from adaptiverl.rewards.human import append_jsonl
+
+    target = tmp_path / "elsewhere.jsonl"
+    target.write_text("")
+    link = tmp_path / "ratings.jsonl"
+    link.symlink_to(target)
+    with pytest.raises(OutputPathError, match="ratings.jsonl"):
+        append_jsonl(link, [{"id": "a", "rating": 1}])
+    assert target.read_text() == ""

@@ -52,6 +52,7 @@ import warnings
 from pathlib import Path
 from typing import Any, TextIO
 
+from adaptiverl._files import open_for_append
 from adaptiverl.rewards.base import RewardFunction
 
 _GOOD = {"+", "+1", "1", "y", "yes", "good"}
@@ -77,7 +78,7 @@ def append_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
     writer killed mid-line) is ended first, so that it cannot swallow the first new record."""
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = "".join(_jsonl_line(rec) for rec in records).encode("utf-8")
-    with path.open("a+b") as fh:
+    with open_for_append(path) as fh:  # a symlink is refused, never followed
         end = fh.seek(0, os.SEEK_END)
         torn = False
         if end:

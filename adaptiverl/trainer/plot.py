@@ -13,12 +13,14 @@ the scheduler's dotted), momentum or ``beta1``, and ``beta2`` or RMSprop's ``alp
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import statistics
 import warnings
 from pathlib import Path
 
+from adaptiverl._files import write_bytes
 from adaptiverl.trainer.callback import HISTORY_FILE, read_jsonl
 
 PLOT_FILE = "dynamics.png"
@@ -181,8 +183,10 @@ def plot_runs(run_dirs: list[str | Path], out_file: str | Path, labels: list[str
     fig.tight_layout()
     out = Path(out_file)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
+    write_bytes(out, buffer.getvalue())  # never through a symlink, never half-written
     return out
 
 
