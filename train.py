@@ -40,8 +40,9 @@ try:
 except ConfigError as err:
     sys.exit(f"train.py: {err}")
 
-# 3. Where things are (printed once, by the main process of a distributed launch).
-if result.trainer.is_world_process_zero():
+# 3. Where things are (printed once, by the main process of a distributed launch). A RESUME of a
+#    run already at its last step trained nothing and has said so.
+if not result.already_finished and result.trainer.is_world_process_zero():
     print(f"done: {result.global_step} steps in {result.runtime_s:.0f} s")
     written = "model, README.md, train_config.json, adaptive_history.jsonl" + (", dynamics.png" if result.plot else "")
     print(f"{written} -> {result.output_dir}")

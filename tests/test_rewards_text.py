@@ -15,7 +15,7 @@ from adaptiverl.rewards import (
     register_reward,
     registered_rewards,
 )
-from adaptiverl.rewards.text import LengthReward, RegexReward, SubstringReward
+from adaptiverl.rewards.text import MIN_MATCH_SECONDS, LengthReward, RegexReward, SubstringReward
 
 CONV = [[{"role": "assistant", "content": "The answer is 42."}],
         [{"role": "assistant", "content": [{"type": "text", "text": "no number here"}]}]]
@@ -95,6 +95,17 @@ def test_regex_catastrophic_pattern_returns_within_time_limit():
     with pytest.warns(RuntimeWarning, match="exceeded"):
         missed = RegexReward(r"(a|aa)+$", timeout=0.1, on_timeout="miss", score_miss=-1)(completions=[text])
     assert missed == [-1.0]
+
+
+def test_regex_timeout_bounds_the_whole_call_not_each_match():
+    catastrophic = "a" * 40 + "!"
+    slow = RegexReward(r"(a|aa)+$", timeout=0.5)
+    start = time.perf_counter()
+    with pytest.warns(RuntimeWarning, match="share of timeout=0.5s"):
+        out = slow(completions=[catastrophic] * 64 + ["aaa"])
+    elapsed = time.perf_counter() - start
+    assert elapsed < 0.5 + 65 * MIN_MATCH_SECONDS + 0.4, elapsed  # was 64 x 0.5 s = 32 s
+    assert out == [None] * 64 + [1.0] and slow.timeouts == 64  # the cheap sample still got its turn
 
 
 def test_regex_bad_arguments_name_themselves():

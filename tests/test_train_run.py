@@ -294,6 +294,7 @@ def test_train_py_takes_command_line_overrides(tiny_gpt2_dir, tmp_path):
     resolved = json.loads((out / "train_config.json").read_text())
     assert (resolved["STEPS"], resolved["LRATE"], resolved["LOGGING_STEPS"]) == (2, 5e-3, 1)
     assert "FutureWarning" not in proc.stderr
+    assert "adaptive_history.jsonl ->" in proc.stdout and "dynamics.png" not in proc.stdout  # PLOT false
     bad = subprocess.run([sys.executable, str(ROOT / "train.py"), str(config), "--max_step", "2"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 1 and "Traceback" not in bad.stderr

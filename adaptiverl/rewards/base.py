@@ -126,6 +126,9 @@ def checked_rewards(name: str, values: Any, n: int, *, allow_nonfinite: bool = F
         if v is None:
             out.append(None)
             continue
+        if isinstance(v, (str, bytes)):
+            raise TypeError(f"reward {name!r} returned the {type(v).__name__} {v[:40]!r} for sample {i}; "
+                            "expected a float or None (convert it with float() in the reward)")
         try:
             x = float(v)
         except (TypeError, ValueError):

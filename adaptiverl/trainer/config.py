@@ -132,6 +132,7 @@ class TrainConfig:
     save_steps: int = setting(0, alias="SAVE_STEPS", section="output", help="Checkpoint every N steps (0: only the final model).")
     save_total_limit: int = setting(0, alias="SAVE_TOTAL_LIMIT", section="output", help="Keep at most this many checkpoints (0: keep all).")
     resume: bool = setting(False, alias="RESUME", section="output", help="Continue from the newest complete checkpoint in output_dir (an incomplete one, e.g. from a crash during a save, is skipped with a warning).")
+    overwrite_output_dir: bool = setting(False, alias="OVERWRITE_OUTPUT_DIR", section="output", help="Start a fresh run in an output_dir that holds an earlier run (its checkpoint-* folders are removed); without it such a run is refused.")
     logging_steps: int = setting(10, alias="LOGGING_STEPS", section="output", help="Log (console line, TensorBoard/W&B) every N steps.")
     report_to: list = setting(alias="REPORT_TO", section="output", factory=list, help="Loggers: `tensorboard`, `wandb`, ... (list or comma-separated string; empty: none).")
     plot: bool = setting(True, alias="PLOT", section="output", help="Write `dynamics.png` (loss, reward, LR, momentum/betas) to output_dir at the end.")
@@ -190,9 +191,11 @@ class TrainConfig:
 
     def save(self, path: str | Path) -> Path:
         """Write the resolved config (native JSON values, secrets redacted) to ``path``."""
+        from adaptiverl._files import write_text
+
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_public_dict(), indent=2) + "\n")
+        write_text(path, json.dumps(self.to_public_dict(), indent=2) + "\n")
         return path
 
 
@@ -205,7 +208,6 @@ INVERTED = {alias for alias, name in ALIASES.items() if FIELDS[name].metadata["i
 RESERVED_TRAINER_FIELDS = {
     "optim": "adaptiverl builds the optimizer: pick it with OPTIM (`optimizer`)",
     "optim_args": "give optimizer arguments in OPTIM_ARGS (`optimizer_args`)",
-    "resume_from_checkpoint": "set RESUME (`resume`) to continue from the newest complete checkpoint in OUTPUT_DIR",
 }
 # Deprecated trainer names folded into their successors (transformers warns on the old ones).
 DEPRECATED_TRAINER_FIELDS = {"gradient_checkpointing": "activation_checkpointing",

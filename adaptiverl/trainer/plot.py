@@ -13,11 +13,14 @@ the scheduler's dotted), momentum or ``beta1``, and ``beta2`` or RMSprop's ``alp
 
 from __future__ import annotations
 
+import io
 import json
+import math
 import statistics
 import warnings
 from pathlib import Path
 
+from adaptiverl._files import write_bytes
 from adaptiverl.trainer.callback import HISTORY_FILE, read_jsonl
 
 PLOT_FILE = "dynamics.png"
@@ -25,7 +28,11 @@ COMPARE_FILE = "compare.png"
 STATE_FILE = "trainer_state.json"
 RUN_CONFIG_FILE = "train_config.json"
 COMPONENT_PREFIXES = ("composite/", "rewards/")
-COMPONENT_STYLES = ("--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)))  # one per component, in the run's colour
+# One line style per component, in the run's colour (passed as ``linestyle=``: a dash tuple is no
+# format string). A run with more components reuses them in turn.
+COMPONENT_STYLES = ("--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)), (0, (8, 2)))
+# The beta panels show at least this span: a 0.0007 wobble of beta2 must not fill the panel.
+BETA_MIN_SPAN = 0.02
 
 
 def read_history(output_dir: str | Path) -> list[dict[str, float]]:
@@ -92,6 +99,22 @@ def run_label(output_dir: str | Path) -> str:
     return f"{path.name} ({optim})" if optim else path.name
 
 
+def _at_least_span(ax, span: float) -> None:
+    """Widen the y-axis of ``ax`` to ``span`` around its data (kept at or below 1 where the data
+    are), without an offset in the tick labels, so that noise does not look like adaptation."""
+    values = [y for line in ax.get_lines() for y in line.get_ydata() if math.isfinite(y)]
+    if not values:
+        return
+    low, high = min(values), max(values)
+    if high - low < span:
+        middle = (low + high) / 2
+        low, high = middle - span / 2, middle + span / 2
+        if high > 1.0 >= max(values):
+            low, high = low - (high - 1.0), 1.0
+        ax.set_ylim(low - 0.05 * span, high + 0.05 * span)
+    ax.ticklabel_format(axis="y", useOffset=False)
+
+
 def plot_runs(run_dirs: list[str | Path], out_file: str | Path, labels: list[str] | None = None,
               smooth_width: int = 10, title: str | None = None) -> Path:
     """Overlay the runs in one PNG (see the module docstring for the panels); return its path."""
@@ -108,7 +131,7 @@ def plot_runs(run_dirs: list[str | Path], out_file: str | Path, labels: list[str
     labels = labels or [run_label(d) for d, _ in runs]
     with_loss = any(loss_is_meaningful(d) for d, _ in runs)
     panels = ["reward", *(["loss"] if with_loss else []), "lr", "beta1", "beta2"]
-    fig, axes = plt.subplots(len(panels), 1, figsize=(9, 2.6 * len(panels)), sharex=True)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(12, 2.6 * len(panels)), sharex=True)
     axes = dict(zip(panels, axes, strict=True))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     drawn = dict.fromkeys(panels, False)
@@ -116,8 +139,13 @@ def plot_runs(run_dirs: list[str | Path], out_file: str | Path, labels: list[str
         color = colors[index % len(colors)]
 
         def draw(panel: str, steps, values, *, style="-", name=label, width=1.4, color=color, **kw):
-            if steps:
-                axes[panel].plot(steps, values, style, color=color, label=name, linewidth=width, **kw)
+            if not steps:
+                return
+            try:
+                axes[panel].plot(steps, values, color=color, label=name, linewidth=width, linestyle=style, **kw)
+            except Exception as exc:  # draw the rest: a plot must never fail a run
+                warnings.warn(f"plot: {name!r} left out of {out_file}: {exc}", UserWarning, stacklevel=2)
+            else:
                 drawn[panel] = True
 
         steps, rewards = _series(rows, "reward")
@@ -141,9 +169,12 @@ def plot_runs(run_dirs: list[str | Path], out_file: str | Path, labels: list[str
         ax.set_ylabel(titles[panel])
         ax.grid(alpha=0.3)
         if drawn[panel]:
-            ax.legend(loc="best", fontsize=7)
+            # Beside the panel, not over the curves.
+            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, borderaxespad=0.0)
             if panel == "lr":
                 ax.set_yscale("log")
+            elif panel in ("beta1", "beta2"):
+                _at_least_span(ax, BETA_MIN_SPAN)
         else:
             ax.text(0.5, 0.5, "not recorded in these runs", ha="center", va="center",
                     transform=ax.transAxes, color="grey")
@@ -152,15 +183,26 @@ def plot_runs(run_dirs: list[str | Path], out_file: str | Path, labels: list[str
     fig.tight_layout()
     out = Path(out_file)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
+    write_bytes(out, buffer.getvalue())  # never through a symlink, never half-written
     return out
 
 
-def plot_dynamics(output_dir: str | Path, out_file: str | Path | None = None) -> Path:
-    """One run's panels (:func:`plot_runs` of that run) as ``OUTPUT_DIR/dynamics.png`` or ``out_file``."""
+def plot_dynamics(output_dir: str | Path, out_file: str | Path | None = None) -> Path | None:
+    """One run's panels (:func:`plot_runs` of that run) as ``OUTPUT_DIR/dynamics.png`` or ``out_file``.
+
+    Never fails the run it draws: whatever goes wrong (no history, a file it cannot write, a
+    series matplotlib refuses) is a warning naming it, and the result ``None`` when no PNG came.
+    """
     out = Path(out_file) if out_file is not None else Path(output_dir) / PLOT_FILE
-    return plot_runs([output_dir], out, title=f"adaptiverl dynamics: {Path(output_dir).name}")
+    try:
+        return plot_runs([output_dir], out, title=f"adaptiverl dynamics: {Path(output_dir).name}")
+    except Exception as exc:
+        warnings.warn(f"plot: no {out} drawn ({type(exc).__name__}: {exc}); the run itself is fine",
+                      UserWarning, stacklevel=2)
+        return None
 
 
 def final_reward(output_dir: str | Path, last: int = 20) -> float | None:

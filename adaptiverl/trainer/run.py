@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
+from adaptiverl._files import write_text
 from adaptiverl.trainer import data
 from adaptiverl.trainer.config import (
     FIELDS,
@@ -48,14 +48,19 @@ from adaptiverl.trainer.config import (
     trainer_arguments_class,
     trainer_settings,
 )
+from adaptiverl.trainer.outputs import (
+    CONFIG_FILE,
+    ReplaySamplerEpochs,
+    SaveConfigCallback,
+    check_output_dir,
+    check_resume_matches,
+    finished_step,
+    known_noise_quiet,
+    redact_pickled_secrets,
+    resume_checkpoint,
+)
 
-CONFIG_FILE = "train_config.json"
 MODEL_CARD = "README.md"
-# What HF's Trainer needs to resume (weights in one of their forms) and, written last by
-# SaveConfigCallback, our resolved config: a folder missing any is a save cut short.
-CHECKPOINT_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                      "adapter_model.safetensors", "pytorch_model_fsdp_*", "global_step*")  # FSDP, DeepSpeed
-CHECKPOINT_FILES = ("trainer_state.json", CONFIG_FILE)
 ONLINE_CLASSES = {"sgd": "OnlineSGD", "rmsprop": "OnlineRMSProp", "adamw": "OnlineAdamW",
                   "enhanced_sgd": "EnhancedSGD"}
 
@@ -71,6 +76,8 @@ class TrainResult:
     metrics: dict[str, float] = field(default_factory=dict)
     plot: Path | None = None
     trainer: Any = None
+    #: a RESUME of a run already at its last step: nothing was trained or written
+    already_finished: bool = False
 
 
 def resolve_config(config: TrainConfig | dict[str, Any] | str | Path) -> TrainConfig:
@@ -288,49 +295,6 @@ class QuietProgressCallback(ProgressCallback):
             tqdm.write(f"Eval {state.global_step} | " + " | ".join(shown))
 
 
-class SaveConfigCallback(TrainerCallback):
-    """Copies the resolved config into every checkpoint folder."""
-
-    def __init__(self, config: TrainConfig) -> None:
-        self.config_dict = config.to_public_dict()
-
-    def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if folder.is_dir():
-                (folder / CONFIG_FILE).write_text(json.dumps(self.config_dict, indent=2) + "\n")
-
-
-def checkpoint_problem(folder: Path) -> str | None:
-    """Why ``folder`` cannot be resumed from (a file missing or torn), or None when it is complete."""
-    if not any(any(folder.glob(pattern)) for pattern in CHECKPOINT_WEIGHTS):
-        return "no model weights"
-    missing = [name for name in CHECKPOINT_FILES if not (folder / name).is_file()]
-    if missing:
-        return f"no {', '.join(missing)}"
-    try:
-        json.loads((folder / "trainer_state.json").read_text())
-    except (OSError, ValueError):
-        return "a torn trainer_state.json"
-    return None
-
-
-def find_resume_checkpoint(output_dir: str | Path) -> Path:
-    """The newest complete ``checkpoint-<step>`` in ``output_dir``; newer incomplete ones are skipped
-    with a warning naming each (a crash during a save leaves one behind)."""
-    out = Path(output_dir)
-    folders = sorted((p for p in out.glob("checkpoint-*") if p.is_dir() and p.name[11:].isdigit()),
-                     key=lambda p: int(p.name[11:]), reverse=True) if out.is_dir() else []
-    for folder in folders:
-        problem = checkpoint_problem(folder)
-        if problem is None:
-            return folder
-        warnings.warn(f"RESUME: skipping incomplete checkpoint {folder} ({problem}); "
-                      "it was probably cut short by a crash during the save", UserWarning, stacklevel=2)
-    found = f"only incomplete ones ({', '.join(p.name for p in folders)})" if folders else "no checkpoint-* folder"
-    raise ConfigError(f"config key 'RESUME' = true: {found} in OUTPUT_DIR {out.resolve()}")
-
-
 def check_model_path(c: TrainConfig) -> None:
     """MODEL is a local folder, or a hub id (in the local cache when the hub is off)."""
     path = Path(c.MODEL).expanduser()
@@ -367,8 +331,8 @@ def preflight(c: TrainConfig) -> Path | None:
 
     The machine (precision, quantization, loggers), MODEL, the TRAIN_FILE's columns, the trainer
     arguments (TRL's own checks), the optimizer's arguments (built once on a stand-in layer),
-    the LoRA targets (on a meta-device copy of the model) and, with RESUME, the newest complete
-    checkpoint, which is returned. Each failure is one :class:`ConfigError` naming the key.
+    the LoRA targets (on a meta-device copy of the model), the checkpoint to resume (returned)
+    and OUTPUT_DIR (:func:`preflight_outputs`). Each failure is one :class:`ConfigError` naming the key.
     """
     import torch
 
@@ -397,7 +361,18 @@ def preflight(c: TrainConfig) -> Path | None:
 
         with torch.device("meta"):
             check_lora_targets(c, AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(c.MODEL)))
-    return find_resume_checkpoint(c.OUTPUT_DIR) if c.RESUME else None
+    return preflight_outputs(c)
+
+
+def preflight_outputs(c: TrainConfig) -> Path | None:
+    """The checkpoint to resume (:func:`~adaptiverl.trainer.outputs.resume_checkpoint`), checked against
+    the config, and OUTPUT_DIR (:func:`~adaptiverl.trainer.outputs.check_output_dir`); last, since it
+    may create OUTPUT_DIR and, with OVERWRITE_OUTPUT_DIR, remove an earlier run's checkpoints."""
+    checkpoint = resume_checkpoint(c)
+    if checkpoint is not None:
+        check_resume_matches(c, checkpoint)
+    check_output_dir(c, resuming=checkpoint is not None)
+    return checkpoint
 
 
 def write_model_card(c: TrainConfig, trainer, out: Path) -> Path:
@@ -424,9 +399,17 @@ def write_model_card(c: TrainConfig, trainer, out: Path) -> Path:
                   for spec in c.REWARDS]
     lines += ["", f"The resolved training config is `{CONFIG_FILE}`; the per-step dynamics "
               "(loss, reward, effective LR, betas) are in `adaptive_history.jsonl`.", ""]
-    path = out / MODEL_CARD
-    path.write_text("\n".join(lines))
-    return path
+    return write_text(out / MODEL_CARD, "\n".join(lines))
+
+
+def already_finished(c: TrainConfig, step: int, start: float) -> TrainResult:
+    """RESUME of a run at or past its last step: say so, train nothing, write nothing."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        last = f"STEPS {c.STEPS}" if c.STEPS > 0 else f"the last step of EPOCHS {c.EPOCHS:g}"
+        print(f"RESUME: the run in OUTPUT_DIR {c.OUTPUT_DIR} already reached step {step} "
+              f"({last}); nothing to train. Raise STEPS to train further.")
+    return TrainResult(output_dir=Path(c.OUTPUT_DIR), global_step=step,
+                       runtime_s=time.perf_counter() - start, already_finished=True)
 
 
 def train(config: TrainConfig | dict[str, Any] | str | Path) -> TrainResult:
@@ -437,8 +420,9 @@ def train(config: TrainConfig | dict[str, Any] | str | Path) -> TrainResult:
 
     out = Path(c.OUTPUT_DIR)
     resume_from = preflight(c)
-    if resume_from is not None:
-        resume_from = str(resume_from)
+    done = finished_step(c, resume_from) if resume_from is not None else None
+    if done is not None:
+        return already_finished(c, done, start)
     if int(os.environ.get("RANK", "0")) == 0:
         c.save(out / CONFIG_FILE)
     if c.CPU_THREADS:
@@ -449,12 +433,14 @@ def train(config: TrainConfig | dict[str, Any] | str | Path) -> TrainResult:
     model, tokenizer = load_model_and_tokenizer(c)
     dataset, eval_dataset = data.load_prepared(c, tokenizer)
     trainer = build_trainer(c, model, tokenizer, dataset, eval_dataset=eval_dataset)
+    redact_pickled_secrets(trainer.args)  # training_args.bin holds "<HUB_TOKEN>", as train_config.json
     callback = trainer.adaptive_callback
     trainer.add_callback(SaveConfigCallback(c))
+    trainer.add_callback(ReplaySamplerEpochs())
     if trainer.pop_callback(ProgressCallback) is not None:
         trainer.add_callback(QuietProgressCallback())
-    with checkpointing_alias_quiet():
-        output = trainer.train(resume_from_checkpoint=resume_from)
+    with checkpointing_alias_quiet(), known_noise_quiet(trainer.model):
+        output = trainer.train(resume_from_checkpoint=None if resume_from is None else str(resume_from))
     trainer.save_model(str(out))
     plot_path = None
     if trainer.is_world_process_zero():
