@@ -250,7 +250,8 @@ def no_model_loads(monkeypatch):
     ({"RESUME": True}, "'RESUME' = true: no checkpoint-\\* folder"),
     ({"MODEL": "./models/no-such-tiny-gpt2"}, "'MODEL'.*no such model folder.*adaptiverl build-tiny"),
     ({"MODEL": "no-such-org/no-such-model"}, "'MODEL'.*HF_HUB_OFFLINE"),
-    ({"TRAINER_ARGS": {"load_best_model_at_end": True, "eval_strategy": "steps"}}, "TRAINER_ARGS.load_best_model_at_end: TrainingArguments rejected"),
+    ({"TRAINER_ARGS": {"load_best_model_at_end": True}, "SAVE_STEPS": 2}, "TRAINER_ARGS.load_best_model_at_end: SFTConfig rejected"),
+    ({"TRAINER_ARGS": {"eval_strategy": "steps"}}, "'eval_strategy' = 'steps': there is no eval data"),
 ])
 def test_bad_input_is_named_before_the_model_loads_and_nothing_is_written(
         tiny_gpt2_dir, tmp_path, no_model_loads, overrides, fragment):

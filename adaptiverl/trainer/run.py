@@ -9,10 +9,11 @@
    resolved config to ``OUTPUT_DIR/train_config.json`` (and into every checkpoint);
 2. load tokenizer and model with ``from_pretrained(MODEL)`` (quantized through
    bitsandbytes if asked), wrap it with LoRA adapters unless ``FULLTUNE``;
-3. load ``TRAIN_FILE`` with ``datasets``' local loaders;
+3. load the data (``TRAIN_FILE``, or ``dataset_name`` with its train and eval splits) through
+   :mod:`adaptiverl.trainer.data`;
 4. build the adaptive optimizer named by ``OPTIM``;
-5. run TRL's ``GRPOTrainer`` (``MODE: rl``), ``RLOOTrainer`` (``rloo``) or the HF
-   ``Trainer`` on a causal-LM loss (``sft``), with :class:`AdaptiveCallback`
+5. run TRL's ``GRPOTrainer`` (``MODE: rl``), ``RLOOTrainer`` (``rloo``) or ``SFTTrainer``
+   (``sft``: text, chat messages or prompt/completion data), with :class:`AdaptiveCallback`
    feeding the optimizer the loss and reward of every step;
 6. save the final model, a model card naming the base model, the optimizer and the reward
    components, the trainer state and the dynamics plot.
@@ -34,16 +35,18 @@ from typing import Any
 from transformers.trainer_callback import ProgressCallback
 
 from adaptiverl._files import write_text
+from adaptiverl.trainer import data
 from adaptiverl.trainer.config import (
-    DATA_SUFFIXES,
-    MODEL_TWINS,
-    TRAINER_TWINS,
+    FIELDS,
     ConfigError,
     TrainConfig,
+    alias_of,
     check_machine,
     load_config,
+    model_settings,
     parse_config,
     trainer_arguments_class,
+    trainer_settings,
 )
 from adaptiverl.trainer.outputs import (
     CONFIG_FILE,
@@ -86,13 +89,11 @@ def resolve_config(config: TrainConfig | dict[str, Any] | str | Path) -> TrainCo
 
 
 def model_arguments(c: TrainConfig):
-    """TRL's ``ModelConfig`` from the config: the seed keys plus ``MODEL_ARGS``."""
+    """TRL's ``ModelConfig`` from the config: its settings plus ``model_args``."""
     from trl import ModelConfig
 
-    seed = {name: getattr(c, key) for key, name in MODEL_TWINS.items()}
-    seed["use_peft"] = not c.FULLTUNE
     try:
-        return ModelConfig(**{**seed, **c.MODEL_ARGS})
+        return ModelConfig(**{**model_settings(c), **c.model_args})
     except (TypeError, ValueError) as err:
         raise ConfigError(f"config key 'MODEL_ARGS': ModelConfig rejected the arguments: {err}") from None
 
@@ -166,42 +167,9 @@ def check_lora_targets(c: TrainConfig, model) -> None:
                           f"(module names there include: {', '.join(sorted(present)[:20])})")
 
 
-def read_train_file(c: TrainConfig):
-    """TRAIN_FILE through ``datasets``' json/csv/parquet loaders, checked for the mode's column."""
-    from datasets import load_dataset
-
-    builder = DATA_SUFFIXES[Path(c.TRAIN_FILE).suffix.lower()]
-    try:
-        dataset = load_dataset(builder, data_files=c.TRAIN_FILE, split="train")
-    except Exception as err:  # a malformed file: datasets raises several kinds
-        raise ConfigError(f"config key 'TRAIN_FILE' = {c.TRAIN_FILE!r}: cannot be read as "
-                          f"{builder} ({type(err).__name__}: {err})") from None
-    column = "text" if c.MODE == "sft" else "prompt"
-    if column not in dataset.column_names:
-        raise ConfigError(f"config key 'TRAIN_FILE' = {c.TRAIN_FILE!r}: MODE {c.MODE!r} needs a "
-                          f"{column!r} column; the file has {dataset.column_names}")
-    if len(dataset) == 0:
-        raise ConfigError(f"config key 'TRAIN_FILE' = {c.TRAIN_FILE!r}: no rows")
-    return dataset
-
-
 def load_dataset_for(c: TrainConfig, tokenizer):
-    """The checked TRAIN_FILE (:func:`read_train_file`), tokenized (sft) or with prompts cut to fit."""
-    dataset = read_train_file(c)
-    if c.MODE == "sft":
-        def tokenize(batch):
-            return tokenizer(batch["text"], truncation=True, max_length=c.MAXSEQ)
-
-        return dataset.map(tokenize, batched=True, remove_columns=dataset.column_names)
-    max_prompt = c.MAXSEQ - c.MAX_COMPLETION_LENGTH
-
-    def truncate(row):
-        ids = tokenizer(row["prompt"])["input_ids"]
-        if len(ids) > max_prompt:
-            row["prompt"] = tokenizer.decode(ids[-max_prompt:])
-        return row
-
-    return dataset.map(truncate)
+    """The checked training split, prepared for the trainer (:func:`adaptiverl.trainer.data.load_prepared`)."""
+    return data.load_prepared(c, tokenizer)[0]
 
 
 def optimizer_spec(c: TrainConfig) -> tuple[tuple[Any, dict[str, Any]], Any]:
@@ -259,38 +227,32 @@ def training_arguments(c: TrainConfig):
     # activation_checkpointing given (TRL's configs default the deprecated gradient_checkpointing
     # to True, and transformers warns about that alias at every copy of the arguments).
     common: dict[str, Any] = dict(use_cpu=not torch.cuda.is_available(), activation_checkpointing=False,
-        output_dir=c.OUTPUT_DIR, per_device_train_batch_size=c.BATCH_SIZE,
-        gradient_accumulation_steps=c.GRAD_ACCUM, num_train_epochs=c.EPOCHS, max_steps=c.STEPS,
-        learning_rate=c.LRATE, lr_scheduler_type=c.LR_SCHEDULER, warmup_steps=c.WARMUP_STEPS,
-        max_grad_norm=c.MAX_GRAD_NORM, bf16=c.BF16, fp16=c.FP16, seed=c.SEED, data_seed=c.SEED,
-        logging_steps=c.LOGGING_STEPS, report_to=c.REPORT_TO or "none",
-        save_strategy="steps" if c.SAVE_STEPS else "no", save_steps=c.SAVE_STEPS or 500,
-        save_total_limit=c.SAVE_TOTAL_LIMIT or None, disable_tqdm=False,
-    )
-    if c.MODE != "sft":
-        common.update(num_generations=c.NUM_GENERATIONS, max_completion_length=c.MAX_COMPLETION_LENGTH,
-                      temperature=c.TEMPERATURE, beta=c.BETA, log_completions=c.LOG_COMPLETIONS)
-    common.update(c.TRAINER_ARGS)  # any other field, by its own name; it may override the above
+        data_seed=c.seed, disable_tqdm=False, **trainer_settings(c))
+    common.update(report_to=c.report_to or "none", save_strategy="steps" if c.save_steps else "no",
+                  save_steps=c.save_steps or 500, save_total_limit=c.save_total_limit or None)
+    common.update(c.trainer_args)  # any other field, by its own name; it may override the above
     cls = trainer_arguments_class(c.MODE)
     try:
         return cls(**common)
     except (TypeError, ValueError) as err:
         message = str(err)
-        for key, name in TRAINER_TWINS.items():  # TRL's message names its fields: add our keys
-            message = message.replace(f"`{name}`", f"`{name}` ({key})")
+        for name in FIELDS:  # TRL's message names its fields: add the seed's keys
+            if alias_of(name) != name:
+                message = message.replace(f"`{name}`", f"`{name}` ({alias_of(name)})")
         given = [k for k in c.TRAINER_ARGS if k in message]
         key = f"TRAINER_ARGS.{given[0]}" if given else "config"
         raise ConfigError(f"{key}: {cls.__name__} rejected the arguments: {message}") from None
 
 
 
-def build_trainer(c: TrainConfig, model, tokenizer, dataset, optimizer=None):
-    """``AdaptiveTrainer`` (sft), ``AdaptiveGRPOTrainer`` (rl) or ``AdaptiveRLOOTrainer`` (rloo).
+def build_trainer(c: TrainConfig, model, tokenizer, dataset, optimizer=None, eval_dataset=None):
+    """``AdaptiveSFTTrainer`` (sft), ``AdaptiveGRPOTrainer`` (rl) or ``AdaptiveRLOOTrainer`` (rloo).
 
     Without ``optimizer`` the trainer builds the one ``OPTIM`` names through its own
     ``create_optimizer`` (HF's decay groups, after the model is wrapped, as FSDP and DeepSpeed
     need); the arguments are checked first by building it once here. With ``optimizer`` it is
-    passed as ``optimizers=(optimizer, None)``.
+    passed as ``optimizers=(optimizer, None)``. ``horizon`` (when set) goes to the trainer's
+    ``AdaptiveCallback``.
     """
     from adaptiverl.trainer import trainers
 
@@ -302,25 +264,35 @@ def build_trainer(c: TrainConfig, model, tokenizer, dataset, optimizer=None):
         how = {"optimizer_cls_and_kwargs": (cls, kwargs), "optimizer_wrapper": wrapper}
     else:
         how = {"optimizers": (optimizer, None)}
-    if c.MODE == "sft":
-        from transformers import DataCollatorForLanguageModeling
+    data_args = {"train_dataset": dataset, "eval_dataset": eval_dataset, "processing_class": tokenizer}
+    if c.mode == "sft":
+        trainer = trainers.AdaptiveSFTTrainer(model=model, args=args, **data_args, **how)
+    else:
+        from adaptiverl.rewards import build_rewards
 
-        return trainers.AdaptiveTrainer(
-            model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-            data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False), **how)
-    from adaptiverl.rewards import build_rewards
+        reward = build_rewards(c.rewards)
+        rl_trainer = trainers.AdaptiveGRPOTrainer if c.mode == "rl" else trainers.AdaptiveRLOOTrainer
+        trainer = rl_trainer(model=model, reward_funcs=[reward], args=args, **data_args, **how)
+    if c.horizon is not None:
+        trainer.adaptive_callback.horizon = c.horizon
+    return trainer
 
-    reward = build_rewards(c.REWARDS)
-    rl_trainer = trainers.AdaptiveGRPOTrainer if c.MODE == "rl" else trainers.AdaptiveRLOOTrainer
-    return rl_trainer(model=model, reward_funcs=[reward], args=args, train_dataset=dataset,
-                      processing_class=tokenizer, **how)
+
+# What the console's eval line shows (SFT: loss and token accuracy; GRPO/RLOO: reward and components).
+EVAL_LINE_KEYS = ("loss", "mean_token_accuracy", "reward", "reward_std", "entropy")
 
 
 class QuietProgressCallback(ProgressCallback):
-    """The HF progress bar without its raw log dicts: AdaptiveCallback prints the summary line."""
+    """The HF progress bar without its raw log dicts: AdaptiveCallback prints the summary line;
+    evaluation results get one line of their own."""
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        return
+        if state.is_world_process_zero and logs and any(k.startswith("eval_") for k in logs):
+            shown = [f"{k.removeprefix('eval_')}: {v:.4g}" for k, v in logs.items() if isinstance(v, int | float)
+                     and (k.removeprefix("eval_") in EVAL_LINE_KEYS or re.fullmatch(r"eval_composite/.+/mean", k))]
+            from tqdm.auto import tqdm
+
+            tqdm.write(f"Eval {state.global_step} | " + " | ".join(shown))
 
 
 def check_model_path(c: TrainConfig) -> None:
@@ -366,7 +338,7 @@ def preflight(c: TrainConfig) -> Path | None:
 
     check_machine(c)
     check_model_path(c)
-    read_train_file(c)
+    data.load_splits(c)
     training_arguments(c)
     model_arguments(c)
     try:
@@ -376,7 +348,7 @@ def preflight(c: TrainConfig) -> Path | None:
         key = "OPTIM_ARGS"
         if c.ADAPTIVE_ARGS:
             try:
-                build_optimizer(dataclasses.replace(c, ADAPTIVE_ARGS={}), torch.nn.Linear(2, 2))
+                build_optimizer(dataclasses.replace(c, adaptive_args={}), torch.nn.Linear(2, 2))
                 key = "ADAPTIVE_ARGS"
             except (TypeError, ValueError):
                 pass
@@ -419,7 +391,7 @@ def write_model_card(c: TrainConfig, trainer, out: Path) -> Path:
              f"- **Optimizer**: `{name}` (OPTIM `{c.OPTIM}`, learning rate {c.LRATE:g}"
              + (f", ADAPTIVE_ARGS `{json.dumps(c.ADAPTIVE_ARGS)}`" if c.ADAPTIVE_ARGS else "")
              + (f", OPTIM_ARGS `{json.dumps(c.OPTIM_ARGS)}`" if c.OPTIM_ARGS else "") + ")",
-             f"- **Training data**: `{Path(c.TRAIN_FILE).name}`, {trainer.state.global_step} steps"]
+             f"- **Training data**: `{data.describe(c)}`, {trainer.state.global_step} steps"]
     if c.MODE != "sft":
         lines.append("- **Reward components**:")
         lines += [f"  - `{spec.get('type')}` (weight {spec.get('weight', 1.0)}): "
@@ -459,8 +431,8 @@ def train(config: TrainConfig | dict[str, Any] | str | Path) -> TrainResult:
         torch.set_num_threads(c.CPU_THREADS)
     set_seed(c.SEED)
     model, tokenizer = load_model_and_tokenizer(c)
-    dataset = load_dataset_for(c, tokenizer)
-    trainer = build_trainer(c, model, tokenizer, dataset)
+    dataset, eval_dataset = data.load_prepared(c, tokenizer)
+    trainer = build_trainer(c, model, tokenizer, dataset, eval_dataset=eval_dataset)
     redact_pickled_secrets(trainer.args)  # training_args.bin holds "<HUB_TOKEN>", as train_config.json
     callback = trainer.adaptive_callback
     trainer.add_callback(SaveConfigCallback(c))
