@@ -63,7 +63,7 @@ class RewardComponentError(RuntimeError):
     """A component of a composite reward failed; the message names it and the sample."""
 
 
-def _is_async(fn: Any) -> bool:
+def is_async(fn: Any) -> bool:
     import functools
     import inspect
 
@@ -272,7 +272,7 @@ class CompositeReward:
     def __call__(self, prompts: Sequence[Any] | None = None, completions: Sequence[Any] | None = None,
                  completion_ids: Sequence[Sequence[int]] | None = None, **kwargs: Any) -> list[float | None]:
         call_kwargs, n = self._call_kwargs(prompts, completions, completion_ids, kwargs)
-        if any(_is_async(c.fn) for c in self.components):
+        if any(is_async(c.fn) for c in self.components):
             raw = _run_to_completion(self._raw(call_kwargs, n))
         else:
             raw = [self._run_sync(k, call_kwargs, n) for k in range(len(self.components))]
@@ -283,7 +283,7 @@ class CompositeReward:
         raw: list[list[float | None]] = [[] for _ in self.components]
         pending = []
         for k, comp in enumerate(self.components):
-            if _is_async(comp.fn):
+            if is_async(comp.fn):
                 pending.append(k)
             else:
                 raw[k] = self._run_sync(k, call_kwargs, n)
@@ -331,10 +331,10 @@ class CompositeReward:
         :meth:`_run_sync` drives this coroutine to its end without an event loop.
         """
         fn = self.components[k].fn
-        is_async = _is_async(fn)
+        fn_is_async = is_async(fn)
 
         async def call(kwargs: dict[str, Any]) -> Any:
-            return await fn(**kwargs) if is_async else fn(**kwargs)
+            return await fn(**kwargs) if fn_is_async else fn(**kwargs)
 
         try:
             values = await call(call_kwargs)

@@ -256,12 +256,14 @@ def build_reward(spec: dict[str, Any] | str | Callable[..., Any], *, index: int 
 
 
 def build_rewards(specs: list[Any], **composite_kwargs: Any):
-    """A :class:`~adaptiverl.rewards.composite.CompositeReward` from a list of specs.
+    """A :class:`~adaptiverl.rewards.composite.CompositeReward` from a list of specs, or an
+    :class:`~adaptiverl.rewards.composite.AsyncCompositeReward` when a component is async (an LM
+    judge), so that TRL awaits it alongside its other async rewards.
 
     Each spec's ``weight`` (default 1.0) and optional ``schedule`` (see ``CompositeReward``) are
     taken here; ``composite_kwargs`` go to ``CompositeReward`` (``normalize``, ``clip``, ...).
     """
-    from adaptiverl.rewards.composite import Component, CompositeReward
+    from adaptiverl.rewards.composite import AsyncCompositeReward, Component, CompositeReward, is_async
 
     if not isinstance(specs, (list, tuple)) or not specs:
         raise RewardSpecError(f"REWARDS must be a non-empty list of reward specs, got {specs!r}")
@@ -281,7 +283,8 @@ def build_rewards(specs: list[Any], **composite_kwargs: Any):
         except ValueError as exc:
             type_name = spec.get("type") if isinstance(spec, dict) else default_type(spec)
             raise RewardSpecError(f"reward component {i} (type {type_name!r}): {exc}") from exc
-    return CompositeReward(components, **composite_kwargs)
+    cls = AsyncCompositeReward if any(is_async(c.fn) for c in components) else CompositeReward
+    return cls(components, **composite_kwargs)
 
 
 def default_type(spec: Any) -> str:
