@@ -15,7 +15,6 @@ docs/training.md (and in adaptiverl/trainer/config.py). A run, top to bottom:
 import sys
 
 from adaptiverl.trainer.config import ConfigError, config_parser, help_text, parse_command_line
-from adaptiverl.trainer.run import train
 
 # --help: our settings by section, each with its seed alias; --help-all: every TRL flag too.
 if "--help-all" in sys.argv[1:]:
@@ -24,6 +23,8 @@ if "--help-all" in sys.argv[1:]:
 if "-h" in sys.argv[1:] or "--help" in sys.argv[1:]:
     print(help_text())
     sys.exit(0)
+
+from adaptiverl.trainer.run import train  # noqa: E402  (transformers/TRL load after --help)
 
 # 1. Read the file and apply the command line's overrides: unknown keys, wrong types,
 #    non-finite numbers, bad values, duplicate keys or a missing TRAIN_FILE fail here.

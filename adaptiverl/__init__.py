@@ -12,7 +12,6 @@ import importlib
 from typing import Any
 
 from adaptiverl.optim import _EXPORTS as _OPTIM_EXPORTS
-from adaptiverl.signals import ScalarSignal, Signals
 
 __version__ = "0.1.0"
 
@@ -21,11 +20,13 @@ _EXPORTS = {
     "AdaptiveCallback": "adaptiverl.trainer.callback",
     **dict.fromkeys(("AdaptiveTrainer", "AdaptiveSFTTrainer", "AdaptiveGRPOTrainer", "AdaptiveRLOOTrainer"),
                     "adaptiverl.trainer.trainers"),
+    "ScalarSignal": "adaptiverl.signals",
+    "Signals": "adaptiverl.signals",
     "CompositeReward": "adaptiverl.rewards",
     "register_reward": "adaptiverl.rewards",
 }
 
-__all__ = ["ScalarSignal", "Signals", "__version__", *sorted(_EXPORTS)]
+__all__ = ["__version__", *sorted(_EXPORTS)]
 
 
 def __getattr__(name: str) -> Any:

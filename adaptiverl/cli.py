@@ -179,11 +179,14 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "train":
-            from adaptiverl.trainer.config import config_parser, parse_command_line
+            from adaptiverl.trainer.config import config_parser, help_text, parse_command_line
 
-            if not args.args or args.args[0] in ("-h", "--help"):
-                config_parser().print_help()
+            if not args.args or args.args[0] in ("-h", "--help"):  # our settings by section
+                print(help_text())
                 return 0 if args.args else 2
+            if args.args[0] == "--help-all":  # every TRL flag too
+                config_parser().print_help()
+                return 0
             config = parse_command_line(args.args)  # a config error shows before transformers loads
             from adaptiverl.trainer.run import train
 
