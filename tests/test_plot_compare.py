@@ -149,3 +149,29 @@ def test_a_plot_is_never_written_through_a_symlink(tmp_path):
     out = plot_runs([run], link)
     assert target.read_text() == "keep me"
     assert not out.is_symlink() and out.read_bytes().startswith(b"\x89PNG")
+
+
+def test_eval_split_metrics_get_their_own_panel(tmp_path, monkeypatch):
+    """eval_* rows of trainer_state.json (the eval split) are drawn, timings left out."""
+    import adaptiverl.trainer.plot as plot
+
+    run = fake_run(tmp_path / "run", "adamw")
+    state = json.loads((run / "trainer_state.json").read_text())
+    state["log_history"] += [{"step": s, "eval_loss": 2.0 / s, "eval_runtime": 1.5, "epoch": 1.0}
+                             for s in (10, 20, 30)]
+    (run / "trainer_state.json").write_text(json.dumps(state))
+    assert plot.eval_metrics(run) == {"eval_loss": ([10, 20, 30], [0.2, 0.1, 2.0 / 30])}
+    assert plot.eval_metrics(fake_run(tmp_path / "plain", "adamw")) == {}
+    drawn = []
+    real_draw = plot.plot_runs
+
+    def spy(*args, **kwargs):
+        import matplotlib.axes
+
+        original = matplotlib.axes.Axes.set_ylabel
+        monkeypatch.setattr(matplotlib.axes.Axes, "set_ylabel",
+                            lambda ax, text, *a, **k: (drawn.append((text, len(ax.lines))), original(ax, text, *a, **k))[1])
+        return real_draw(*args, **kwargs)
+
+    spy([run], tmp_path / "compare.png")
+    assert ("eval split", 1) in drawn
