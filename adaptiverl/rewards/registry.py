@@ -263,7 +263,12 @@ def build_rewards(specs: list[Any], **composite_kwargs: Any):
     Each spec's ``weight`` (default 1.0) and optional ``schedule`` (see ``CompositeReward``) are
     taken here; ``composite_kwargs`` go to ``CompositeReward`` (``normalize``, ``clip``, ...).
     """
-    from adaptiverl.rewards.composite import AsyncCompositeReward, Component, CompositeReward, is_async
+    from adaptiverl.rewards.composite import (
+        AsyncCompositeReward,
+        Component,
+        CompositeReward,
+        is_async,
+    )
 
     if not isinstance(specs, (list, tuple)) or not specs:
         raise RewardSpecError(f"REWARDS must be a non-empty list of reward specs, got {specs!r}")
