@@ -17,9 +17,12 @@ and a readable single-tensor reference). Shaped like ``torch.optim.AdamW``, one 
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import math
 import warnings
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -40,6 +43,68 @@ from adaptiverl.signals.tensor_stats import any_rank, is_sharded, local
 _FINITE_CHECKS = ("auto", "full", "sample", "off")
 
 
+@dataclass(frozen=True)
+class Adaptation:
+    """The adaptation arguments every Online optimizer takes (keyword-only, after torch's own).
+
+    ``adapt``: ``False`` computes exactly torch's update. ``adapt_knobs``: ``False`` keeps the
+    group knobs at their values. ``controller``: ``"pretrained"`` (meta-trained network) or
+    ``"fresh"`` (the fixed rule plus online learning). ``total_steps``: the horizon (``None``:
+    unknown, no schedule). ``scale_bounds`` / ``max_step_factor`` / ``hidden_size`` / ``meta_lr`` /
+    ``seed``: the network's (:class:`adaptiverl.controllers.gru.GRUController`).
+    ``snr_threshold``: the gate's ``tau``. ``feature_sample_size``: elements sampled per tensor.
+    ``hypergrad_weight``, ``reward_weight``, ``explore_std``, ``knob_lr``, ``drift_gain``: the
+    tunables a param group may override (they live in ``defaults``). ``knob_scale_bounds``: the
+    knob multipliers' bounds. ``finite_check``: ``"auto"``, ``"full"``, ``"sample"`` or
+    ``"off"``. ``signal_beta`` / ``signal_window``: the scalar signals' EMA and window.
+    """
+
+    adapt: bool = True
+    adapt_knobs: bool = True
+    controller: str = "pretrained"
+    total_steps: int | None = None
+    scale_bounds: tuple[float, float] = (1e-3, 1e3)
+    max_step_factor: float = 1.1
+    hidden_size: int = 16
+    meta_lr: float = 1e-3
+    snr_threshold: float = 2.5
+    feature_sample_size: int = 1024
+    hypergrad_weight: float = 1.0
+    reward_weight: float = 1.0
+    explore_std: float = 0.05
+    knob_lr: float = 1e-3
+    knob_scale_bounds: tuple[float, float] = (0.5, 2.0)
+    drift_gain: float = 1.0
+    finite_check: str = "auto"
+    signal_beta: float = 0.9
+    signal_window: int = 20
+    seed: int = 0
+
+    @classmethod
+    def parse(cls, owner: str, kwargs: dict[str, Any]) -> Adaptation:
+        """Checked arguments; an unknown or invalid one raises naming ``owner`` and the argument."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(kwargs) - names)
+        if unknown:
+            raise TypeError(f"{owner}.__init__() got an unexpected keyword argument {unknown[0]!r}")
+        args = cls(**kwargs)
+        if args.feature_sample_size is None or int(args.feature_sample_size) < 1:
+            raise ValueError(f"{owner}: feature_sample_size must be an int >= 1, got {args.feature_sample_size}")
+        if args.finite_check not in _FINITE_CHECKS:
+            raise ValueError(f"{owner}: finite_check must be one of {_FINITE_CHECKS}, got {args.finite_check!r}")
+        if args.controller not in CONTROLLER_KINDS:
+            raise ValueError(f"{owner}: controller must be one of {CONTROLLER_KINDS}, got {args.controller!r}")
+        for key in (*GROUP_TUNABLES, "snr_threshold"):
+            value = getattr(args, key)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0.0):
+                raise ValueError(f"{owner}: {key} must be a finite number >= 0, got {value}")
+        kl, kh = (float(v) for v in args.knob_scale_bounds)
+        if not 0.0 < kl <= 1.0 <= kh:
+            raise ValueError(f"{owner}: knob_scale_bounds must satisfy 0 < low <= 1 <= high, "
+                             f"got {args.knob_scale_bounds}")
+        return args
+
+
 class OnlineOptimizer(Optimizer):
     """Base class: a torch optimizer whose per-tensor lr and per-group knobs adapt online.
 
@@ -57,51 +122,46 @@ class OnlineOptimizer(Optimizer):
     #: the update (:func:`adaptiverl.optim._kernels.apply_update`): algorithm and default fast kernel
     ALGORITHM = ""
     FAST_KERNEL = "multi_tensor"
+    #: the state key of the algorithm's memory (momentum buffer, exp_avg) and every key it keeps
+    MEMORY = ""
+    STATE_KEYS: tuple[str, ...] = ()
     KNOBS: tuple[str, ...] = ()
     #: knobs driven by the grad-scale drift rule instead of a one-step hypergradient
     DRIFT_KNOBS: tuple[str, ...] = ()
     #: the tunables copied into ``defaults`` (so param groups may override them)
     GROUP_TUNABLES = GROUP_TUNABLES
 
-    def __init__(self, params: Iterable[Any], defaults: dict[str, Any], *, adapt: bool,
-                 adapt_knobs: bool, controller: str, total_steps: int | None,
-                 scale_bounds: tuple[float, float], max_step_factor: float, hidden_size: int,
-                 meta_lr: float, snr_threshold: float, feature_sample_size: int,
-                 hypergrad_weight: float, reward_weight: float, explore_std: float, knob_lr: float,
-                 knob_scale_bounds: tuple[float, float], drift_gain: float,
-                 knob_bounds: dict[str, tuple[float, float]], finite_check: str,
-                 signal_beta: float, signal_window: int, seed: int) -> None:
-        name = type(self).__name__
-        if feature_sample_size is None or int(feature_sample_size) < 1:
-            raise ValueError(f"{name}: feature_sample_size must be an int >= 1, got {feature_sample_size}")
-        if finite_check not in _FINITE_CHECKS:
-            raise ValueError(f"{name}: finite_check must be one of {_FINITE_CHECKS}, got {finite_check!r}")
-        if controller not in CONTROLLER_KINDS:
-            raise ValueError(f"{name}: controller must be one of {CONTROLLER_KINDS}, got {controller!r}")
-        tunables = {"hypergrad_weight": hypergrad_weight, "reward_weight": reward_weight,
-                    "explore_std": explore_std, "knob_lr": knob_lr, "drift_gain": drift_gain}
-        for key, value in (*tunables.items(), ("snr_threshold", snr_threshold)):
-            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0.0):
-                raise ValueError(f"{name}: {key} must be a finite number >= 0, got {value}")
-        kl, kh = (float(v) for v in knob_scale_bounds)
-        if not 0.0 < kl <= 1.0 <= kh:
-            raise ValueError(f"{name}: knob_scale_bounds must satisfy 0 < low <= 1 <= high, got {knob_scale_bounds}")
-        super().__init__(params, {**defaults, **{k: float(v) for k, v in tunables.items()}})
-        self.adapt = bool(adapt)
-        self.finite_check = finite_check
-        self.signals = Signals(beta=signal_beta, window=signal_window)
+    def __init__(self, params: Iterable[Any], defaults: dict[str, Any], *,
+                 knob_bounds: dict[str, tuple[float, float]], **adaptation: Any) -> None:
+        args = Adaptation.parse(type(self).__name__, adaptation)
+        tunables = {k: float(getattr(args, k)) for k in GROUP_TUNABLES}
+        super().__init__(params, {**defaults, **tunables})
+        self.adapt = bool(args.adapt)
+        self.finite_check = args.finite_check
+        self.signals = Signals(beta=args.signal_beta, window=args.signal_window)
         self.online_controller = OnlineController(
             knobs=self.KNOBS, drift_knobs=self.DRIFT_KNOBS, knob_bounds=knob_bounds,
-            knob_scale_bounds=knob_scale_bounds, adapt_knobs=adapt_knobs, kind=controller,
-            hidden_size=hidden_size, scale_bounds=scale_bounds, max_step_factor=max_step_factor,
-            meta_lr=meta_lr, snr_threshold=snr_threshold, feature_sample_size=feature_sample_size, seed=seed)
+            knob_scale_bounds=args.knob_scale_bounds, adapt_knobs=args.adapt_knobs, kind=args.controller,
+            hidden_size=args.hidden_size, scale_bounds=args.scale_bounds, max_step_factor=args.max_step_factor,
+            meta_lr=args.meta_lr, snr_threshold=args.snr_threshold, feature_sample_size=args.feature_sample_size,
+            seed=args.seed)
         self.skipped_steps = 0
         self.total_steps = None
-        self.set_total_steps(total_steps)
+        self.set_total_steps(args.total_steps)
         self._pending_grad_norm: float | None = None
         self._shard_reduce = False  # set when parameters are FSDP2 DTensor shards
         self._signals_fed = False
         self._warned_no_signals = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """The constructor's signature shows the adaptation arguments (``help``, ``inspect``)."""
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            own = inspect.signature(cls.__init__)
+            kept = [p for p in own.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+            extra = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type)
+                     for f in dataclasses.fields(Adaptation)]
+            cls.__init__.__signature__ = own.replace(parameters=kept + extra)  # type: ignore[attr-defined]
 
     # ------------------------------------------------------------------ API
     @property
@@ -160,7 +220,12 @@ class OnlineOptimizer(Optimizer):
         raise NotImplementedError
 
     def _memory(self, state: dict[str, Any]) -> Tensor | None:
-        raise NotImplementedError
+        """The buffer the features read as the algorithm's memory (``None`` before it exists)."""
+        return state.get(self.MEMORY)
+
+    def _required_state(self, group: dict[str, Any]) -> tuple[str, ...]:
+        """The per-parameter state keys the kernels need in ``group``."""
+        return ()
 
     def _kernel_fast(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
                      states: list[dict[str, Any]], lrs: list[float], knobs: dict[str, float]) -> None:
@@ -176,10 +241,6 @@ class OnlineOptimizer(Optimizer):
                           states: list[dict[str, Any]], lrs: list[float], knobs: dict[str, float]) -> None:
         """The readable single-tensor kernel (tested equal to the fast ones)."""
         apply_update(self.ALGORITHM, "single_tensor", params, grads, states, lrs=lrs, knobs=knobs, group=group)
-
-    def _state_keys(self, group: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        """Per-parameter state keys: those the kernels need in ``group``, and all the algorithm knows."""
-        raise NotImplementedError
 
     def _use_reference(self, group: dict[str, Any]) -> bool:
         """The single-tensor kernel: asked for (``foreach=False`` / ``fused=False``), or half
@@ -537,16 +598,14 @@ class OnlineOptimizer(Optimizer):
                              f"algorithm; build a {source} to resume it, or start {name} without it")
         groups = state_dict.get("param_groups", [])
         saved_groups = {i: g for g in groups for i in g.get("params", [])}
-        known = self._state_keys({})[1]
         for index, state in state_dict.get("state", {}).items():
             if not state:
                 continue
-            group = {**self.defaults, **saved_groups.get(index, {})}
-            missing = [k for k in self._state_keys(group)[0] if k not in state]
-            if missing or not set(state) & set(known):
+            required = self._required_state({**self.defaults, **saved_groups.get(index, {})})
+            if any(k not in state for k in required) or not set(state) & set(self.STATE_KEYS):
                 raise ValueError(f"{name}.load_state_dict: the state dict was saved by {source}, whose "
                                  f"per-parameter state ({', '.join(sorted(state))}) does not carry over to "
-                                 f"{name} (needs {', '.join(self._state_keys(group)[0] or known)})")
+                                 f"{name} (needs {', '.join(required or self.STATE_KEYS)})")
 
 
 def _saved_by(keys: set[str], online: dict[str, Any] | None) -> str:
