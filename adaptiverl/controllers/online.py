@@ -398,8 +398,18 @@ class OnlineController(Controller):
                 w.copy_(saved)
 
     def reset(self) -> None:
-        """A non-finite state: a new network and fresh rows (scales 1); knobs and statistics of the
-        step count stay."""
+        """Forget everything (the :class:`~adaptiverl.controllers.base.Stateful` meaning): the
+        initial network, no rows, the generator at its seed, no resets counted."""
+        self.network = self.build_network()
+        self.generator = torch.Generator().manual_seed(self._network_args["seed"])
+        self.state = None
+        self.resets = 0
+        self._sampler = None
+        self._tunables = {}
+
+    def recover(self) -> None:
+        """After a non-finite state: a new network and fresh rows (scales 1); the knob multipliers
+        and the step count stay."""
         self.resets += 1
         ctl = self.state
         assert ctl is not None

@@ -423,7 +423,7 @@ class OnlineOptimizer(Optimizer):
         n = len(inputs.rows)
         scales, flat, ok = packed[:n], packed[n:-1], packed[-1] == 1.0
         if not ok:
-            online.reset()
+            online.recover()
             warnings.warn(f"{type(self).__name__}: the controller state became non-finite; it was reset "
                           f"to its initial weights and scales 1 ({online.resets} resets so far)",
                           RuntimeWarning, stacklevel=4)
