@@ -17,12 +17,9 @@ and a readable single-tensor reference). Shaped like ``torch.optim.AdamW``, one 
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
 import math
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,78 +28,14 @@ from torch.optim import Optimizer
 
 from adaptiverl.controllers.gru import GRUController
 from adaptiverl.controllers.online import (
-    CONTROLLER_KINDS,
     GROUP_TUNABLES,
     OnlineController,
     StepInputs,
 )
 from adaptiverl.optim._kernels import KERNELS, apply_update
+from adaptiverl.optim._online_args import Adaptation
 from adaptiverl.signals.stats import Signals, to_float
 from adaptiverl.signals.tensor_stats import any_rank, is_sharded, local
-
-_FINITE_CHECKS = ("auto", "full", "sample", "off")
-
-
-@dataclass(frozen=True)
-class Adaptation:
-    """The adaptation arguments every Online optimizer takes (keyword-only, after torch's own).
-
-    ``adapt``: ``False`` computes exactly torch's update. ``adapt_knobs``: ``False`` keeps the
-    group knobs at their values. ``controller``: ``"pretrained"`` (meta-trained network) or
-    ``"fresh"`` (the fixed rule plus online learning). ``total_steps``: the horizon (``None``:
-    unknown, no schedule). ``scale_bounds`` / ``max_step_factor`` / ``hidden_size`` / ``meta_lr`` /
-    ``seed``: the network's (:class:`adaptiverl.controllers.gru.GRUController`).
-    ``snr_threshold``: the gate's ``tau``. ``feature_sample_size``: elements sampled per tensor.
-    ``hypergrad_weight``, ``reward_weight``, ``explore_std``, ``knob_lr``, ``drift_gain``: the
-    tunables a param group may override (they live in ``defaults``). ``knob_scale_bounds``: the
-    knob multipliers' bounds. ``finite_check``: ``"auto"``, ``"full"``, ``"sample"`` or
-    ``"off"``. ``signal_beta`` / ``signal_window``: the scalar signals' EMA and window.
-    """
-
-    adapt: bool = True
-    adapt_knobs: bool = True
-    controller: str = "pretrained"
-    total_steps: int | None = None
-    scale_bounds: tuple[float, float] = (1e-3, 1e3)
-    max_step_factor: float = 1.1
-    hidden_size: int = 16
-    meta_lr: float = 1e-3
-    snr_threshold: float = 2.5
-    feature_sample_size: int = 1024
-    hypergrad_weight: float = 1.0
-    reward_weight: float = 1.0
-    explore_std: float = 0.05
-    knob_lr: float = 1e-3
-    knob_scale_bounds: tuple[float, float] = (0.5, 2.0)
-    drift_gain: float = 1.0
-    finite_check: str = "auto"
-    signal_beta: float = 0.9
-    signal_window: int = 20
-    seed: int = 0
-
-    @classmethod
-    def parse(cls, owner: str, kwargs: dict[str, Any]) -> Adaptation:
-        """Checked arguments; an unknown or invalid one raises naming ``owner`` and the argument."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(kwargs) - names)
-        if unknown:
-            raise TypeError(f"{owner}.__init__() got an unexpected keyword argument {unknown[0]!r}")
-        args = cls(**kwargs)
-        if args.feature_sample_size is None or int(args.feature_sample_size) < 1:
-            raise ValueError(f"{owner}: feature_sample_size must be an int >= 1, got {args.feature_sample_size}")
-        if args.finite_check not in _FINITE_CHECKS:
-            raise ValueError(f"{owner}: finite_check must be one of {_FINITE_CHECKS}, got {args.finite_check!r}")
-        if args.controller not in CONTROLLER_KINDS:
-            raise ValueError(f"{owner}: controller must be one of {CONTROLLER_KINDS}, got {args.controller!r}")
-        for key in (*GROUP_TUNABLES, "snr_threshold"):
-            value = getattr(args, key)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0.0):
-                raise ValueError(f"{owner}: {key} must be a finite number >= 0, got {value}")
-        kl, kh = (float(v) for v in args.knob_scale_bounds)
-        if not 0.0 < kl <= 1.0 <= kh:
-            raise ValueError(f"{owner}: knob_scale_bounds must satisfy 0 < low <= 1 <= high, "
-                             f"got {args.knob_scale_bounds}")
-        return args
 
 
 class OnlineOptimizer(Optimizer):
@@ -157,11 +90,7 @@ class OnlineOptimizer(Optimizer):
         """The constructor's signature shows the adaptation arguments (``help``, ``inspect``)."""
         super().__init_subclass__(**kwargs)
         if "__init__" in cls.__dict__:
-            own = inspect.signature(cls.__init__)
-            kept = [p for p in own.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
-            extra = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type)
-                     for f in dataclasses.fields(Adaptation)]
-            cls.__init__.__signature__ = own.replace(parameters=kept + extra)  # type: ignore[attr-defined]
+            cls.__init__.__signature__ = Adaptation.signature(cls.__init__)  # type: ignore[attr-defined]
 
     # ------------------------------------------------------------------ API
     @property

@@ -55,7 +55,7 @@ the sample goes unseen); ``"off"`` none. The verdict travels in the step's one h
 the controller's output (the controller steps speculatively and is rolled back on a skip).
 
 **Arguments.** torch's, then the class's knob bounds, then the adaptation arguments, which
-are the same for the three classes and written once: :class:`adaptiverl.optim._online_core.Adaptation`
+are the same for the three classes and written once: :class:`adaptiverl.optim.online.Adaptation`
 (``adapt``, ``adapt_knobs``, ``controller``, ``total_steps``, ``scale_bounds``, ``max_step_factor``,
 ``hidden_size``, ``meta_lr``, ``snr_threshold``, ``feature_sample_size``, ``hypergrad_weight``,
 ``reward_weight``, ``explore_std``, ``knob_lr``, ``knob_scale_bounds``, ``drift_gain``,
@@ -72,7 +72,6 @@ the readable single-tensor kernels, which compute the same thing (tested equal).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -81,40 +80,10 @@ from torch import Tensor
 
 from adaptiverl.controllers.online import FEATURE_NAMES
 from adaptiverl.optim._kernels import zeros_state
+from adaptiverl.optim._online_args import Adaptation, check_torch_args, knob_bounds
 from adaptiverl.optim._online_core import OnlineOptimizer
 
-__all__ = ["FEATURE_NAMES", "OnlineAdamW", "OnlineOptimizer", "OnlineRMSProp", "OnlineSGD"]
-
-
-def _check_torch_args(name: str, lr: Any, eps: float | None, weight_decay: float, *, foreach: bool | None,
-                      fused: bool | None, capturable: bool, differentiable: bool) -> None:
-    if isinstance(lr, Tensor) and lr.numel() != 1:
-        raise ValueError(f"{name}: lr as a Tensor must have one element")
-    if not float(lr) >= 0.0:
-        raise ValueError(f"{name}: invalid learning rate lr={lr}")
-    if eps is not None and not eps >= 0.0:
-        raise ValueError(f"{name}: invalid eps={eps}")
-    if not weight_decay >= 0.0:
-        raise ValueError(f"{name}: invalid weight_decay={weight_decay}")
-    if fused and foreach:
-        raise RuntimeError(f"{name}: `foreach` and `fused` cannot both be True")
-    if capturable:
-        raise ValueError(f"{name}: capturable=True (CUDA graphs) is not supported; the controller "
-                         "needs one host sync per step")
-    if differentiable:
-        raise ValueError(f"{name}: differentiable=True is not supported")
-
-
-def _knob_bounds(**bounds: tuple[float, float]) -> dict[str, tuple[float, float]]:
-    """``{knob: (low, high)}`` from the ``<knob>_bounds`` arguments: betas in [0, 1], weight decay >= 0."""
-    out = {}
-    for knob, value in bounds.items():
-        a, b = (float(v) for v in value)
-        hi = math.inf if knob == "weight_decay" else 1.0
-        if not 0.0 <= a <= b <= hi:
-            raise ValueError(f"{knob}_bounds must satisfy 0.0 <= low <= high <= {hi}, got {value}")
-        out[knob] = (a, b)
-    return out
+__all__ = ["FEATURE_NAMES", "Adaptation", "OnlineAdamW", "OnlineOptimizer", "OnlineRMSProp", "OnlineSGD"]
 
 
 class OnlineSGD(OnlineOptimizer):
@@ -135,7 +104,7 @@ class OnlineSGD(OnlineOptimizer):
                  maximize: bool = False, foreach: bool | None = None, differentiable: bool = False,
                  fused: bool | None = None, momentum_bounds: tuple[float, float] = (0.0, 0.999),
                  weight_decay_bounds: tuple[float, float] = (0.0, 1.0), **adaptation: Any) -> None:
-        _check_torch_args("OnlineSGD", lr, None, weight_decay, foreach=foreach, fused=fused,
+        check_torch_args("OnlineSGD", lr, None, weight_decay, foreach=foreach, fused=fused,
                           capturable=False, differentiable=differentiable)
         if momentum < 0.0:
             raise ValueError(f"OnlineSGD: invalid momentum={momentum}")
@@ -144,7 +113,7 @@ class OnlineSGD(OnlineOptimizer):
         defaults = {"lr": lr, "momentum": momentum, "dampening": dampening, "weight_decay": weight_decay,
                     "nesterov": nesterov, "maximize": maximize, "foreach": foreach, "fused": fused,
                     "differentiable": differentiable}
-        super().__init__(params, defaults, knob_bounds=_knob_bounds(momentum=momentum_bounds,
+        super().__init__(params, defaults, knob_bounds=knob_bounds(momentum=momentum_bounds,
                                                                     weight_decay=weight_decay_bounds), **adaptation)
 
     def _base_knobs(self, group: dict[str, Any]) -> list[float]:
@@ -175,7 +144,7 @@ class OnlineRMSProp(OnlineOptimizer):
                  alpha_bounds: tuple[float, float] = (0.9, 0.9999),
                  momentum_bounds: tuple[float, float] = (0.0, 0.999),
                  weight_decay_bounds: tuple[float, float] = (0.0, 1.0), **adaptation: Any) -> None:
-        _check_torch_args("OnlineRMSProp", lr, eps, weight_decay, foreach=foreach, fused=None,
+        check_torch_args("OnlineRMSProp", lr, eps, weight_decay, foreach=foreach, fused=None,
                           capturable=capturable, differentiable=differentiable)
         if not momentum >= 0.0:
             raise ValueError(f"OnlineRMSProp: invalid momentum={momentum}")
@@ -184,7 +153,7 @@ class OnlineRMSProp(OnlineOptimizer):
         defaults = {"lr": lr, "alpha": alpha, "eps": eps, "weight_decay": weight_decay, "momentum": momentum,
                     "centered": centered, "capturable": capturable, "foreach": foreach,
                     "maximize": maximize, "differentiable": differentiable}
-        bounds = _knob_bounds(alpha=alpha_bounds, momentum=momentum_bounds, weight_decay=weight_decay_bounds)
+        bounds = knob_bounds(alpha=alpha_bounds, momentum=momentum_bounds, weight_decay=weight_decay_bounds)
         super().__init__(params, defaults, knob_bounds=bounds, **adaptation)
 
     def _base_knobs(self, group: dict[str, Any]) -> list[float]:
@@ -226,14 +195,14 @@ class OnlineAdamW(OnlineOptimizer):
                  beta1_bounds: tuple[float, float] = (0.0, 0.999),
                  beta2_bounds: tuple[float, float] = (0.9, 0.99999),
                  weight_decay_bounds: tuple[float, float] = (0.0, 1.0), **adaptation: Any) -> None:
-        _check_torch_args("OnlineAdamW", lr, eps, weight_decay, foreach=foreach, fused=fused,
+        check_torch_args("OnlineAdamW", lr, eps, weight_decay, foreach=foreach, fused=fused,
                           capturable=capturable, differentiable=differentiable)
         if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
             raise ValueError(f"OnlineAdamW: invalid betas={betas}")
         defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay,
                     "amsgrad": amsgrad, "maximize": maximize, "foreach": foreach, "capturable": capturable,
                     "differentiable": differentiable, "fused": fused}
-        bounds = _knob_bounds(beta1=beta1_bounds, beta2=beta2_bounds, weight_decay=weight_decay_bounds)
+        bounds = knob_bounds(beta1=beta1_bounds, beta2=beta2_bounds, weight_decay=weight_decay_bounds)
         super().__init__(params, defaults, knob_bounds=bounds, **adaptation)
 
     def _base_knobs(self, group: dict[str, Any]) -> list[float]:
