@@ -1,15 +1,16 @@
 """The applier shared by the Online optimizers: collect, finite check, one controller call, kernels.
 
 See :mod:`adaptiverl.optim.online` for the user-facing classes and the math. Each algorithm only
-supplies its lazy state, its base knob values and two kernels with the same signature (a fast one
-and a readable single-tensor reference). Shaped like ``torch.optim.AdamW``, one step is:
+supplies its name (its kernels are in :mod:`adaptiverl.optim._kernels`), its lazy state and its
+base knob values. Shaped like ``torch.optim.AdamW``, one step is:
 
 1. collect the parameters that have a gradient (:meth:`OnlineOptimizer._collect`);
-2. the finite check (``finite_check``): a non-finite gradient skips the whole step;
+2. the finite check (``finite_check``, :meth:`OnlineOptimizer._finite_check`): known on the host
+   (the caller's grad norm), or a device flag; a non-finite gradient skips the whole step;
 3. one call into the controller (:class:`adaptiverl.controllers.online.OnlineController`: per-tensor
    statistics from :mod:`adaptiverl.signals.tensor_stats`, the learning signal, the GRU, the
-   knobs), which answers with device tensors;
-4. one host sync (``tolist()`` of scales, knob values and the controller's finiteness flag);
+   knobs), which answers with device tensors (speculatively when the check's flag is pending);
+4. one host sync (``tolist()`` of scales, knob values and the finiteness flags);
 5. the algorithm's kernel with ``lr_i = group["lr"] * s_i`` and the group's knob values.
 
 ``dynamics()`` and ``state_dict()`` put the parts' figures and states together.
@@ -41,8 +42,9 @@ from adaptiverl.signals.tensor_stats import any_rank, is_sharded, local
 class OnlineOptimizer(Optimizer):
     """Base class: a torch optimizer whose per-tensor lr and per-group knobs adapt online.
 
-    Subclasses define ``ALGORITHM`` (their kernels in :mod:`adaptiverl.optim._kernels`), ``KNOBS``
-    (names of the group knobs, in the order of ``_base_knobs``), ``_init_state`` and ``_memory``.
+    Subclasses define ``ALGORITHM`` (their kernels in :mod:`adaptiverl.optim._kernels`), ``MEMORY``
+    and ``STATE_KEYS`` (their per-parameter state), ``KNOBS`` (names of the group knobs, in the
+    order of ``_base_knobs``), ``_init_state`` and ``_required_state``.
 
     Tunables that a param group may override (torch's habit: they live in ``defaults``):
     ``hypergrad_weight``, ``reward_weight``, ``explore_std``, ``knob_lr``, ``drift_gain``.
