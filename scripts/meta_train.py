@@ -82,7 +82,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from adaptiverl.controllers.gru import PRETRAINED_PATH  # noqa: E402
-from adaptiverl.optim._online_core import FEATURE_NAMES  # noqa: E402
+from adaptiverl.controllers.online import FEATURE_NAMES  # noqa: E402
 from adaptiverl.optim.online import OnlineAdamW, OnlineRMSProp, OnlineSGD  # noqa: E402
 
 TASK_KINDS = ("blobs_classifier", "illcond_logreg", "char_lm", "deep_linear", "autoencoder", "pure_noise")
@@ -298,7 +298,8 @@ def run_spec(spec: RunSpec, weights: dict[str, Tensor] | None) -> dict[str, floa
         opt.observe(loss=value)
         opt.step()
     if spec.kind == "pure_noise":
-        log_s = opt._ctl.rows.log_scale if opt._ctl is not None else torch.zeros(1)
+        log_s = opt.online_controller.log_scales()
+        log_s = torch.zeros(1) if log_s is None else log_s
         return {"score": NOISE_PENALTY * float(log_s.pow(2).mean()), "final": float("nan")}
     if diverged:
         return {"score": math.log(max(abs(first or 1.0), 1e-8)) + DIVERGED_PENALTY, "final": math.inf}

@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from adaptiverl.optim._kernels import sgd, sgd_foreach, sgd_reference
+from adaptiverl.optim._kernels import sgd, sgd_multi_tensor, sgd_single_tensor
 
 SETTINGS = [
     {"momentum": m, "dampening": d, "weight_decay": wd, "nesterov": n, "maximize": mx}
@@ -40,8 +40,8 @@ def _assert_within_ulps(a: torch.Tensor, b: torch.Tensor, ulps: int = 4) -> None
 @pytest.mark.parametrize("settings", SETTINGS, ids=[str(i) for i in range(len(SETTINGS))])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_foreach_equals_the_reference_with_one_lr_per_bucket(settings: dict, dtype: torch.dtype) -> None:
-    fast = _run(sgd_foreach, dtype, [0.05] * 3, settings)
-    slow = _run(sgd_reference, dtype, [0.05] * 3, settings)
+    fast = _run(sgd_multi_tensor, dtype, [0.05] * 3, settings)
+    slow = _run(sgd_single_tensor, dtype, [0.05] * 3, settings)
     assert all(torch.isfinite(a).all() for a in fast)
     if dtype == torch.float32 or settings["momentum"] == 0.0:
         assert all(torch.equal(a, b) for a, b in zip(fast, slow, strict=True))  # bit for bit
@@ -54,10 +54,13 @@ def test_foreach_equals_the_reference_with_one_lr_per_bucket(settings: dict, dty
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_per_tensor_lrs_match_the_reference(settings: dict, dtype: torch.dtype) -> None:
     lrs = [0.05, 0.2, 1e-3]
-    fast = _run(sgd_foreach, dtype, lrs, settings)
-    slow = _run(sgd_reference, dtype, lrs, settings)
+    fast = _run(sgd_multi_tensor, dtype, lrs, settings)
+    slow = _run(sgd_single_tensor, dtype, lrs, settings)
     for a, b in zip(fast, slow, strict=True):
-        _assert_within_ulps(a, b)  # scalar-list scaling rounds once more than add_(alpha=...)
+        if dtype == torch.float32:  # in place, add_(alpha=-lr) per tensor as the reference: bit for bit
+            assert torch.equal(a, b)
+        else:
+            _assert_within_ulps(a, b)
     # and each tensor really moved by its own rate: a zero rate leaves its tensor alone
     params, grads = _tensors(dtype)
     before = [p.clone() for p in params]
@@ -108,3 +111,57 @@ def test_bad_arguments_name_the_culprit() -> None:
         sgd(p, p, [None], lrs=[0.1], momentum=0.0, nesterov=True)
     with pytest.raises(ValueError, match="weight_decay"):
         sgd(p, p, [None], lrs=[0.1], weight_decay=-1.0)
+
+
+# ---- every algorithm's implementations through the one dispatcher ---------------------------------
+
+DISPATCH_CASES = [
+    ("sgd", "multi_tensor", {"momentum": 0.9, "weight_decay": 0.01}, {"dampening": 0.0, "nesterov": True}),
+    ("rmsprop", "multi_tensor", {"alpha": 0.95, "momentum": 0.5, "weight_decay": 0.01}, {"eps": 1e-8, "centered": True}),
+    ("rmsprop", "multi_tensor", {"alpha": 0.99, "momentum": 0.0, "weight_decay": 0.0}, {"eps": 1e-8, "centered": False}),
+    ("adamw", "multi_tensor", {"beta1": 0.8, "beta2": 0.99, "weight_decay": 0.1}, {"eps": 1e-8, "amsgrad": False}),
+    ("adamw", "multi_tensor", {"beta1": 0.9, "beta2": 0.999, "weight_decay": 0.0}, {"eps": 1e-6, "amsgrad": True}),
+    ("adamw", "fused", {"beta1": 0.8, "beta2": 0.99, "weight_decay": 0.1}, {"eps": 1e-8, "amsgrad": True}),
+]
+
+
+def _states(algorithm: str, params: list[torch.Tensor], group: dict) -> list[dict]:
+    out = []
+    for p in params:
+        if algorithm == "sgd":
+            out.append({"momentum_buffer": None})
+        elif algorithm == "rmsprop":
+            out.append({"step": torch.tensor(0.0), "square_avg": torch.zeros_like(p),
+                        "momentum_buffer": torch.zeros_like(p), "grad_avg": torch.zeros_like(p)})
+        else:
+            out.append({"step": torch.tensor(0.0), "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p),
+                        "max_exp_avg_sq": torch.zeros_like(p)})
+    return out
+
+
+@pytest.mark.parametrize(("algorithm", "impl", "knobs", "options"), DISPATCH_CASES,
+                         ids=[f"{c[0]}-{c[1]}-{i}" for i, c in enumerate(DISPATCH_CASES)])
+@pytest.mark.parametrize("maximize", [False, True])
+def test_every_implementation_equals_the_single_tensor_one_with_per_tensor_lrs(algorithm, impl, knobs, options,
+                                                                                maximize) -> None:
+    from adaptiverl.optim._kernels import apply_update
+
+    group = {**options, "maximize": maximize}
+    lrs = [0.05, 0.2, 1e-3]
+    results = []
+    for kind in (impl, "single_tensor"):
+        params, grads = _tensors(torch.float32)
+        states = _states(algorithm, params, group)
+        for t in range(4):
+            apply_update(algorithm, kind, params, grads[t], states, lrs=lrs, knobs=knobs, group=group)
+        results.append(params)
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert not torch.equal(results[0][0], _tensors(torch.float32)[0][0])  # the kernels did step
+
+
+def test_dispatcher_names_a_missing_kernel() -> None:
+    from adaptiverl.optim._kernels import apply_update
+
+    with pytest.raises(ValueError, match="'fused' kernel for 'sgd'"):
+        apply_update("sgd", "fused", [], [], [], lrs=[], knobs={}, group={})

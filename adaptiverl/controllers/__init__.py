@@ -6,7 +6,8 @@ mechanism, the one bounded accumulator (:class:`BoundedAccumulator`, functional 
 :func:`bounded_log_update`) and the one beta-like knob mapping (:func:`beta_from_multiplier`,
 inverse :func:`horizon_multiplier`). Importing this package loads only ``base`` (torch and the
 signals); the controllers themselves are in their modules (``rules``, ``plateau``, ``qlearning``,
-``reinforce``, ``meta``, ``schedule``, ``enhanced``, ``gru``).
+``reinforce``, ``meta``, ``schedule``, ``enhanced``, and ``online``, the Online optimizers'
+per-tensor controller, whose network is in ``gru``).
 """
 
 from adaptiverl.controllers.base import (

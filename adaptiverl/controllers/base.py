@@ -15,6 +15,11 @@ its role (offsets add). The applier (:class:`~adaptiverl.optim.controlled.Contro
 controller exactly once per optimisation step and writes ``base * multiplier`` with
 :func:`apply_multiplier`, so the result composes with any schedule that rewrites the base.
 
+The per-tensor controller of the Online optimizers (:class:`~adaptiverl.controllers.online.OnlineController`)
+follows the same protocol with one difference: it also reads the step's tensors and answers with
+device tensors (per-tensor log scales, group knob values, a finiteness flag) instead of host
+multipliers, so that its applier pays one host sync per step.
+
 **State** goes through one mechanism, :class:`Stateful`: a class lists its plain persistent
 attributes in ``_state_keys`` and the attributes holding nested stateful objects in
 ``_state_children``; ``state_dict`` / ``load_state_dict`` / ``reset`` follow from that.

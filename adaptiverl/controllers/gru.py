@@ -19,7 +19,7 @@ itself but a bounded **change** of its logarithm, integrated into a clamped stat
   the learned head. The head starts at zero (``controller="fresh"``), so an untrained
   controller is exactly the rule, and meta-training learns a correction on top of it;
 * ``gate_i`` in ``[0, 1]`` is a signal-to-noise gate computed by the caller (see
-  :mod:`adaptiverl.optim._online_core`): a row whose learning signal is not significantly
+  :mod:`adaptiverl.controllers.online`): a row whose learning signal is not significantly
   different from zero does not move, so a pure-noise signal leaves the scales where they are.
 
 **Horizon.** Given the fraction of training done ``p`` (``None`` when the horizon is unknown),
@@ -173,6 +173,26 @@ class GRUController(nn.Module):
     def integrate(self, log_scale: Tensor, delta: Tensor) -> Tensor:
         """``clamp(log s + delta, log lo, log hi)``."""
         return (log_scale + delta).clamp(self.log_lo, self.log_hi)
+
+    def advance(self, features: Tensor, hidden: Tensor, log_scale: Tensor, gate: Tensor, extra: Tensor,
+                cut: Tensor) -> tuple[Tensor, Tensor]:
+        """One step of every row: ``(new log s, new hidden)``.
+
+        ``log s <- clamp(log s + clamp(delta + extra, +-log(max_step_factor)) - cut, log lo, log hi)``
+        with ``delta`` from :meth:`delta` (``extra``: another bounded change the caller adds, e.g. a
+        reward path; ``cut``: an immediate decrease, e.g. a brake, allowed beyond the step cap).
+        """
+        raw, new_hidden = self(features, hidden)
+        change = (self.delta(raw, gate) + extra).clamp(-self.max_log_step, self.max_log_step) - cut
+        return self.integrate(log_scale, change), new_hidden
+
+    def clamp_log_scale(self, log_scale: Tensor) -> Tensor:
+        """``clamp(log s, log lo, log hi)``."""
+        return log_scale.clamp(self.log_lo, self.log_hi)
+
+    def anneal(self, progress: float) -> float:
+        """``min(1, a(p) / max a)``: where the horizon schedule stands against its peak (host float)."""
+        return min(1.0, math.exp(self.schedule(progress) - max(self.schedule_values())))
 
     def schedule(self, progress: float | None) -> float:
         """``log a(p)``: the horizon schedule's log multiplier; 0 when the horizon is unknown."""
