@@ -279,6 +279,23 @@ def test_unfed_optimizer_warns_once():
     assert not [c for c in caught if "no loss or reward" in str(c.message)]
 
 
+def test_unfed_warning_fed_only_grad_norms_points_at_logging_steps():
+    """AdaptiveCallback on a stock trainer feeds the grad norm each step but the loss only at
+    logging steps: the warning says that, instead of suggesting the callback that is attached."""
+    w = torch.nn.Parameter(torch.ones(10))
+    opt = OnlineAdamW([w])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            w.grad = torch.ones(10)
+            opt.observe(grad_norm=3.0)
+            opt.step()
+    (unfed,) = [str(c.message) for c in caught if "no loss or reward" in str(c.message)]
+    assert "logging_steps" in unfed and "callbacks=[AdaptiveCallback()]" not in unfed
+    with pytest.raises(TypeError, match="grad_norm must be a real scalar"):
+        opt.observe(grad_norm="3.0")
+
+
 def test_param_groups_override_the_adaptation_tunables():
     a, b = torch.nn.Parameter(torch.ones(32)), torch.nn.Parameter(torch.ones(32))
     opt = OnlineSGD([{"params": [a]}, {"params": [b], "knob_lr": 0.0}], lr=1e-3, momentum=0.5, knob_lr=0.05)

@@ -87,6 +87,7 @@ class OnlineOptimizer(Optimizer):
         self._shard_reduce = False  # set when parameters are FSDP2 DTensor shards
         self._signals_fed = False
         self._warned_no_signals = False
+        self._grad_norm_fed = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """The constructor's signature shows the adaptation arguments (``help``, ``inspect``)."""
@@ -130,7 +131,8 @@ class OnlineOptimizer(Optimizer):
         ``finite_check="auto"``: a non-finite value skips that step.
         """
         if "grad_norm" in metrics and metrics["grad_norm"] is not None:
-            self._pending_grad_norm = to_float(metrics["grad_norm"])
+            self._pending_grad_norm = to_float(metrics["grad_norm"], "grad_norm")
+            self._grad_norm_fed = True
         accepted = self.signals.observe(loss=loss, reward=reward, **metrics)
         if loss is not None or reward is not None:
             self._signals_fed = True
@@ -263,10 +265,15 @@ class OnlineOptimizer(Optimizer):
         steps = self.online_controller.steps
         if steps >= 1:
             self._warned_no_signals = True
-            warnings.warn(
-                f"{type(self).__name__}: no loss or reward has been observed; the step scales adapt "
-                "from gradients alone. Call `optimizer.observe(loss=...)` each step, or train with "
-                "`callbacks=[AdaptiveCallback()]` (adaptiverl.trainer).", UserWarning, stacklevel=4)
+            if self._grad_norm_fed:  # a trainer feeds us (AdaptiveCallback): its loss comes with its logs
+                how = ("a gradient norm is fed each step but no loss yet: a stock HF/TRL trainer hands "
+                       "AdaptiveCallback its loss only at logging steps, so set `logging_steps=1` (or use "
+                       "adaptiverl.trainer's Adaptive*Trainer, which feeds every step's loss).")
+            else:
+                how = ("call `optimizer.observe(loss=...)` each step, or train with "
+                       "`callbacks=[AdaptiveCallback()]` (adaptiverl.trainer).")
+            warnings.warn(f"{type(self).__name__}: no loss or reward has been observed; the step scales "
+                          f"adapt from gradients alone: {how}", UserWarning, stacklevel=4)
 
     def _collect(self) -> dict[str, Any]:
         params: list[Tensor] = []
