@@ -8,9 +8,7 @@ only when used. Public names are imported lazily.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from adaptiverl._lazy import lazy_exports
 from adaptiverl.optim import _EXPORTS as _OPTIM_EXPORTS
 
 __version__ = "0.1.0"
@@ -28,9 +26,4 @@ _EXPORTS = {
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'adaptiverl' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -6,30 +6,15 @@ imported on first use, so that reading a config (``adaptiverl.trainer.config``) 
 
 from __future__ import annotations
 
-from typing import Any
+from adaptiverl._lazy import lazy_exports
 
 _EXPORTS = {
+    **dict.fromkeys(("AdaptiveTrainer", "AdaptiveSFTTrainer", "AdaptiveGRPOTrainer", "AdaptiveRLOOTrainer"),
+                    "adaptiverl.trainer.trainers"),
+    **dict.fromkeys(("TrainConfig", "load_config"), "adaptiverl.trainer.config"),
     "AdaptiveCallback": "adaptiverl.trainer.callback",
-    "AdaptiveTrainer": "adaptiverl.trainer.trainers",
-    "AdaptiveSFTTrainer": "adaptiverl.trainer.trainers",
-    "AdaptiveGRPOTrainer": "adaptiverl.trainer.trainers",
-    "AdaptiveRLOOTrainer": "adaptiverl.trainer.trainers",
-    "TrainConfig": "adaptiverl.trainer.config",
-    "load_config": "adaptiverl.trainer.config",
     "train": "adaptiverl.trainer.run",
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
