@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 import time
 
@@ -193,9 +194,11 @@ def test_docs_custom_reward_example_runs():
     doc = (Path(__file__).resolve().parents[1] / "docs" / "rewards.md").read_text()
     section = doc.split("### A custom reward", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    config = json.loads(re.search(r"```json\n(.*?)```", section, re.S).group(1))
     namespace: dict = {}
-    exec(compile(code, "docs/rewards.md", "exec"), namespace)
-    composite = build_rewards(namespace["REWARDS"])
+    exec(compile(code, "docs/rewards.md", "exec"), namespace)  # registers mentions_source
+    assert config["reward_modules"] == ["myrewards.py"]
+    composite = build_rewards(config["REWARDS"])
     out = composite(prompts=["p", "p"], completions=["Source: the Python docs", "no idea"],
                     source=["python docs", "python docs"])
     # mentions_source gives 0.5 / 0; length (max 300 chars) gives 1 for both: weights 1 + 1.
