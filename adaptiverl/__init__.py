@@ -8,11 +8,8 @@ only when used. Public names are imported lazily.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from adaptiverl._lazy import lazy_exports
 from adaptiverl.optim import _EXPORTS as _OPTIM_EXPORTS
-from adaptiverl.signals import ScalarSignal, Signals
 
 __version__ = "0.1.0"
 
@@ -21,15 +18,12 @@ _EXPORTS = {
     "AdaptiveCallback": "adaptiverl.trainer.callback",
     **dict.fromkeys(("AdaptiveTrainer", "AdaptiveSFTTrainer", "AdaptiveGRPOTrainer", "AdaptiveRLOOTrainer"),
                     "adaptiverl.trainer.trainers"),
+    "ScalarSignal": "adaptiverl.signals",
+    "Signals": "adaptiverl.signals",
     "CompositeReward": "adaptiverl.rewards",
     "register_reward": "adaptiverl.rewards",
 }
 
-__all__ = ["ScalarSignal", "Signals", "__version__", *sorted(_EXPORTS)]
+__all__ = ["__version__", *sorted(_EXPORTS)]
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'adaptiverl' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,9 +1,10 @@
-"""Command line: ``adaptiverl train | quickstart | compare | plot | build-tiny``.
+"""Command line: ``adaptiverl train | quickstart | compare | plot | rate | build-tiny``.
 
     adaptiverl train CONFIG [--NAME VALUE ...]     the same as ``python train.py CONFIG ...``
     adaptiverl quickstart [--compare] [--steps N]  offline GRPO on a tiny GPT-2 (files ship inside)
     adaptiverl compare RUN_A RUN_B ... [--out PNG] overlay runs: reward, loss, LR, betas
     adaptiverl plot OUTPUT_DIR                     redraw one run's dynamics.png
+    adaptiverl rate QUEUE_DIR [--host H] [--port P] the rating page for human feedback (mode="queue")
     adaptiverl build-tiny PATH                     build (and briefly pre-train) the tiny GPT-2
 """
 
@@ -56,6 +57,15 @@ def _parser() -> argparse.ArgumentParser:
     plot = commands.add_parser("plot", help="draw loss/reward/LR/momentum of a run as a PNG")
     plot.add_argument("output_dir", help="the run's OUTPUT_DIR")
     plot.add_argument("--out", default=None, help="PNG path (default: OUTPUT_DIR/dynamics.png)")
+
+    rate = commands.add_parser("rate", help="serve the rating page for a human-feedback queue folder")
+    rate.add_argument("queue_dir", help="the queue_dir of HumanFeedbackReward(mode='queue')")
+    rate.add_argument("--host", default="127.0.0.1",
+                      help="address to listen on (default 127.0.0.1; any other requires an access token)")
+    rate.add_argument("--port", type=int, default=8765, help="port (default 8765; 0: any free port)")
+    rate.add_argument("--token-env", default=None, metavar="NAME",
+                      help="environment variable holding the access token to require (default: a random "
+                           "token where --host is not loopback)")
 
     tiny = commands.add_parser("build-tiny", help="build the quickstart's tiny GPT-2 (offline)")
     tiny.add_argument("out_dir", nargs="?", default="models/tiny-gpt2")
@@ -116,7 +126,7 @@ def quickstart(out: Path, steps: int | None, compare: bool, pretrain_steps: int,
     runs = COMPARE_OPTIMIZERS if compare else (("run", None),)
     results = []
     for name, optim in runs:
-        extra = ["--MODEL", str(model_dir), "--OUTPUT_DIR", str(out / name),
+        extra = ["--MODEL", str(model_dir), "--OUTPUT_DIR", str(out / name), "--overwrite_output_dir", "true",
                  "--TRAIN_FILE", str(packaged_config().parent / "data" / "quickstart_prompts.jsonl")]
         extra += ["--STEPS", str(steps)] if steps is not None else []
         extra += ["--OPTIM", optim] if optim is not None else []
@@ -135,6 +145,30 @@ def quickstart(out: Path, steps: int | None, compare: bool, pretrain_steps: int,
     return 0
 
 
+def rate(queue_dir: str, host: str, port: int, token_env: str | None) -> int:
+    """Serve the rating page for ``queue_dir`` until Ctrl-C; the URL (with its token) is printed once."""
+    import os
+
+    from adaptiverl.rewards.rating import RatingServer
+
+    token = os.environ.get(token_env) if token_env else None
+    if token_env and not token:
+        raise ValueError(f"--token-env names the environment variable {token_env!r}, which is not set")
+    try:
+        server = RatingServer(queue_dir, host=host, port=port, token=token)
+    except OSError as err:  # the port is taken, the address is not this machine's
+        print(f"adaptiverl rate: error: {err}", file=sys.stderr)
+        return 2
+    print(f"rating page for {Path(queue_dir).resolve()}: {server.url}", flush=True)
+    if server.token is not None:
+        print("open that URL once per browser (the token after # stays in that tab); Ctrl-C stops", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.close()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
@@ -145,14 +179,20 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "train":
-            from adaptiverl.trainer.config import config_parser, parse_command_line
+            from adaptiverl.trainer.config import config_parser, help_text, parse_command_line
+
+            if not args.args or args.args[0] in ("-h", "--help"):  # our settings by section
+                print(help_text())
+                return 0 if args.args else 2
+            if args.args[0] == "--help-all":  # every TRL flag too
+                config_parser().print_help()
+                return 0
+            config = parse_command_line(args.args)  # a config error shows before transformers loads
             from adaptiverl.trainer.run import train
 
-            if not args.args or args.args[0] in ("-h", "--help"):
-                config_parser().print_help()
-                return 0 if args.args else 2
-            result = train(parse_command_line(args.args))
-            print(f"trained {result.global_step} steps in {result.runtime_s:.0f} s -> {result.output_dir}")
+            result = train(config)
+            if not result.already_finished:
+                print(f"trained {result.global_step} steps in {result.runtime_s:.0f} s -> {result.output_dir}")
         elif args.command == "quickstart":
             return quickstart(Path(args.out), args.steps, args.compare, args.pretrain_steps, extra)
         elif args.command == "compare":
@@ -160,9 +200,13 @@ def main(argv: list[str] | None = None) -> int:
 
             print(plot_runs(args.runs, args.out, labels=args.labels, smooth_width=args.smooth))
         elif args.command == "plot":
-            from adaptiverl.trainer.plot import plot_dynamics
+            from adaptiverl.trainer.plot import plot_dynamics, read_history
 
-            print(plot_dynamics(args.output_dir, args.out))
+            read_history(args.output_dir)  # the wrong folder is an error; a failed drawing only a warning
+            png = plot_dynamics(args.output_dir, args.out)
+            print(png if png is not None else "no plot drawn (see the warning above)")
+        elif args.command == "rate":
+            return rate(args.queue_dir, args.host, args.port, args.token_env)
         else:
             build_tiny(args.out_dir, args.pretrain_steps, args.n_layer, args.n_embd, args.threads)
     except (ConfigError, FileNotFoundError, ValueError) as err:

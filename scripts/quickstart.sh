@@ -12,4 +12,5 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_
 if [ ! -f models/tiny-gpt2/config.json ]; then
   .venv/bin/adaptiverl build-tiny ./models/tiny-gpt2
 fi
-exec .venv/bin/python train.py configs/quickstart.json "$@"
+# A demo run: re-running it starts over (train.py refuses to replace an earlier run unasked).
+exec .venv/bin/python train.py configs/quickstart.json --overwrite_output_dir true "$@"

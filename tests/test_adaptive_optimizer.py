@@ -198,3 +198,47 @@ def test_huge_alternating_losses_do_not_overflow_the_variance_rule():
         opt.observe(loss=1e200 if i % 2 else -1e200)
         opt.step()
     assert torch.isfinite(w).all()
+
+
+def _nan_step(wrapper_kind: str, finite_check: str | None):
+    from adaptiverl.optim import OptimizerWrapper, PlateauMetaOptimizer
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    inner = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    options = {} if finite_check is None else {"finite_check": finite_check}
+    opt = (AdaptiveOptimizer(inner, **options) if wrapper_kind == "AdaptiveOptimizer"
+           else OptimizerWrapper(inner, PlateauMetaOptimizer(), **options))
+    x = torch.randn(4, 3)
+    for _ in range(2):
+        opt.zero_grad()
+        model(x).pow(2).mean().backward()
+        opt.observe(loss=1.0)
+        opt.step()
+    before = [p.detach().clone() for p in model.parameters()]
+    buffers = [inner.state[p]["momentum_buffer"].clone() for p in model.parameters()]
+    opt.zero_grad()
+    model(x).pow(2).mean().backward()
+    model.weight.grad[0, 1] = float("inf")
+    return model, inner, opt, before, buffers
+
+
+@pytest.mark.parametrize("wrapper_kind", ["AdaptiveOptimizer", "OptimizerWrapper"])
+def test_wrappers_behave_as_the_wrapped_optimizer_on_non_finite_gradients_unless_asked(wrapper_kind):
+    model, _, opt, _, _ = _nan_step(wrapper_kind, None)
+    opt.step()  # default: what torch.optim.SGD does with an inf gradient
+    assert not torch.isfinite(model.weight).all() and opt.skipped_steps == 0
+
+    model, inner, opt, before, buffers = _nan_step(wrapper_kind, "full")
+    with pytest.warns(RuntimeWarning, match=f"{wrapper_kind}: non-finite gradient, step skipped"):
+        opt.step()
+    assert opt.skipped_steps == 1
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before, strict=True))
+    assert all(torch.equal(inner.state[p]["momentum_buffer"], b)
+               for p, b in zip(model.parameters(), buffers, strict=True))
+    opt.zero_grad()
+    model(torch.ones(3)).sum().backward()
+    opt.step()  # a finite step goes through
+    assert not all(torch.equal(p, q) for p, q in zip(model.parameters(), before, strict=True))
+    with pytest.raises(ValueError, match="finite_check must be one of"):
+        AdaptiveOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), finite_check="maybe")

@@ -170,3 +170,12 @@ def test_a_discarded_scheduler_stops_controlling() -> None:
     optimizer.param_groups[0]["lr"] = 0.3
     optimizer.step()  # the hook finds no scheduler: nothing rewrites the LR
     assert optimizer.param_groups[0]["lr"] == 0.3
+
+
+@pytest.mark.parametrize("key", ["up_factor", "min_rel_improve", "var_damp_base", "var_damp_scale", "reward_up",
+                                 "reward_down", "momentum_up", "patience", "cooldown", "T0", "T_mult", "lr_max"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_non_finite_argument_is_refused_naming_it(key, bad):
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.ones(2))], lr=0.1, momentum=0.9)
+    with pytest.raises(ValueError, match=rf"AdaptiveScheduler: {key} must be a finite number, got {bad}"):
+        AdaptiveScheduler(opt, use_reward=True, use_cosine=True, **{key: bad})

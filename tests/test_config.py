@@ -141,7 +141,7 @@ def test_every_field_has_help_text():
 
 
 @pytest.mark.parametrize("name", ["quickstart.json", "gpt2_full.json", "gpt2_lora.json", "gpt2_8bit.json",
-                                  "gpt2_sft.json", "gpt2_lora_grpo.yaml"])
+                                  "gpt2_sft.json", "gpt2_lora_grpo.yaml", "grpo_dataset.yaml", "sft_chat.yaml"])
 def test_shipped_configs_are_valid(name):
     c = load_config(Path(__file__).parent.parent / "configs" / name, check_hardware=False)
     assert c.MODEL

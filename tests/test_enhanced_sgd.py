@@ -457,3 +457,73 @@ def test_param_groups_override_the_per_group_tunables():
     assert p.detach().std() > 0.01 and torch.equal(q.detach(), torch.zeros(1000))  # noise only in its group
     with pytest.raises(ValueError, match="param group 1: lookahead_alpha"):
         EnhancedSGD([{"params": [p]}, {"params": [q], "lookahead_alpha": 0.0}])
+
+
+ALL_FEATURES = {"q_learning": True, "q_interval": 2, "entropy_adjustment": True, "gradient_clipping": True,
+                "clip_warmup": 2, "loss_correction_factor": 0.5, "gradient_centering": True, "noise_scale": 1e-3,
+                "gradient_buffer_size": 2, "lookahead_k": 3}
+
+
+@pytest.mark.parametrize("round_trip", ["deepcopy", "pickle"])
+def test_a_copied_optimizer_continues_identically(round_trip):
+    import pickle
+
+    model = _mlp()
+    opt = EnhancedSGD(model.parameters(), lr=0.05, **ALL_FEATURES)
+    _train(model, opt, 7)
+    if round_trip == "deepcopy":
+        model2, opt2 = copy.deepcopy((model, opt))
+    else:
+        model2, opt2 = pickle.loads(pickle.dumps((model, opt)))
+    assert all(p2 is not p for p, p2 in zip(model.parameters(), model2.parameters(), strict=True))
+    assert opt2.param_groups[0]["params"][0] is next(model2.parameters())
+    _train(model, opt, 6)
+    _train(model2, opt2, 6)
+    assert _max_diff(model, model2) == 0.0
+    assert opt2.dynamics()["summary"] == pytest.approx(opt.dynamics()["summary"], nan_ok=True)
+
+
+def test_a_lone_nan_gradient_element_skips_the_step():
+    model, reference = _mlp(), _mlp()
+    opt = EnhancedSGD(model.parameters(), lr=0.05, momentum=0.9)
+    _train(model, opt, 3)
+    before = [p.detach().clone() for p in model.parameters()]
+    buffers = [opt.state[p]["momentum_buffer"].clone() for p in model.parameters()]
+    opt.zero_grad()
+    x, y = _data()
+    nn.functional.mse_loss(model(x), y).backward()
+    next(model.parameters()).grad[0, 0] = math.nan
+    with pytest.warns(RuntimeWarning, match="non-finite gradient, step skipped"):
+        opt.step()
+    assert opt.skipped_steps == 1 and opt.step_count == 3
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before, strict=True))
+    assert all(torch.equal(opt.state[p]["momentum_buffer"], b) for p, b in zip(model.parameters(), buffers, strict=True))
+    _train(model, opt, 6)  # and it goes on as if the bad batch had not been there
+    _train(reference, EnhancedSGD(reference.parameters(), lr=0.05, momentum=0.9), 9)
+    assert _max_diff(model, reference) == 0.0
+    unchecked = _mlp()
+    plain = EnhancedSGD(unchecked.parameters(), lr=0.05, momentum=0.9, finite_check="off")
+    nn.functional.mse_loss(unchecked(x), y).backward()
+    next(unchecked.parameters()).grad[0, 0] = math.nan
+    plain.step()  # "off": torch.optim.SGD's behaviour
+    assert not torch.isfinite(next(unchecked.parameters())).all()
+
+
+def test_a_huge_lr_never_makes_the_parameters_non_finite():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 1))
+    opt = EnhancedSGD(model.parameters(), lr=1e3, momentum=0.9)
+    x, y = torch.randn(32, 64), torch.randn(32, 1)
+    with pytest.warns(RuntimeWarning, match="step skipped"):
+        for _ in range(30):
+            opt.zero_grad()
+            nn.functional.mse_loss(model(x), y).backward()
+            opt.step()
+    assert opt.skipped_steps > 0
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert all(torch.isfinite(s["momentum_buffer"]).all() for s in opt.state.values())
+
+
+def test_finite_check_is_validated():
+    with pytest.raises(ValueError, match="finite_check must be one of"):
+        EnhancedSGD(_mlp().parameters(), finite_check="sometimes")

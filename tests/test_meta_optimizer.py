@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import copy
 from typing import Any
 
@@ -93,7 +95,7 @@ def test_wrapper_composes_with_lambda_lr() -> None:
 
 def test_metric_errors_name_the_key() -> None:
     opt = _wrapped(PlateauMetaOptimizer())
-    with pytest.raises(ValueError, match="metric 'grad_norm' must be a scalar"):
+    with pytest.raises(ValueError, match="metric 'grad_norm' must be a real scalar"):
         opt.update_hyperparameters({"loss": 1.0, "grad_norm": torch.ones(3)})
     with pytest.raises(TypeError, match="meta must be a MetaOptimizer"):
         OptimizerWrapper(torch.optim.SGD([nn.Parameter(torch.ones(1))], lr=0.1), object())  # type: ignore[arg-type]
@@ -275,3 +277,20 @@ def test_meta_optimizer_is_abstract_and_judge_every_is_validated() -> None:
         MetaOptimizer()  # type: ignore[abstract]
     with pytest.raises(ValueError, match="judge_every"):
         PlateauMetaOptimizer(judge_every=0)
+
+
+@pytest.mark.parametrize("losses", [[1.0] * 5 + [1e200] + [1.0] * 24, [1.0] * 10 + [1e200] * 20,
+                                    [1.0, 1e200] * 15, [10.0 ** (10 * t) for t in range(30)]],
+                         ids=["one_spike", "jump", "alternating", "growing"])
+def test_rl_meta_optimizer_stays_finite_on_huge_losses_fed_through_step(losses) -> None:
+    model = nn.Linear(4, 1)
+    wrapped = OptimizerWrapper(torch.optim.SGD(model.parameters(), lr=0.1),
+                               RLMetaOptimizer(update_frequency=1, cost_weight=1.0))
+    for loss in losses:  # the strategy runs inside step() (no update_hyperparameters): under no_grad
+        wrapped.zero_grad()
+        model(torch.ones(4)).sum().backward()
+        wrapped.observe(loss=loss, cost=1e200 if loss > 1e100 else 0.1)
+        wrapped.step()
+    assert all(torch.isfinite(p).all() for p in wrapped.meta.policy.net.parameters())
+    assert all(math.isfinite(v) for v in wrapped.meta.state_vector())
+    assert math.isfinite(wrapped.param_groups[0]["lr"]) and wrapped.meta.policy.updates == len(losses) - 1

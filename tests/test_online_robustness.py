@@ -131,4 +131,5 @@ def test_online_sgd_at_lr_1e3_keeps_momentum_and_controller_state_finite(momentu
     for f in dataclasses.fields(ctl.rows):
         assert torch.isfinite(getattr(ctl.rows, f.name).float()).all(), f.name
     assert torch.isfinite(ctl.knob_log_mult).all() and torch.isfinite(ctl.drift_ema).all()
+    assert all(torch.isfinite(p).all() for p in opt.controller.parameters())
     assert opt.skipped_steps > 0  # the overflowing steps were skipped, not taken

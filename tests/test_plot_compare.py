@@ -90,3 +90,88 @@ def test_compare_command(tmp_path, capsys):
 
 def test_smooth_is_a_trailing_mean():
     assert smooth([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
+
+
+def capture_axes(monkeypatch) -> dict:
+    """What each saved figure holds: per axis its label, lines, y-limits and legend anchor."""
+    import matplotlib.pyplot as plt
+
+    captured = {}
+    real_savefig = plt.Figure.savefig
+
+    def spy(fig, *args, **kwargs):
+        for ax in fig.axes:
+            legend = ax.get_legend()
+            anchor = legend.get_bbox_to_anchor().transformed(ax.transAxes.inverted()).x0 if legend else None
+            captured[ax.get_ylabel()] = {"lines": [line.get_label() for line in ax.get_lines()],
+                                         "styles": [line._unscaled_dash_pattern for line in ax.get_lines()],  # the dashes drawn
+                                         "ylim": ax.get_ylim(), "legend_x": anchor}
+        return real_savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(plt.Figure, "savefig", spy)
+    return captured
+
+
+def test_a_run_with_six_reward_components_plots_and_exits_0(tmp_path, monkeypatch, capsys):
+    run = fake_run(tmp_path / "six", "adamw")
+    names = ["length", "cosine", "regex", "judge", "human", "learned"]
+    logs = [{"step": s, **{f"composite/{n}/mean": 0.1 * k for k, n in enumerate(names)}} for s in (10, 20, 30)]
+    (run / "trainer_state.json").write_text(json.dumps({"log_history": logs}))
+    panels = capture_axes(monkeypatch)
+    assert main(["plot", str(run)]) == 0
+    assert (run / "dynamics.png").stat().st_size > 10_000
+    assert [f"six (adamw): {n}" in panels["reward"]["lines"] for n in names] == [True] * 6
+    assert len(set(map(str, panels["reward"]["styles"][1:]))) == 6  # each component its own dashes
+    # The legend sits beside the panel, not over the curves; a flat beta is not blown up into noise.
+    assert all(p["legend_x"] > 1.0 for p in panels.values() if p["legend_x"] is not None)
+    low, high = panels["beta2 / alpha"]["ylim"]
+    assert high - low >= 0.02 and high <= 1.0 + 0.002
+
+
+def test_a_plot_that_cannot_be_drawn_warns_and_never_raises(tmp_path):
+    run = fake_run(tmp_path / "run", "adamw", steps=5)
+    from adaptiverl.trainer.plot import plot_dynamics
+
+    with pytest.warns(UserWarning, match="no .* drawn.*the run itself is fine"):
+        (tmp_path / "a-file").write_text("")
+        assert plot_dynamics(run, out_file=tmp_path / "a-file" / "x.png") is None  # cannot be written
+    with pytest.warns(UserWarning, match="no adaptive_history.jsonl"):
+        assert plot_dynamics(tmp_path / "not-a-run") is None
+
+
+def test_a_plot_is_never_written_through_a_symlink(tmp_path):
+    """compare.png a symlink to another file: the picture replaces the link, the target is untouched."""
+    run = fake_run(tmp_path / "run", "adamw")
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    link = tmp_path / "compare.png"
+    link.symlink_to(target)
+    out = plot_runs([run], link)
+    assert target.read_text() == "keep me"
+    assert not out.is_symlink() and out.read_bytes().startswith(b"\x89PNG")
+
+
+def test_eval_split_metrics_get_their_own_panel(tmp_path, monkeypatch):
+    """eval_* rows of trainer_state.json (the eval split) are drawn, timings left out."""
+    import adaptiverl.trainer.plot as plot
+
+    run = fake_run(tmp_path / "run", "adamw")
+    state = json.loads((run / "trainer_state.json").read_text())
+    state["log_history"] += [{"step": s, "eval_loss": 2.0 / s, "eval_runtime": 1.5, "epoch": 1.0}
+                             for s in (10, 20, 30)]
+    (run / "trainer_state.json").write_text(json.dumps(state))
+    assert plot.eval_metrics(run) == {"eval_loss": ([10, 20, 30], [0.2, 0.1, 2.0 / 30])}
+    assert plot.eval_metrics(fake_run(tmp_path / "plain", "adamw")) == {}
+    drawn = []
+    real_draw = plot.plot_runs
+
+    def spy(*args, **kwargs):
+        import matplotlib.axes
+
+        original = matplotlib.axes.Axes.set_ylabel
+        monkeypatch.setattr(matplotlib.axes.Axes, "set_ylabel",
+                            lambda ax, text, *a, **k: (drawn.append((text, len(ax.lines))), original(ax, text, *a, **k))[1])
+        return real_draw(*args, **kwargs)
+
+    spy([run], tmp_path / "compare.png")
+    assert ("eval split", 1) in drawn

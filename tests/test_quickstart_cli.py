@@ -42,3 +42,20 @@ def test_quickstart_without_the_plot_extra(tmp_path, monkeypatch, capsys):
     assert main(["quickstart", "--compare", "--out", str(tmp_path)]) == 2
     assert "pip install 'adaptiverl[plot]'" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # refused before building anything
+
+
+def test_the_cli_help_and_a_config_error_load_no_torch(tmp_path):
+    """`adaptiverl --help` and a config error answer before torch/transformers load (they took 7-22 s)."""
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"LRATE": "abc"}')
+    code = ("import sys; from adaptiverl.cli import main\n"
+            "for argv in (['--help'], ['train', sys.argv[1]]):\n"
+            "    try: main(argv)\n"
+            "    except SystemExit: pass\n"
+            "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith(('torch', 'transformers')))\n")
+    done = subprocess.run([sys.executable, "-c", code, str(bad)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "MODEL" in done.stderr  # the one-line config error, naming the key

@@ -14,6 +14,7 @@ from adaptiverl.rewards import (
     Component,
     CompositeReward,
     RewardComponentError,
+    RewardFunction,
     build_rewards,
     completion_text,
 )
@@ -201,15 +202,51 @@ def test_duplicate_names_are_made_unique_and_state_roundtrips():
     assert clone(completions=["abcdef"]) == fresh(completions=["abcdef"]) == comp(completions=["abcdef"])
 
 
-def test_async_components_make_an_async_composite():
-    comp = CompositeReward([(Slow(), 2.0), length_reward])
-    assert isinstance(comp, AsyncCompositeReward)
+def test_async_components_in_a_plain_and_in_an_async_composite():
     from trl.trainer.utils import is_async_callable
 
-    assert is_async_callable(comp) and not is_async_callable(CompositeReward([length_reward]))
+    plain = CompositeReward([(Slow(), 2.0), length_reward])
+    assert type(plain) is CompositeReward and not is_async_callable(plain)  # no class swap
+    assert plain(completions=["ab"]) == [1.0 + 2.0]
+    assert plain.last_components == {"slow": 0.5, "length_reward": 2.0}
+
+    async def inside_a_running_loop():
+        return plain(completions=["ab"])  # a blocking call from async code: its own loop, in a thread
+
+    assert asyncio.run(inside_a_running_loop()) == [3.0]
+    comp = AsyncCompositeReward([(Slow(), 2.0), length_reward])
+    assert is_async_callable(comp)
     assert asyncio.run(comp(completions=["ab"])) == [1.0 + 2.0]
     assert comp.last_components == {"slow": 0.5, "length_reward": 2.0}
     assert isinstance(pickle.loads(pickle.dumps(comp)), AsyncCompositeReward)
+    assert asyncio.run(AsyncCompositeReward([length_reward])(completions=["abc"])) == [3.0]
+
+
+def test_huge_weights_combine_without_overflow_or_name_the_component():
+    comp = CompositeReward([(const(1.0), 1e308), (const(0.5), 1e308)])
+    assert comp(completions=["a"]) == [pytest.approx(1.5e308)]  # was NaN: inf * inf / inf
+    assert comp.last_weights == {"const_1.0": 1e308, "const_0.5": 1e308}
+    beyond = CompositeReward([(const(1.0), 1e308), (const(4.0), 1e308)])
+    with pytest.raises(RewardComponentError, match=r"component 1 \('const_4.0'\).*sample 0 beyond the float"):
+        beyond(completions=["a"])
+    ramp = CompositeReward([Component(const(1.0), weight=1e308, schedule=lambda step: 10.0)])
+    with pytest.raises(RewardComponentError, match=r"component 0 \('const_1.0'\).*effective weight inf"):
+        ramp(completions=["a"])
+
+
+def test_a_reward_returning_strings_is_refused_naming_it():
+    def as_text(completions, **kwargs):
+        return ["1.0"] * len(completions)
+
+    with pytest.raises(RewardComponentError, match=r"component 1 \('as_text'\).*returned the str '1.0' for sample 0"):
+        CompositeReward([const(1.0), as_text])(completions=["a"])
+
+    class TextScore(RewardFunction):
+        def score(self, prompts, completions, **kwargs):
+            return [b"0.5"] * len(completions)
+
+    with pytest.raises(TypeError, match=r"reward 'texty' returned the bytes b'0.5' for sample 0"):
+        TextScore(name="texty")(completions=["a"])
 
 
 def test_missing_dataset_column_is_a_configuration_error():
@@ -227,3 +264,11 @@ def test_missing_dataset_column_is_a_configuration_error():
         comp(completions=["x", "y"], reference=["a", "b"])
     assert "sample" not in str(err.value)
     assert comp(completions=["x", "y"], answer=["x", "q"]) == [2.0, 0.0]
+
+
+@pytest.mark.parametrize("schedule", [[[0, math.nan]], [[0, 1.0], [10, math.inf]], {"start": 1.0, "end": math.nan, "steps": 5}])
+def test_a_non_finite_schedule_multiplier_is_refused_naming_it(schedule):
+    with pytest.raises(ValueError, match="schedule: steps and multipliers must be finite"):
+        CompositeReward([Component(const(1.0), schedule=schedule)])
+    with pytest.raises(ValueError, match=r"reward component 0 \(type 'length'\): schedule: .*finite"):
+        build_rewards([{"type": "length", "target": 3, "schedule": schedule}])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import math
 import threading
 
@@ -63,6 +65,7 @@ def test_every_component_and_the_composite_in_grpo(tiny_gpt2_dir, tmp_path, monk
          "log_path": str(tmp_path / "ratings.jsonl"), "poll_interval": 0.02, "weight": 0.25},
     ]
     composite = build_rewards(specs, normalize="zscore", clip=3.0)
+    assert inspect.iscoroutinefunction(type(composite).__call__)  # TRL awaits it with its async rewards
     components = [c.fn for c in composite.components]
     human = components[-1]
     stop = threading.Event()

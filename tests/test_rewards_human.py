@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from adaptiverl.rewards.human import HumanFeedbackReward, answer_queue, parse_rating
+from adaptiverl.rewards.human import HumanFeedbackReward, answer_queue, append_jsonl, parse_rating
 
 CHILD = """
 import json, sys
@@ -176,7 +176,7 @@ def test_client_skips_torn_and_bad_lines_with_a_warning_and_loses_nothing_else(t
     assert [json.loads(line) for line in lines[3:]] == [{"id": "r1", "rating": 1.0}, {"id": "r2", "rating": -1.0}]
     reward = HumanFeedbackReward(mode="queue", queue_dir=queue, log_path=tmp_path / "log.jsonl")
     with pytest.warns(RuntimeWarning) as caught:
-        assert reward._read_answers() == {"r0": 1, "r1": 1.0, "r2": -1.0}
+        assert [(r["id"], r["rating"]) for r in reward._read_answers()] == [("r0", 1), ("r1", 1.0), ("r2", -1.0)]
     assert [re.search(r"answers.jsonl: line (\d)", str(w.message)).group(1) for w in caught] == ["2", "3"]
 
 
@@ -229,3 +229,114 @@ def test_ratings_are_on_disk_as_they_are_given_when_the_trainer_is_killed_mid_ba
         child.wait(timeout=30)
     ratings = {r["id"]: (r["completion"], r["rating"], r["outcome"]) for r in log_lines(log)}
     assert ratings == {ids[2]: ("c2", -1.0, "rated"), ids[0]: ("c0", 1.0, "rated")}
+
+
+def answer_when_asked(queue: Path, lines_for) -> threading.Thread:
+    """A thread that waits for the next batch in requests.jsonl and then runs ``lines_for(ids)``."""
+    before = len(log_lines(queue / "requests.jsonl"))
+
+    def run():
+        while len(log_lines(queue / "requests.jsonl")) <= before:
+            time.sleep(0.02)
+        time.sleep(0.05)  # the whole batch is one append
+        lines_for([r["id"] for r in log_lines(queue / "requests.jsonl")[before:]])
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def test_answers_file_emptied_or_replaced_is_read_again_from_its_start(tmp_path):
+    queue, log = tmp_path / "queue", tmp_path / "ratings.jsonl"
+    reward = HumanFeedbackReward(mode="queue", queue_dir=queue, log_path=log, timeout=5.0, poll_interval=0.02)
+    answers = queue / "answers.jsonl"
+
+    def long_answers(ids):  # long lines: the reader's offset ends far beyond what comes next
+        append_jsonl(answers, [{"id": i, "rating": 1, "note": "x" * 500} for i in ids])
+
+    thread = answer_when_asked(queue, long_answers)
+    assert reward(completions=["a", "b"]) == [1.0, 1.0]
+    thread.join()
+
+    def emptied_then_answered(ids):
+        answers.write_text("")  # emptied by hand, then a short answer
+        append_jsonl(answers, [{"id": ids[0], "rating": -1}])
+
+    thread = answer_when_asked(queue, emptied_then_answered)
+    with pytest.warns(RuntimeWarning, match="answers.jsonl was replaced, truncated or emptied"):
+        assert reward(completions=["c"]) == [-1.0]
+    thread.join()
+
+    def replaced(ids):  # a new file moved over the old one (another inode), longer than the old
+        fresh = queue / "fresh.jsonl"
+        append_jsonl(fresh, [{"id": "old", "rating": 1, "note": "y" * 600}, {"id": ids[0], "rating": 1}])
+        os.replace(fresh, answers)
+
+    thread = answer_when_asked(queue, replaced)
+    with pytest.warns(RuntimeWarning, match="replaced"):
+        assert reward(completions=["d"]) == [1.0]
+    thread.join()
+    assert [r["outcome"] for r in log_lines(log)] == ["rated"] * 4
+
+
+def test_a_log_path_that_is_a_folder_is_refused_up_front(tmp_path):
+    with pytest.raises(ValueError, match=re.escape(repr(str(tmp_path)))):
+        HumanFeedbackReward(mode="queue", queue_dir=tmp_path / "q", log_path=tmp_path)
+
+
+def test_the_first_answer_for_a_sample_counts_whether_read_in_one_poll_or_two(tmp_path):
+    queue, log = tmp_path / "queue", tmp_path / "ratings.jsonl"
+    reward = HumanFeedbackReward(mode="queue", queue_dir=queue, log_path=log, timeout=5.0, poll_interval=0.02)
+
+    def both_at_once(ids):  # one poll sees both lines
+        append_jsonl(queue / "answers.jsonl", [{"id": ids[0], "rating": -1, "rater": "ann"},
+                                               {"id": ids[0], "rating": 1, "rater": "bob"}])
+
+    thread = answer_when_asked(queue, both_at_once)
+    assert reward(completions=["a"]) == [-1.0]
+    thread.join()
+
+    def one_then_other(ids):  # two polls
+        append_jsonl(queue / "answers.jsonl", [{"id": ids[0], "rating": -1, "rater": "ann"}])
+        time.sleep(0.3)
+        append_jsonl(queue / "answers.jsonl", [{"id": ids[0], "rating": 1, "rater": "bob"}])
+
+    thread = answer_when_asked(queue, one_then_other)
+    reward.timeout = 1.5  # c stays unanswered: the batch ends at its time limit
+    assert reward(completions=["b", "c"]) == [-1.0, None]
+    thread.join()
+    rated = [r for r in log_lines(log) if r["outcome"] == "rated"]
+    assert [(r["completion"], r["rating"], r["rater"]) for r in rated] == [("a", -1.0, "ann"), ("b", -1.0, "ann")]
+
+
+def test_a_lone_surrogate_is_written_and_read_back_unchanged(tmp_path):
+    path = tmp_path / "x.jsonl"
+    append_jsonl(path, [{"prompt": "caf\u00e9 \udcff", "completion": "ok"}])
+    assert json.loads(path.read_text(encoding="utf-8")) == {"prompt": "caf\u00e9 \udcff", "completion": "ok"}
+    queue = tmp_path / "queue"
+    reward = HumanFeedbackReward(mode="queue", queue_dir=queue, log_path=tmp_path / "log.jsonl", timeout=0.3,
+                                 poll_interval=0.05)
+    assert reward(prompts=["\ud800 broken"], completions=["\udfff"]) == [None]
+    assert log_lines(tmp_path / "log.jsonl")[0]["prompt"] == "\ud800 broken"
+
+
+def test_interactive_mode_reads_a_stream_without_a_file_descriptor(tmp_path):
+    shown = io.StringIO()
+    reward = HumanFeedbackReward(mode="interactive", timeout=0.5, log_path=tmp_path / "log.jsonl",
+                                 input=io.StringIO("+\nwhat\n-\n"), output=shown)
+    assert reward(completions=["a", "b", "c"]) == [1.0, -1.0, None]
+    assert "not understood: 'what'" in shown.getvalue()
+    assert [r["outcome"] for r in log_lines(tmp_path / "log.jsonl")] == ["rated", "rated", "timeout"]
+
+
+def test_answers_are_never_appended_through_a_symlink(tmp_path):
+    from adaptiverl._files import OutputPathError
+    from adaptiverl.rewards.human import append_jsonl
+
+    target = tmp_path / "elsewhere.jsonl"
+    target.write_text("")
+    link = tmp_path / "ratings.jsonl"
+    link.symlink_to(target)
+    with pytest.raises(OutputPathError, match="ratings.jsonl"):
+        append_jsonl(link, [{"id": "a", "rating": 1}])
+    assert target.read_text() == ""

@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from adaptiverl.rewards import CompositeReward
+from adaptiverl.rewards.composite import AsyncCompositeReward
 from adaptiverl.rewards.judge import HTTPJudgeReward, JudgeError, parse_grade, parse_yes_no, redact
 
 SECRET = "sk-test-SECRET-7f3a9c"
@@ -126,6 +126,25 @@ def test_parsers():
     assert parse_yes_no(" Yes, it is") == 1.0 and parse_yes_no("no.") == 0.0 and parse_yes_no("maybe") is None
 
 
+@pytest.mark.parametrize("reply, grade", [
+    ("0/10", 0), ("I'd rate this 0 out of 10.", 0), ("Out of 10, this is a 4", 4),
+    ("On a scale of 1 to 10, I give it 3.", 3), ("Rating: 10/10", 10), ("8 / 10", 8), ("7.5/10", 7.5),
+    ("from 1-10: 9", 9), ("1", 1), ("Score: 6 (out of 10)", 6),
+    ("3/5", None), ("42", None), ("no grade here", None),
+])
+def test_grade_parser_reads_the_grade_not_the_scale(reply, grade):
+    expected = None if grade is None else max(grade - 1, 0) / 9
+    assert parse_grade(reply) == (None if expected is None else pytest.approx(expected))
+
+
+@pytest.mark.parametrize("reply, value", [
+    ("Yes and no", None), ("yes/no", None), ("No or yes?", None), ("Yes, there is no error", 1.0),
+    ("No. Yes would be wrong", 0.0), ("**Yes**", 1.0), ("Nope", None),
+])
+def test_yes_no_parser_calls_an_answer_naming_both_ambiguous(reply, value):
+    assert parse_yes_no(reply) == value
+
+
 def test_redact_covers_the_key_and_its_pieces():
     key = "sk-live-KEYabcdefghij"
     assert redact(f"x{key}{key}y", key) == "x***y"  # back to back: one run
@@ -189,7 +208,7 @@ def test_on_error_none_and_inside_a_composite(server, caplog):
     def length(completions, **kwargs):
         return [float(len(c)) for c in completions]
 
-    comp = CompositeReward([(judge(server.url), 2.0), (length, 0.0)])
+    comp = AsyncCompositeReward([(judge(server.url), 2.0), (length, 0.0)])
     out = asyncio.run(comp(prompts=["q", "q"], completions=["good", "bad"]))
     assert out == pytest.approx([16 / 9, 2 / 9])
     assert comp.last_components["http_judge"] == pytest.approx(0.5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 import time
 
@@ -15,7 +16,7 @@ from adaptiverl.rewards import (
     register_reward,
     registered_rewards,
 )
-from adaptiverl.rewards.text import LengthReward, RegexReward, SubstringReward
+from adaptiverl.rewards.text import MIN_MATCH_SECONDS, LengthReward, RegexReward, SubstringReward
 
 CONV = [[{"role": "assistant", "content": "The answer is 42."}],
         [{"role": "assistant", "content": [{"type": "text", "text": "no number here"}]}]]
@@ -95,6 +96,17 @@ def test_regex_catastrophic_pattern_returns_within_time_limit():
     with pytest.warns(RuntimeWarning, match="exceeded"):
         missed = RegexReward(r"(a|aa)+$", timeout=0.1, on_timeout="miss", score_miss=-1)(completions=[text])
     assert missed == [-1.0]
+
+
+def test_regex_timeout_bounds_the_whole_call_not_each_match():
+    catastrophic = "a" * 40 + "!"
+    slow = RegexReward(r"(a|aa)+$", timeout=0.5)
+    start = time.perf_counter()
+    with pytest.warns(RuntimeWarning, match="share of timeout=0.5s"):
+        out = slow(completions=[catastrophic] * 64 + ["aaa"])
+    elapsed = time.perf_counter() - start
+    assert elapsed < 0.5 + 65 * MIN_MATCH_SECONDS + 0.4, elapsed  # was 64 x 0.5 s = 32 s
+    assert out == [None] * 64 + [1.0] and slow.timeouts == 64  # the cheap sample still got its turn
 
 
 def test_regex_bad_arguments_name_themselves():
@@ -182,9 +194,11 @@ def test_docs_custom_reward_example_runs():
     doc = (Path(__file__).resolve().parents[1] / "docs" / "rewards.md").read_text()
     section = doc.split("### A custom reward", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    config = json.loads(re.search(r"```json\n(.*?)```", section, re.S).group(1))
     namespace: dict = {}
-    exec(compile(code, "docs/rewards.md", "exec"), namespace)
-    composite = build_rewards(namespace["REWARDS"])
+    exec(compile(code, "docs/rewards.md", "exec"), namespace)  # registers mentions_source
+    assert config["reward_modules"] == ["myrewards.py"]
+    composite = build_rewards(config["REWARDS"])
     out = composite(prompts=["p", "p"], completions=["Source: the Python docs", "no idea"],
                     source=["python docs", "python docs"])
     # mentions_source gives 0.5 / 0; length (max 300 chars) gives 1 for both: weights 1 + 1.

@@ -1,4 +1,4 @@
-"""The shared rule table: every rule runs through the same checks.
+"""The shared rule table: every rule, and the Online controller, runs through the same checks.
 
 Checks: bounded, finite, positive output on constant signals; state_dict round
 trip (a restored rule continues exactly like the original); direction of change
@@ -14,7 +14,9 @@ import random
 from collections.abc import Callable
 
 import pytest
+import torch
 
+from adaptiverl.controllers.online import OnlineController, StepInputs
 from adaptiverl.controllers.plateau import Plateau
 from adaptiverl.controllers.rules import (
     RULES,
@@ -56,10 +58,82 @@ ROWS += [
     ("linear", lambda: LinearRule("loss", gain=0.5, lo=0.0, hi=3.0), "loss", "less"),
     ("compose", lambda: make_rule("lr", "trend+variance+cosine_restart", cycle_length=5), "loss", "more"),
 ]
+
+
+class OnlineRow:
+    """The Online controller (:class:`~adaptiverl.controllers.online.OnlineController`) behind the
+    table's interface: ``row(signals) -> the step scale`` of one 256-element tensor that it steps.
+
+    The loss drives the gradients the way training does: while the loss falls, consecutive
+    gradients agree (the step is too small: the scale should grow); while it rises they alternate
+    in sign (the steps overshoot: it should shrink); while it is flat they are noise. The
+    controller sees only the tensors and the signals, as in an optimizer step.
+    """
+
+    SIZE, LR = 256, 0.01
+
+    def __init__(self) -> None:
+        self.controller = OnlineController(
+            knobs=(), drift_knobs=(), knob_bounds={}, knob_scale_bounds=(0.5, 2.0), adapt_knobs=True,
+            kind="fresh", hidden_size=16, scale_bounds=(1e-3, 1e3), max_step_factor=1.1, meta_lr=1e-3,
+            snr_threshold=2.5, feature_sample_size=1024, seed=0)
+        self.reset_problem()
+
+    def reset_problem(self) -> None:
+        self.w = torch.zeros(self.SIZE)
+        self.direction = torch.linspace(-1.0, 1.0, self.SIZE)
+        self.noise = torch.Generator().manual_seed(0)
+        self.sign, self.last_loss = 1.0, None
+
+    def __call__(self, signals: Signals) -> float:
+        loss = signals.loss.last
+        change = 0.0 if self.last_loss is None or loss is None else loss - self.last_loss
+        self.last_loss = loss
+        noise = torch.randn(self.SIZE, generator=self.noise)
+        if change > 0:
+            self.sign = -self.sign
+        grad = noise if change == 0 else self.sign * self.direction + 0.3 * noise
+        if not self.controller.ready(1):
+            self.controller.prepare([self.w], [0], torch.device("cpu"), sharded=False)
+        out = self.controller(signals, StepInputs(
+            rows=[0], grads=[grad], params=[self.w], memories=[None], maximize=[False],
+            tunables=((1.0, 1.0, 0.05, 1e-3, 1.0),), base_knobs=[[]], progress=None))
+        scale = out.log_scales.exp().tolist()[0]
+        self.controller.record([scale], [[]], all_rows=True)
+        self.w -= self.LR * scale * grad
+        return scale
+
+    def state_dict(self) -> dict:
+        return {"controller": self.controller.state_dict(), "w": self.w.clone(), "noise": self.noise.get_state(),
+                "sign": self.sign, "last_loss": self.last_loss}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.controller.load_state_dict(copy.deepcopy(state["controller"]))
+        self.w = state["w"].clone()
+        self.noise.set_state(state["noise"])
+        self.sign, self.last_loss = state["sign"], state["last_loss"]
+
+    def reset(self) -> None:
+        self.controller.reset()
+        self.reset_problem()
+
+
+ROWS += [("online_controller", OnlineRow, "loss", "more")]
 IDS = [row[0] for row in ROWS]
 
 
-def test_table_covers_every_registered_name() -> None:
+def _same(a, b) -> bool:
+    """Equal, with tensors compared by value (the Online controller's state holds tensors)."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+def test_table_covers_every_registered_name() -> None:  # and the Online controller, below
     registered = {(knob, name) for knob, names in RULES.items() for name in names}
     assert registered == set(_NAMED_EXPECTATIONS)
 
@@ -111,7 +185,7 @@ def test_state_dict_round_trip(name: str, factory: Callable[[], Rule], signal: s
         assert restored(signals_copy) == original(signals), name
     original.reset()
     fresh = factory()
-    assert original.state_dict() == fresh.state_dict(), f"{name}: reset() did not restore the initial state"
+    assert _same(original.state_dict(), fresh.state_dict()), f"{name}: reset() did not restore the initial state"
 
 
 @pytest.mark.parametrize(("name", "factory", "signal", "expectation"), ROWS, ids=IDS)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -159,7 +160,25 @@ def test_plateau_strategy_still_cuts_a_real_plateau() -> None:
     for _ in range(200):  # flat loss with 20% minibatch noise: no progress at all
         opt.update_hyperparameters({"loss": 1.0 + 0.2 * torch.randn((), generator=gen).item()})
         opt.step()
-    assert opt.param_groups[0]["lr"] <= 0.5e-3  # judged on blocks of 20 losses, patience 3 blocks
+    assert opt.param_groups[0]["lr"] <= 0.5e-3  # the significance margin does not shelter pure noise
+
+
+def test_plateau_strategy_counts_patience_in_calls_like_reduce_lr_on_plateau() -> None:
+    """Seed 004 calls the strategy once per epoch: patience 3 means three epochs. On an exactly
+    flat loss the LR follows torch's ReduceLROnPlateau call for call (before: untouched for 80)."""
+    ours = OptimizerWrapper(torch.optim.AdamW([nn.Parameter(torch.ones(2))], lr=1e-3),
+                            PlateauMetaOptimizer(patience=3, lr_factor=0.5))
+    torch_opt = torch.optim.AdamW([nn.Parameter(torch.ones(2))], lr=1e-3)
+    reference = torch.optim.lr_scheduler.ReduceLROnPlateau(torch_opt, patience=3, factor=0.5)
+    ours_lrs, torch_lrs = [], []
+    for _ in range(20):
+        ours.update_hyperparameters({"loss": 0.7})
+        ours.step()
+        reference.step(0.7)
+        ours_lrs.append(ours.param_groups[0]["lr"])
+        torch_lrs.append(torch_opt.param_groups[0]["lr"])
+    assert ours_lrs == pytest.approx(torch_lrs, rel=1e-12)
+    assert ours_lrs[3] == 1e-3 and ours_lrs[4] == 0.5e-3  # the 5th call: 4 calls without progress
 
 
 def test_enhanced_sgd_defaults_equal_sgd_in_seed_000s_example() -> None:

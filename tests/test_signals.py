@@ -178,3 +178,29 @@ def test_optimizers_observe_huge_finite_losses_and_rewards(front_end):
     assert opt.signals.reward.count == sum("reward" in f for f in feeds)
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert all(math.isfinite(g["lr"]) for g in opt.param_groups)
+
+
+FRONT_ENDS = ["Signals", "EnhancedSGD", "AdaptiveOptimizer", "OptimizerWrapper", "OnlineAdamW"]
+
+
+def _front_end(name: str, model: torch.nn.Module):
+    from adaptiverl.optim import AdaptiveOptimizer, EnhancedSGD, OnlineAdamW, OptimizerWrapper, PlateauMetaOptimizer
+
+    sgd = lambda: torch.optim.SGD(model.parameters(), lr=0.1)  # noqa: E731
+    return {"Signals": Signals, "EnhancedSGD": lambda: EnhancedSGD(model.parameters()),
+            "AdaptiveOptimizer": lambda: AdaptiveOptimizer(sgd()),
+            "OptimizerWrapper": lambda: OptimizerWrapper(sgd(), PlateauMetaOptimizer()),
+            "OnlineAdamW": lambda: OnlineAdamW(model.parameters())}[name]()
+
+
+@pytest.mark.parametrize("front_end", FRONT_ENDS)
+@pytest.mark.parametrize("bad", [1 + 2j, [1.0, 2.0], torch.ones(2), torch.tensor(1 + 1j), "1.0"],
+                         ids=["complex", "list", "vector", "complex_tensor", "str"])
+def test_observe_refuses_a_loss_that_is_no_real_scalar_naming_loss(front_end, bad):
+    model = torch.nn.Linear(2, 1)
+    opt = _front_end(front_end, model)
+    with pytest.raises((TypeError, ValueError), match=r"loss'? must be a real scalar"):
+        opt.observe(loss=bad)
+        if front_end != "Signals":  # a front end may read the loss at its step: the error comes there
+            model(torch.ones(2)).sum().backward()
+            opt.step()

@@ -250,7 +250,8 @@ def no_model_loads(monkeypatch):
     ({"RESUME": True}, "'RESUME' = true: no checkpoint-\\* folder"),
     ({"MODEL": "./models/no-such-tiny-gpt2"}, "'MODEL'.*no such model folder.*adaptiverl build-tiny"),
     ({"MODEL": "no-such-org/no-such-model"}, "'MODEL'.*HF_HUB_OFFLINE"),
-    ({"TRAINER_ARGS": {"load_best_model_at_end": True, "eval_strategy": "steps"}}, "TRAINER_ARGS.load_best_model_at_end: TrainingArguments rejected"),
+    ({"TRAINER_ARGS": {"load_best_model_at_end": True}, "SAVE_STEPS": 2}, "TRAINER_ARGS.load_best_model_at_end: SFTConfig rejected"),
+    ({"TRAINER_ARGS": {"eval_strategy": "steps"}}, "'eval_strategy' = 'steps': there is no eval data"),
 ])
 def test_bad_input_is_named_before_the_model_loads_and_nothing_is_written(
         tiny_gpt2_dir, tmp_path, no_model_loads, overrides, fragment):
@@ -293,6 +294,7 @@ def test_train_py_takes_command_line_overrides(tiny_gpt2_dir, tmp_path):
     resolved = json.loads((out / "train_config.json").read_text())
     assert (resolved["STEPS"], resolved["LRATE"], resolved["LOGGING_STEPS"]) == (2, 5e-3, 1)
     assert "FutureWarning" not in proc.stderr
+    assert "adaptive_history.jsonl ->" in proc.stdout and "dynamics.png" not in proc.stdout  # PLOT false
     bad = subprocess.run([sys.executable, str(ROOT / "train.py"), str(config), "--max_step", "2"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 1 and "Traceback" not in bad.stderr

@@ -88,10 +88,7 @@ def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
         elif key in _NOT_SIGNALS or value is None:
             continue
         else:
-            try:
-                out[key] = to_float(value)
-            except (TypeError, ValueError) as err:
-                raise ValueError(f"metric {key!r} must be a scalar (float or 0-d tensor): {err}") from err
+            out[key] = to_float(value, f"metric {key!r}")
     return out
 
 
@@ -183,26 +180,32 @@ class MetaOptimizer(Controller, ABC):
 
 
 class PlateauMetaOptimizer(MetaOptimizer):
-    """LR times ``lr_factor`` after ``patience`` judgements without progress of the smoothed loss
-    (:class:`~adaptiverl.controllers.plateau.Plateau`: no new best window mean by the relative
-    ``threshold`` and a window slope not below ``-threshold``). Judged on every ``judge_every``-th
-    loss (default: the window, so each judgement is the mean of a fresh block of losses, like one
-    epoch's loss; ``judge_every=1`` judges the EMA on every update), from ``min_count`` losses on
-    (default: the window); weight decay times ``weight_decay_factor`` on each update whose grad-norm EMA
-    exceeds ``grad_norm_threshold`` (bounded by ``max_wd_mult``, relaxing back by
-    ``wd_relax`` per update below it)."""
+    """LR times ``lr_factor`` after ``patience`` calls without progress of the smoothed loss
+    (:class:`~adaptiverl.controllers.plateau.Plateau`), counted in calls as
+    ``ReduceLROnPlateau`` counts them: an exactly flat loss is cut at call ``patience + 2``.
+
+    Noise robustness comes from the smoothing and a significance test, not from judging rarely:
+    the judged value is the loss EMA (``beta``), and a new best is recorded ``noise_z`` standard
+    errors of that EMA above the EMA itself (never above the previous best), so a call only
+    counts as "no progress" when the smoothed loss fails to beat, by the relative ``threshold``,
+    a best that noise alone could have reached. A minibatch loss that keeps falling slowly under
+    heavy noise (seed 004's per-step usage) is not cut; a flat noisy one is. ``judge_every=N``
+    judges the mean of each block of ``N`` new losses instead (``patience`` then counts blocks);
+    nothing is judged before ``min_count`` losses. Weight decay times ``weight_decay_factor`` on
+    each update whose grad-norm EMA exceeds ``grad_norm_threshold`` (bounded by ``max_wd_mult``,
+    relaxing back by ``wd_relax`` per update below it)."""
 
     _state_children = ("plateau", "wd_rule")
 
     def __init__(self, patience: int = 3, lr_factor: float = 0.5, *, threshold: float = 1e-4,
                  cooldown: int = 0, min_lr_mult: float = 1e-4, grad_norm_threshold: float = 10.0,
                  weight_decay_factor: float = 1.5, max_wd_mult: float = 10.0, wd_relax: float = 0.1,
-                 trend_guard: bool = False, min_count: int | None = None, judge_every: int | None = None,
-                 update_frequency: int = 1, beta: float = 0.9, window: int = 20) -> None:
+                 trend_guard: bool = False, min_count: int = 0, judge_every: int = 1,
+                 noise_z: float = 2.0, update_frequency: int = 1, beta: float = 0.9, window: int = 20) -> None:
         super().__init__(update_frequency, beta=beta, window=window)
         self.plateau = Plateau("loss", factor=lr_factor, patience=patience, threshold=threshold,
                                cooldown=cooldown, min_mult=min_lr_mult, min_count=min_count,
-                               interval=window if judge_every is None else judge_every, trend_guard=trend_guard)
+                               interval=judge_every, trend_guard=trend_guard, noise_z=noise_z)
         self.wd_rule: Rule = ThresholdRule("grad_norm", threshold=grad_norm_threshold, factor=weight_decay_factor,
                                            relax=wd_relax, min_mult=1.0, max_mult=max_wd_mult, name="grad_norm")
 
@@ -230,7 +233,7 @@ class AdvancedPlateauMetaOptimizer(PlateauMetaOptimizer):
                  weight_decay_factor: float = 1.5, warmup_steps: int = 0, trend_window: int = 5,
                  weight_norm_growth: float = 1e-3, cooldown: int = 2, threshold: float = 1e-4,
                  min_lr_mult: float = 1e-4, max_wd_mult: float = 10.0, wd_relax: float = 0.1,
-                 min_count: int | None = None, judge_every: int | None = None, update_frequency: int = 1,
+                 min_count: int = 0, judge_every: int = 1, noise_z: float = 2.0, update_frequency: int = 1,
                  beta: float = 0.9) -> None:
         if trend_window < 3:
             raise ValueError(f"AdvancedPlateauMetaOptimizer: trend_window must be >= 3, got {trend_window}")
@@ -239,7 +242,7 @@ class AdvancedPlateauMetaOptimizer(PlateauMetaOptimizer):
         super().__init__(patience, lr_factor, threshold=threshold, cooldown=cooldown, min_lr_mult=min_lr_mult,
                          grad_norm_threshold=grad_norm_threshold, weight_decay_factor=weight_decay_factor,
                          max_wd_mult=max_wd_mult, wd_relax=wd_relax, trend_guard=True, min_count=min_count,
-                         judge_every=judge_every, update_frequency=update_frequency, beta=beta,
+                         judge_every=judge_every, noise_z=noise_z, update_frequency=update_frequency, beta=beta,
                          window=trend_window)
         self.warmup_steps = warmup_steps
         self.wd_rule = Compose([self.wd_rule, ThresholdRule(
@@ -338,14 +341,19 @@ class RLMetaOptimizer(MetaOptimizer):
     """REINFORCE meta-optimizer: a small policy picks an LR multiplier and a weight-decay delta.
 
     Every ``update_frequency`` steps: the previous action is rewarded with the
-    relative fall of the loss EMA since it was taken, minus ``cost_weight`` times
-    the EMA of the ``cost`` metric (e.g. seconds per step); the policy takes one
+    relative fall of the loss EMA since it was taken minus ``cost_weight`` times the
+    EMA of the ``cost`` metric (e.g. seconds per step), clipped to [-1, 1] (a loss
+    falls by all of itself at most, and one loss of 1e200 must not become a
+    policy-gradient step of 1e200); the policy takes one
     REINFORCE step (:class:`~adaptiverl.controllers.reinforce.ReinforcePolicy`:
     baseline, entropy bonus ``entropy_weight``, Adam with ``policy_lr``); then it
     samples a new action from the state
 
         [tanh(window * loss trend), log1p(grad-norm EMA), loss rel. std,
-         cost EMA, log10(LR multiplier)]
+         sign(c) log1p(|c|) of the cost EMA c, log10(LR multiplier)]
+
+    (every entry finite and of moderate size for any finite signal: the loss's
+    relative std is at most ``sqrt(window)``)
 
     and sets ``lr_mult <- clip(lr_mult * lr_actions[i], min_lr_mult, max_lr_mult)``,
     ``wd_offset <- wd_offset + wd_actions[j]`` (the weight decay never goes below 0).
@@ -394,8 +402,9 @@ class RLMetaOptimizer(MetaOptimizer):
         loss, window = self.signals.loss, self.signals.window
         grad = self.signals.signals.get("grad_norm")
         cost = self.signals.signals.get("cost")
+        cost_ema = cost.ema if cost and cost.ema is not None else 0.0
         return [math.tanh(window * loss.trend), math.log1p(grad.ema) if grad and grad.ema is not None else 0.0,
-                loss.rel_std, cost.ema if cost and cost.ema is not None else 0.0, math.log10(self.lr_mult)]
+                loss.rel_std, math.copysign(math.log1p(abs(cost_ema)), cost_ema), math.log10(self.lr_mult)]
 
     def reward(self) -> float | None:
         loss = self.signals.loss.ema
@@ -403,7 +412,8 @@ class RLMetaOptimizer(MetaOptimizer):
             return None
         cost = self.signals.signals.get("cost")
         penalty = self.cost_weight * cost.ema if cost is not None and cost.ema is not None else 0.0
-        return (self.loss_at_action - loss) / (abs(self.loss_at_action) + 1e-12) - penalty
+        fall = (self.loss_at_action - loss) / (abs(self.loss_at_action) + 1e-12)
+        return min(max(fall - penalty, -1.0), 1.0)
 
     def update_hparams(self, metrics: dict[str, float], step: int) -> Adjustments:
         reward = self.reward()

@@ -261,6 +261,9 @@ class OnlineController(Controller):
         hidden_size, scale_bounds, max_step_factor, meta_lr, seed: the network's
             (:class:`~adaptiverl.controllers.gru.GRUController`).
         snr_threshold: the gate's ``tau``; feature_sample_size: ``k``, elements sampled per tensor.
+
+    ``config`` keeps these arguments: ``Subclass(**controller.config)`` builds a variant with the
+    same structure (docs/architecture.md's worked example swaps one into an optimizer this way).
     """
 
     def __init__(self, *, knobs: tuple[str, ...], drift_knobs: tuple[str, ...],
@@ -268,6 +271,11 @@ class OnlineController(Controller):
                  adapt_knobs: bool, kind: str, hidden_size: int, scale_bounds: tuple[float, float],
                  max_step_factor: float, meta_lr: float, snr_threshold: float, feature_sample_size: int,
                  seed: int) -> None:
+        self.config = {"knobs": knobs, "drift_knobs": drift_knobs, "knob_bounds": knob_bounds,
+                       "knob_scale_bounds": knob_scale_bounds, "adapt_knobs": adapt_knobs, "kind": kind,
+                       "hidden_size": hidden_size, "scale_bounds": scale_bounds, "max_step_factor": max_step_factor,
+                       "meta_lr": meta_lr, "snr_threshold": snr_threshold,
+                       "feature_sample_size": feature_sample_size, "seed": seed}
         self.knobs, self.drift_knobs = tuple(knobs), tuple(drift_knobs)
         self.knob_bounds = {k: knob_bounds[k] for k in self.knobs}
         kl, kh = (float(v) for v in knob_scale_bounds)
@@ -414,8 +422,18 @@ class OnlineController(Controller):
                 w.copy_(saved)
 
     def reset(self) -> None:
-        """A non-finite state: a new network and fresh rows (scales 1); knobs and statistics of the
-        step count stay."""
+        """Forget everything (the :class:`~adaptiverl.controllers.base.Stateful` meaning): the
+        initial network, no rows, the generator at its seed, no resets counted."""
+        self.network = self.build_network()
+        self.generator = torch.Generator().manual_seed(self._network_args["seed"])
+        self.state = None
+        self.resets = 0
+        self._sampler = None
+        self._tunables = {}
+
+    def recover(self) -> None:
+        """After a non-finite state: a new network and fresh rows (scales 1); the knob multipliers
+        and the step count stay."""
         self.resets += 1
         ctl = self.state
         assert ctl is not None
@@ -538,8 +556,7 @@ class OnlineController(Controller):
             return step, brake.clamp(min=math.log(1.0 / factor) / math.log(BRAKE_FACTOR))
         return step, brake
 
-    @staticmethod
-    def brake(signals: Signals, feats: TensorFeatures, has_prev: Tensor, tunables: dict[str, Tensor]) -> Tensor:
+    def brake(self, signals: Signals, feats: TensorFeatures, has_prev: Tensor, tunables: dict[str, Tensor]) -> Tensor:
         """Strength in [0, 1] of the immediate cut: a strong reversal of a row, or a loss spike (all rows)."""
         c = feats.hyper_cos
         threshold = torch.clamp(BRAKE_NOISE / feats.counts.sqrt(), min=BRAKE_COS)

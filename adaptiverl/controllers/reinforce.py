@@ -80,12 +80,13 @@ class ReinforcePolicy:
         self._pending = None
         baseline = reward if self.baseline is None else self.baseline
         advantage = reward - baseline
-        log_probs = self.distributions(state)
-        chosen = sum(lp[a] for lp, a in zip(log_probs, actions, strict=True))
-        entropy = sum(-(lp.exp() * lp).sum() for lp in log_probs)
-        loss = -advantage * chosen - self.entropy_weight * entropy
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        with torch.enable_grad():  # the applier may call the controller inside its no_grad step()
+            log_probs = self.distributions(state)
+            chosen = sum(lp[a] for lp, a in zip(log_probs, actions, strict=True))
+            entropy = sum(-(lp.exp() * lp).sum() for lp in log_probs)
+            loss = -advantage * chosen - self.entropy_weight * entropy
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
         self.optimizer.step()
         self.baseline = self.baseline_beta * baseline + (1.0 - self.baseline_beta) * reward
         self.updates += 1

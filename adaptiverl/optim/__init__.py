@@ -22,8 +22,7 @@ Names are imported lazily so that ``import adaptiverl.optim`` stays cheap.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from adaptiverl._lazy import lazy_exports
 
 _EXPORTS = {
     "OnlineSGD": "adaptiverl.optim.online",
@@ -44,9 +43,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'adaptiverl.optim' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

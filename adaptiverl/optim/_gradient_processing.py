@@ -9,6 +9,8 @@ tensor or calls ``.item()``.
 from __future__ import annotations
 
 import math
+import warnings
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -21,6 +23,48 @@ def total_norm(grads: list[Tensor]) -> Tensor:
     device = grads[0].device
     norms = torch._foreach_norm(grads)
     return torch.linalg.vector_norm(torch.stack([n.float().to(device) for n in norms]))
+
+
+def non_finite_flag(grads: list[Tensor]) -> Tensor:
+    """A ``(1,)`` float32 tensor on ``grads[0]``'s device, > 0 iff an element of any gradient is NaN
+    or +-inf: torch's AMP check ``_amp_foreach_non_finite_check_and_unscale_`` with a scale of 1
+    (the gradients are left as they are), one fused call per device and dtype, no host sync."""
+    found = torch.zeros(1, device=grads[0].device)
+    for bucket in by_device_and_dtype(grads):
+        device = bucket[0].device
+        flag = found if device == found.device else torch.zeros(1, device=device)
+        torch._amp_foreach_non_finite_check_and_unscale_(bucket, flag, torch.ones(1, device=device))
+        if flag is not found:
+            found += flag.to(found.device)
+    return found
+
+
+#: The values of an applier's ``finite_check``: ``"full"`` skips a step whose gradients hold a
+#: non-finite element, ``"off"`` takes every step.
+FINITE_CHECKS = ("full", "off")
+
+
+def check_finite_mode(owner: str, finite_check: str) -> str:
+    if finite_check not in FINITE_CHECKS:
+        raise ValueError(f"{owner}: finite_check must be one of {FINITE_CHECKS}, got {finite_check!r}")
+    return finite_check
+
+
+def skip_non_finite(applier: Any, grads: list[Tensor]) -> bool:
+    """Whether ``applier`` (with ``finite_check`` and ``skipped_steps``) must skip this step: with
+    ``finite_check="full"``, when :func:`non_finite_flag` finds a non-finite element (one host
+    sync); the skip is counted and warned about (:func:`record_skip`)."""
+    if applier.finite_check == "off" or not grads or not non_finite_flag(grads).item():
+        return False
+    record_skip(applier, "non-finite gradient")
+    return True
+
+
+def record_skip(applier: Any, why: str) -> None:
+    """Count a skipped step in ``applier.skipped_steps`` and warn about it."""
+    applier.skipped_steps += 1
+    warnings.warn(f"{type(applier).__name__}: {why}, step skipped (parameters and optimizer state "
+                  f"unchanged; {applier.skipped_steps} skipped so far)", RuntimeWarning, stacklevel=4)
 
 
 def magnitude_sample(grads: list[Tensor], sample_size: int) -> Tensor:

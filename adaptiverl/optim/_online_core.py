@@ -1,15 +1,16 @@
 """The applier shared by the Online optimizers: collect, finite check, one controller call, kernels.
 
 See :mod:`adaptiverl.optim.online` for the user-facing classes and the math. Each algorithm only
-supplies its lazy state, its base knob values and two kernels with the same signature (a fast one
-and a readable single-tensor reference). Shaped like ``torch.optim.AdamW``, one step is:
+supplies its name (its kernels are in :mod:`adaptiverl.optim._kernels`), its lazy state and its
+base knob values. Shaped like ``torch.optim.AdamW``, one step is:
 
 1. collect the parameters that have a gradient (:meth:`OnlineOptimizer._collect`);
-2. the finite check (``finite_check``): a non-finite gradient skips the whole step;
+2. the finite check (``finite_check``, :meth:`OnlineOptimizer._finite_check`): known on the host
+   (the caller's grad norm), or a device flag; a non-finite gradient skips the whole step;
 3. one call into the controller (:class:`adaptiverl.controllers.online.OnlineController`: per-tensor
    statistics from :mod:`adaptiverl.signals.tensor_stats`, the learning signal, the GRU, the
-   knobs), which answers with device tensors;
-4. one host sync (``tolist()`` of scales, knob values and the controller's finiteness flag);
+   knobs), which answers with device tensors (speculatively when the check's flag is pending);
+4. one host sync (``tolist()`` of scales, knob values and the finiteness flags);
 5. the algorithm's kernel with ``lr_i = group["lr"] * s_i`` and the group's knob values.
 
 ``dynamics()`` and ``state_dict()`` put the parts' figures and states together.
@@ -28,23 +29,22 @@ from torch.optim import Optimizer
 
 from adaptiverl.controllers.gru import GRUController
 from adaptiverl.controllers.online import (
-    CONTROLLER_KINDS,
     GROUP_TUNABLES,
     OnlineController,
     StepInputs,
 )
 from adaptiverl.optim._kernels import KERNELS, apply_update
+from adaptiverl.optim._online_args import Adaptation
 from adaptiverl.signals.stats import Signals, to_float
 from adaptiverl.signals.tensor_stats import any_rank, is_sharded, local
-
-_FINITE_CHECKS = ("auto", "full", "sample", "off")
 
 
 class OnlineOptimizer(Optimizer):
     """Base class: a torch optimizer whose per-tensor lr and per-group knobs adapt online.
 
-    Subclasses define ``ALGORITHM`` (their kernels in :mod:`adaptiverl.optim._kernels`), ``KNOBS``
-    (names of the group knobs, in the order of ``_base_knobs``), ``_init_state`` and ``_memory``.
+    Subclasses define ``ALGORITHM`` (their kernels in :mod:`adaptiverl.optim._kernels`), ``MEMORY``
+    and ``STATE_KEYS`` (their per-parameter state), ``KNOBS`` (names of the group knobs, in the
+    order of ``_base_knobs``), ``_init_state`` and ``_required_state``.
 
     Tunables that a param group may override (torch's habit: they live in ``defaults``):
     ``hypergrad_weight``, ``reward_weight``, ``explore_std``, ``knob_lr``, ``drift_gain``.
@@ -57,51 +57,43 @@ class OnlineOptimizer(Optimizer):
     #: the update (:func:`adaptiverl.optim._kernels.apply_update`): algorithm and default fast kernel
     ALGORITHM = ""
     FAST_KERNEL = "multi_tensor"
+    #: the state key of the algorithm's memory (momentum buffer, exp_avg) and every key it keeps
+    MEMORY = ""
+    STATE_KEYS: tuple[str, ...] = ()
     KNOBS: tuple[str, ...] = ()
     #: knobs driven by the grad-scale drift rule instead of a one-step hypergradient
     DRIFT_KNOBS: tuple[str, ...] = ()
     #: the tunables copied into ``defaults`` (so param groups may override them)
     GROUP_TUNABLES = GROUP_TUNABLES
 
-    def __init__(self, params: Iterable[Any], defaults: dict[str, Any], *, adapt: bool,
-                 adapt_knobs: bool, controller: str, total_steps: int | None,
-                 scale_bounds: tuple[float, float], max_step_factor: float, hidden_size: int,
-                 meta_lr: float, snr_threshold: float, feature_sample_size: int,
-                 hypergrad_weight: float, reward_weight: float, explore_std: float, knob_lr: float,
-                 knob_scale_bounds: tuple[float, float], drift_gain: float,
-                 knob_bounds: dict[str, tuple[float, float]], finite_check: str,
-                 signal_beta: float, signal_window: int, seed: int) -> None:
-        name = type(self).__name__
-        if feature_sample_size is None or int(feature_sample_size) < 1:
-            raise ValueError(f"{name}: feature_sample_size must be an int >= 1, got {feature_sample_size}")
-        if finite_check not in _FINITE_CHECKS:
-            raise ValueError(f"{name}: finite_check must be one of {_FINITE_CHECKS}, got {finite_check!r}")
-        if controller not in CONTROLLER_KINDS:
-            raise ValueError(f"{name}: controller must be one of {CONTROLLER_KINDS}, got {controller!r}")
-        tunables = {"hypergrad_weight": hypergrad_weight, "reward_weight": reward_weight,
-                    "explore_std": explore_std, "knob_lr": knob_lr, "drift_gain": drift_gain}
-        for key, value in (*tunables.items(), ("snr_threshold", snr_threshold)):
-            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0.0):
-                raise ValueError(f"{name}: {key} must be a finite number >= 0, got {value}")
-        kl, kh = (float(v) for v in knob_scale_bounds)
-        if not 0.0 < kl <= 1.0 <= kh:
-            raise ValueError(f"{name}: knob_scale_bounds must satisfy 0 < low <= 1 <= high, got {knob_scale_bounds}")
-        super().__init__(params, {**defaults, **{k: float(v) for k, v in tunables.items()}})
-        self.adapt = bool(adapt)
-        self.finite_check = finite_check
-        self.signals = Signals(beta=signal_beta, window=signal_window)
+    def __init__(self, params: Iterable[Any], defaults: dict[str, Any], *,
+                 knob_bounds: dict[str, tuple[float, float]], **adaptation: Any) -> None:
+        args = Adaptation.parse(type(self).__name__, adaptation)
+        tunables = {k: float(getattr(args, k)) for k in GROUP_TUNABLES}
+        super().__init__(params, {**defaults, **tunables})
+        self.adapt = bool(args.adapt)
+        self.finite_check = args.finite_check
+        self.signals = Signals(beta=args.signal_beta, window=args.signal_window)
         self.online_controller = OnlineController(
             knobs=self.KNOBS, drift_knobs=self.DRIFT_KNOBS, knob_bounds=knob_bounds,
-            knob_scale_bounds=knob_scale_bounds, adapt_knobs=adapt_knobs, kind=controller,
-            hidden_size=hidden_size, scale_bounds=scale_bounds, max_step_factor=max_step_factor,
-            meta_lr=meta_lr, snr_threshold=snr_threshold, feature_sample_size=feature_sample_size, seed=seed)
+            knob_scale_bounds=args.knob_scale_bounds, adapt_knobs=args.adapt_knobs, kind=args.controller,
+            hidden_size=args.hidden_size, scale_bounds=args.scale_bounds, max_step_factor=args.max_step_factor,
+            meta_lr=args.meta_lr, snr_threshold=args.snr_threshold, feature_sample_size=args.feature_sample_size,
+            seed=args.seed)
         self.skipped_steps = 0
         self.total_steps = None
-        self.set_total_steps(total_steps)
+        self.set_total_steps(args.total_steps)
         self._pending_grad_norm: float | None = None
         self._shard_reduce = False  # set when parameters are FSDP2 DTensor shards
         self._signals_fed = False
         self._warned_no_signals = False
+        self._grad_norm_fed = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """The constructor's signature shows the adaptation arguments (``help``, ``inspect``)."""
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__.__signature__ = Adaptation.signature(cls.__init__)  # type: ignore[attr-defined]
 
     # ------------------------------------------------------------------ API
     @property
@@ -139,7 +131,8 @@ class OnlineOptimizer(Optimizer):
         ``finite_check="auto"``: a non-finite value skips that step.
         """
         if "grad_norm" in metrics and metrics["grad_norm"] is not None:
-            self._pending_grad_norm = to_float(metrics["grad_norm"])
+            self._pending_grad_norm = to_float(metrics["grad_norm"], "grad_norm")
+            self._grad_norm_fed = True
         accepted = self.signals.observe(loss=loss, reward=reward, **metrics)
         if loss is not None or reward is not None:
             self._signals_fed = True
@@ -160,7 +153,12 @@ class OnlineOptimizer(Optimizer):
         raise NotImplementedError
 
     def _memory(self, state: dict[str, Any]) -> Tensor | None:
-        raise NotImplementedError
+        """The buffer the features read as the algorithm's memory (``None`` before it exists)."""
+        return state.get(self.MEMORY)
+
+    def _required_state(self, group: dict[str, Any]) -> tuple[str, ...]:
+        """The per-parameter state keys the kernels need in ``group``."""
+        return ()
 
     def _kernel_fast(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
                      states: list[dict[str, Any]], lrs: list[float], knobs: dict[str, float]) -> None:
@@ -176,10 +174,6 @@ class OnlineOptimizer(Optimizer):
                           states: list[dict[str, Any]], lrs: list[float], knobs: dict[str, float]) -> None:
         """The readable single-tensor kernel (tested equal to the fast ones)."""
         apply_update(self.ALGORITHM, "single_tensor", params, grads, states, lrs=lrs, knobs=knobs, group=group)
-
-    def _state_keys(self, group: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        """Per-parameter state keys: those the kernels need in ``group``, and all the algorithm knows."""
-        raise NotImplementedError
 
     def _use_reference(self, group: dict[str, Any]) -> bool:
         """The single-tensor kernel: asked for (``foreach=False`` / ``fused=False``), or half
@@ -271,10 +265,15 @@ class OnlineOptimizer(Optimizer):
         steps = self.online_controller.steps
         if steps >= 1:
             self._warned_no_signals = True
-            warnings.warn(
-                f"{type(self).__name__}: no loss or reward has been observed; the step scales adapt "
-                "from gradients alone. Call `optimizer.observe(loss=...)` each step, or train with "
-                "`callbacks=[AdaptiveCallback()]` (adaptiverl.trainer).", UserWarning, stacklevel=4)
+            if self._grad_norm_fed:  # a trainer feeds us (AdaptiveCallback): its loss comes with its logs
+                how = ("a gradient norm is fed each step but no loss yet: a stock HF/TRL trainer hands "
+                       "AdaptiveCallback its loss only at logging steps, so set `logging_steps=1` (or use "
+                       "adaptiverl.trainer's Adaptive*Trainer, which feeds every step's loss).")
+            else:
+                how = ("call `optimizer.observe(loss=...)` each step, or train with "
+                       "`callbacks=[AdaptiveCallback()]` (adaptiverl.trainer).")
+            warnings.warn(f"{type(self).__name__}: no loss or reward has been observed; the step scales "
+                          f"adapt from gradients alone: {how}", UserWarning, stacklevel=4)
 
     def _collect(self) -> dict[str, Any]:
         params: list[Tensor] = []
@@ -362,7 +361,7 @@ class OnlineOptimizer(Optimizer):
         n = len(inputs.rows)
         scales, flat, ok = packed[:n], packed[n:-1], packed[-1] == 1.0
         if not ok:
-            online.reset()
+            online.recover()
             warnings.warn(f"{type(self).__name__}: the controller state became non-finite; it was reset "
                           f"to its initial weights and scales 1 ({online.resets} resets so far)",
                           RuntimeWarning, stacklevel=4)
@@ -537,16 +536,14 @@ class OnlineOptimizer(Optimizer):
                              f"algorithm; build a {source} to resume it, or start {name} without it")
         groups = state_dict.get("param_groups", [])
         saved_groups = {i: g for g in groups for i in g.get("params", [])}
-        known = self._state_keys({})[1]
         for index, state in state_dict.get("state", {}).items():
             if not state:
                 continue
-            group = {**self.defaults, **saved_groups.get(index, {})}
-            missing = [k for k in self._state_keys(group)[0] if k not in state]
-            if missing or not set(state) & set(known):
+            required = self._required_state({**self.defaults, **saved_groups.get(index, {})})
+            if any(k not in state for k in required) or not set(state) & set(self.STATE_KEYS):
                 raise ValueError(f"{name}.load_state_dict: the state dict was saved by {source}, whose "
                                  f"per-parameter state ({', '.join(sorted(state))}) does not carry over to "
-                                 f"{name} (needs {', '.join(self._state_keys(group)[0] or known)})")
+                                 f"{name} (needs {', '.join(required or self.STATE_KEYS)})")
 
 
 def _saved_by(keys: set[str], online: dict[str, Any] | None) -> str:

@@ -43,6 +43,10 @@ class AdaptiveOptimizer(ControlledOptimizer):
         cycle_length, cycle_mult: first cosine cycle length in steps and its growth
             factor at each restart (``cosine`` uses a constant cycle).
         signals: a shared :class:`Signals` hub (a fresh one with ``beta``/``window`` if None).
+        finite_check: ``"off"`` (default): the wrapper behaves as the optimizer it wraps, also on
+            NaN/inf gradients (a torch optimizer steps and the parameters turn non-finite);
+            ``"full"``: such a step is skipped, counted in ``skipped_steps`` and warned
+            (:class:`~adaptiverl.optim.controlled.ControlledOptimizer`).
     """
 
     def __init__(self, base_optimizer: Optimizer, lr_rule: str | Rule | None = "trend+variance",
@@ -51,7 +55,7 @@ class AdaptiveOptimizer(ControlledOptimizer):
                  alpha_rule: str | Rule | None = None, wd_rule: str | Rule | None = None,
                  reward_rule: str | Rule | None = None, cycle_length: int = 1000,
                  cycle_mult: float = 2.0, *, signals: Signals | None = None, beta: float = 0.9,
-                 window: int = 20) -> None:
+                 window: int = 20, finite_check: str = "off") -> None:
         if betas_rule is not None and (not isinstance(betas_rule, (tuple, list)) or len(betas_rule) != 2):
             raise ValueError(f"betas_rule must be a pair (beta1_rule, beta2_rule), got {betas_rule!r}")
         beta1_rule, beta2_rule = betas_rule if betas_rule is not None else (None, None)
@@ -59,7 +63,8 @@ class AdaptiveOptimizer(ControlledOptimizer):
         specs = {"lr": lr_rule, "momentum": momentum_rule, "beta1": beta1_rule, "beta2": beta2_rule,
                  "alpha": alpha_rule, "weight_decay": wd_rule, "reward": reward_rule}
         rules = {slot: rule for slot, spec in specs.items() if (rule := make_rule(slot, spec, **options)) is not None}
-        super().__init__(base_optimizer, RuleSet(rules), signals=signals, beta=beta, window=window)
+        super().__init__(base_optimizer, RuleSet(rules), signals=signals, beta=beta, window=window,
+                         finite_check=finite_check)
         for slot in rules:
             knob = self.controller.knob_of(slot)
             if not any(read_knob(group, knob) for group in self.param_groups):

@@ -28,6 +28,7 @@ weights or gradients.
 
 from __future__ import annotations
 
+import math
 import warnings
 import weakref
 from collections.abc import Callable
@@ -72,6 +73,16 @@ class AdaptiveScheduler(LRScheduler):
         lr_min: float = 1e-7, lr_max: float = 10.0, momentum_min: float = 0.0, momentum_max: float = 0.999,
         last_epoch: int = -1,
     ) -> None:
+        numbers = {"loss_beta": loss_beta, "reward_beta": reward_beta, "var_window": var_window,
+                   "up_factor": up_factor, "down_factor": down_factor, "min_rel_improve": min_rel_improve,
+                   "var_damp_base": var_damp_base, "var_damp_scale": var_damp_scale, "reward_up": reward_up,
+                   "reward_down": reward_down, "momentum_up": momentum_up, "momentum_down": momentum_down,
+                   "patience": 0 if patience is None else patience, "big_drop": big_drop, "cooldown": cooldown,
+                   "T0": T0, "T_mult": T_mult, "eta_min_scale": eta_min_scale, "lr_min": lr_min,
+                   "lr_max": lr_max, "momentum_min": momentum_min, "momentum_max": momentum_max}
+        for key, value in numbers.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"AdaptiveScheduler: {key} must be a finite number, got {value!r}")
         if not 0.0 < lr_min <= lr_max:
             raise ValueError(f"AdaptiveScheduler: need 0 < lr_min <= lr_max, got lr_min={lr_min}, lr_max={lr_max}")
         if not 0.0 <= momentum_min <= momentum_max < 1.0:

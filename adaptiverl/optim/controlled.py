@@ -31,6 +31,7 @@ import torch
 from torch.optim import Optimizer
 
 from adaptiverl.controllers.base import Controller, Multipliers, apply_multiplier, merge_for_role
+from adaptiverl.optim import _gradient_processing as gp
 from adaptiverl.signals import Signals
 
 KNOBS = ("lr", "weight_decay", "momentum", "beta1", "beta2", "alpha")
@@ -177,11 +178,19 @@ class ControlledOptimizer(OptimizerProxy):
         controller: a :class:`~adaptiverl.controllers.base.Controller`; its ``role_of_group``
             decides which role entry of its multipliers each group receives.
         signals: the signal hub the controller reads (a fresh ``Signals(beta, window)`` if None).
+        finite_check: ``"off"`` (default): every ``step()`` reaches the wrapped optimizer, which
+            behaves on NaN/inf gradients exactly as it does unwrapped (torch's optimizers step and
+            make the parameters non-finite). ``"full"``: a step whose gradients hold a NaN or inf
+            element is skipped (the wrapped optimizer's parameters and state unchanged; counted in
+            ``skipped_steps`` and warned), the check the native optimizers make. A ``step(closure)``
+            is passed on as it is (the gradients exist only once the wrapped optimizer calls it).
     """
 
     def __init__(self, optimizer: Optimizer, controller: Controller, *, signals: Signals | None = None,
-                 beta: float = 0.9, window: int = 20) -> None:
+                 beta: float = 0.9, window: int = 20, finite_check: str = "off") -> None:
         super().__init__(optimizer)
+        self.finite_check = gp.check_finite_mode(type(self).__name__, finite_check)
+        self.skipped_steps = 0
         if not isinstance(controller, Controller):
             raise TypeError(f"{type(self).__name__}: controller must be an adaptiverl Controller, "
                             f"got {type(controller).__name__}")
@@ -234,7 +243,12 @@ class ControlledOptimizer(OptimizerProxy):
         else:
             self.update_hyperparameters()
         self._controlled_since_step = False
-        return self.optimizer.step(closure) if closure is not None else self.optimizer.step()
+        if closure is not None:  # the wrapped optimizer may call it several times (LBFGS): as is
+            return self.optimizer.step(closure)
+        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        if gp.skip_non_finite(self, grads):
+            return None
+        return self.optimizer.step()
 
     # ---- read-only views ----------------------------------------------------------------------
     def group_values(self) -> list[dict[str, float]]:

@@ -145,6 +145,10 @@ class EnhancedSGD(Optimizer):
         max_momentum: cap on the effective momentum (per group).
         signal_window: window of the loss / gradient-norm statistics.
         seed: seed of the optimizer's own random generators (Q-learner, noise, Bayesian init).
+        finite_check: ``"full"`` (default) skips a step whose gradients hold a NaN or inf element,
+            as the Online optimizers do, or whose update would overflow a parameter (parameters,
+            momentum, controller and counters unchanged; counted in ``skipped_steps``, warned);
+            ``"off"`` steps regardless, as ``torch.optim.SGD`` does.
     """
 
     def __init__(self, params: Iterable[Any], lr: float = 0.01, momentum: float = 0.9,
@@ -162,7 +166,7 @@ class EnhancedSGD(Optimizer):
                  spike_recovery_steps: int = 10, retention_score: str = "norm", retention_blend: float = 0.1,
                  retention_decay: float = 0.9, bayesian_init: bool = False, prior_std: float = 1.0,
                  entropy_bins: int = 64, entropy_sample_size: int = 16384, max_momentum: float = 0.999,
-                 signal_window: int = 20, seed: int = 0) -> None:
+                 signal_window: int = 20, seed: int = 0, finite_check: str = "full") -> None:
         defaults = {"lr": lr, "momentum": momentum, "dampening": dampening, "weight_decay": weight_decay,
                     "nesterov": nesterov, "maximize": maximize, "max_momentum": max_momentum,
                     "gradient_centering": gradient_centering, "noise_scale": noise_scale,
@@ -188,6 +192,8 @@ class EnhancedSGD(Optimizer):
         for i, group in enumerate(self.param_groups):
             _check_group(f"param group {i}: ", group)
 
+        self.finite_check = gp.check_finite_mode("EnhancedSGD", finite_check)
+        self.skipped_steps = 0
         self.gradient_buffer_size = gradient_buffer_size
         self.retention_score, self.retention_blend, self.retention_decay = retention_score, retention_blend, retention_decay
         self.entropy_bins, self.entropy_sample_size = entropy_bins, entropy_sample_size
@@ -234,8 +240,8 @@ class EnhancedSGD(Optimizer):
     # ---- applier protocol ------------------------------------------------------
     def observe(self, loss: Any = None, reward: Any = None, **metrics: Any) -> None:
         """Record signals. ``loss`` is used by the next :meth:`step` unless that step's closure returns one."""
-        if loss is not None:
-            self._pending_loss = loss
+        if loss is not None:  # a tensor is read at the step (no host sync here), anything else now
+            self._pending_loss = loss if isinstance(loss, torch.Tensor) else to_float(loss, "loss")
         if reward is not None or metrics:
             self.signals.observe(reward=reward, **metrics)
 
@@ -278,7 +284,7 @@ class EnhancedSGD(Optimizer):
         self._pending_loss = None
         loss_value = None
         if signal_loss is not None:
-            loss_value = to_float(signal_loss)
+            loss_value = to_float(signal_loss, "loss")
             self.signals.observe(loss=loss_value)
         self._track_epoch(current_epoch, loss_value)
 
@@ -288,6 +294,8 @@ class EnhancedSGD(Optimizer):
             return loss
         if any(p.grad.is_sparse for ps in params for p in ps):
             raise RuntimeError("EnhancedSGD does not support sparse gradients")
+        if self._skip(groups, params):
+            return loss
         self.step_count += 1
         grads = self._processed_gradients(groups, params)
         for group, ps, gs in zip(groups, params, grads, strict=True):
@@ -308,6 +316,42 @@ class EnhancedSGD(Optimizer):
                 torch._foreach_lerp_(slow, ps, group["lookahead_alpha"])
                 torch._foreach_copy_(ps, slow)
         return loss
+
+    def _skip(self, groups: list[dict[str, Any]], params: list[list[Tensor]]) -> bool:
+        """With ``finite_check="full"``: whether to skip this step, because a gradient holds a NaN or
+        inf element (:func:`~adaptiverl.optim._gradient_processing.non_finite_flag`, the native
+        optimizers' check) or because the SGD update would push a parameter past its dtype's range
+        (a finite gradient times a huge lr). The update is bounded per tensor from the L2 norms
+        (each at least the largest magnitude) of the parameter ``P``, gradient ``G`` and momentum
+        buffer ``B``::
+
+            |d| <= G + wd P,   |b'| <= mu B + |d|,   |p'| <= P + lr (|d| + mu |b'| if nesterov else |b'|)
+
+        with ``lr``, ``mu`` the last effective values and a margin of 4 for the controller's next
+        multipliers and the gradient processing. One ``_foreach_norm`` per list and one host sync."""
+        if self.finite_check == "off":
+            return False
+        flat = [p.grad for ps in params for p in ps]
+        checks = [non_finite := gp.non_finite_flag(flat).double().reshape(())]
+        for group, ps in zip(groups, params, strict=True):
+            lr, momentum = self._effective(group)
+            bufs = [self.state[p].get("momentum_buffer") for p in ps]
+            if any(buf is None for buf in bufs):  # a tensor's first step: no buffer (0) yet
+                bufs = [torch.zeros((), device=p.device, dtype=p.dtype) if buf is None else buf
+                        for p, buf in zip(ps, bufs, strict=True)]
+            big_p, big_g, big_b = (torch.stack(torch._foreach_norm(ts)).double().to(non_finite.device)
+                                   for ts in (ps, [p.grad for p in ps], bufs))
+            d = big_g + group["weight_decay"] * big_p
+            b = momentum * big_b + d
+            step = d + momentum * b if group["nesterov"] else b
+            limit = torch.tensor([torch.finfo(p.dtype).max for p in ps], dtype=torch.float64, device=d.device)
+            checks.append(((big_p + 4.0 * lr * step) / limit).max().nan_to_num(nan=1.0))
+        found, *ratios = torch.stack(checks).tolist()
+        if found:
+            gp.record_skip(self, "non-finite gradient")
+        elif max(ratios) >= 1.0:
+            gp.record_skip(self, "the update would overflow a parameter (lr too large for the gradient)")
+        return bool(found) or max(ratios) >= 1.0
 
     def _processed_gradients(self, groups: list[dict[str, Any]], params: list[list[Tensor]]) -> list[list[Tensor]]:
         """Stages 2-7: statistics, the controller's call, centering, clipping, noise, retention."""
@@ -384,7 +428,13 @@ class EnhancedSGD(Optimizer):
             self._epoch_loss_count += 1
 
     # ---- persistence -------------------------------------------------------------
-    _EXTRA_STATE = ("step_count", "retention_scores", "epoch", "_epoch_loss_sum", "_epoch_loss_count", "_last")
+    _EXTRA_STATE = ("step_count", "retention_scores", "epoch", "_epoch_loss_sum", "_epoch_loss_count", "_last",
+                    "skipped_steps")
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Everything (torch keeps only defaults, state and param groups, and a copy could not
+        step): ``copy.deepcopy`` and pickle give an optimizer that continues identically."""
+        return self.__dict__.copy()
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
@@ -405,4 +455,5 @@ class EnhancedSGD(Optimizer):
             for device, gen_state in extra["generators"].items():
                 self._generator(torch.device(device)).set_state(gen_state)
             for key in self._EXTRA_STATE:
-                setattr(self, key, copy.deepcopy(extra[key.lstrip("_")]))
+                if key.lstrip("_") in extra:  # skipped_steps is newer than some checkpoints
+                    setattr(self, key, copy.deepcopy(extra[key.lstrip("_")]))

@@ -41,12 +41,16 @@ class OptimizerWrapper(ControlledOptimizer):
     ``update_hyperparameters(metrics)`` once per training step (before ``step()``);
     everything else passes through to the wrapped optimizer. ``model`` (optional)
     lets the meta-optimizer classify param groups added later by parameter name.
+    ``finite_check="off"`` (default): the wrapper behaves as the optimizer it wraps, also on
+    NaN/inf gradients; ``"full"`` skips such a step, counted in ``skipped_steps`` and warned
+    (:class:`~adaptiverl.optim.controlled.ControlledOptimizer`).
     """
 
-    def __init__(self, optimizer: Optimizer, meta: MetaOptimizer, *, model: nn.Module | None = None) -> None:
+    def __init__(self, optimizer: Optimizer, meta: MetaOptimizer, *, model: nn.Module | None = None,
+                 finite_check: str = "off") -> None:
         if not isinstance(meta, MetaOptimizer):
             raise TypeError(f"OptimizerWrapper: meta must be a MetaOptimizer, got {type(meta).__name__}")
-        super().__init__(optimizer, meta, signals=meta.signals)
+        super().__init__(optimizer, meta, signals=meta.signals, finite_check=finite_check)
         if model is not None:
             meta.bind_model(model)
         self._weight_norm_given = False

@@ -45,25 +45,33 @@ reward-only and both work: absent signals read 0.
 whose base value is 0 stays 0. ``adapt_knobs=False`` keeps them at the group values.
 
 **Bad input.** Non-finite ``loss`` / ``reward`` passed to :meth:`observe` are ignored
-(one warning). A non-finite gradient skips the whole step with a warning: parameters,
-optimizer state, step counters, controller and generator are untouched.
-``finite_check="full"`` checks every element (one read of all gradients,
-``torch._amp_foreach_non_finite_check_and_unscale_``), ``"sample"`` only the
-sample the features use (free, but a lone Inf outside the sample goes unseen), ``"off"``
-none.
+(one warning). A step whose gradients are non-finite (or whose total norm overflows float32,
+which would overflow the momentum and the controller's statistics) is skipped with a warning:
+parameters, optimizer state, step counters, controller and generator are untouched.
+``finite_check="auto"`` reads the grad norm given to :meth:`observe` (the HF Trainer's clip
+norm; free), else does ``"full"``: one read of every gradient (per-tensor norms, summed in
+float32); ``"sample"`` checks only the sample the features use (free, but a lone Inf outside
+the sample goes unseen); ``"off"`` none. The verdict travels in the step's one host sync with
+the controller's output (the controller steps speculatively and is rolled back on a skip).
 
-**Kernels.** ``foreach``/``fused`` left at ``None`` (or True) use the fast path: AdamW calls
-torch's fused CPU/CUDA kernel once per tensor with that tensor's lr, SGD the package's one SGD
-kernel (:mod:`adaptiverl.optim._kernels`, multi-tensor ``torch._foreach_*``), RMSprop
-``torch._foreach_*`` for its buffers and per-tensor scalars for the final update. ``foreach=False`` or
-``fused=False`` select the readable single-tensor reference kernels, which compute the
-same thing (tested equal). ``capturable`` and ``differentiable`` are not supported and
-raise.
+**Arguments.** torch's, then the class's knob bounds, then the adaptation arguments, which
+are the same for the three classes and written once: :class:`adaptiverl.optim.online.Adaptation`
+(``adapt``, ``adapt_knobs``, ``controller``, ``total_steps``, ``scale_bounds``, ``max_step_factor``,
+``hidden_size``, ``meta_lr``, ``snr_threshold``, ``feature_sample_size``, ``hypergrad_weight``,
+``reward_weight``, ``explore_std``, ``knob_lr``, ``knob_scale_bounds``, ``drift_gain``,
+``finite_check``, ``signal_beta``, ``signal_window``, ``seed``); ``inspect.signature`` shows them.
+
+**Kernels** (:mod:`adaptiverl.optim._kernels`, one dispatcher for the three algorithms, as torch's
+``adamw()``). ``foreach``/``fused`` left at ``None`` use the fast path: AdamW torch's fused kernel,
+one call per run of tensors sharing an lr (on this project's CPU 4x faster than the foreach
+kernel with per-tensor lr lists, which ``foreach=True`` selects); SGD and RMSprop
+``torch._foreach_*`` with the final update in place. ``foreach=False`` or ``fused=False`` select
+the readable single-tensor kernels, which compute the same thing (tested equal).
+``capturable`` and ``differentiable`` are not supported and raise.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -72,43 +80,10 @@ from torch import Tensor
 
 from adaptiverl.controllers.online import FEATURE_NAMES
 from adaptiverl.optim._kernels import zeros_state
+from adaptiverl.optim._online_args import Adaptation, check_torch_args, knob_bounds
 from adaptiverl.optim._online_core import OnlineOptimizer
 
-__all__ = ["FEATURE_NAMES", "OnlineAdamW", "OnlineOptimizer", "OnlineRMSProp", "OnlineSGD"]
-
-
-def _check_torch_args(name: str, lr: Any, eps: float | None, weight_decay: float, *, foreach: bool | None,
-                      fused: bool | None, capturable: bool, differentiable: bool) -> None:
-    if isinstance(lr, Tensor) and lr.numel() != 1:
-        raise ValueError(f"{name}: lr as a Tensor must have one element")
-    if not float(lr) >= 0.0:
-        raise ValueError(f"{name}: invalid learning rate lr={lr}")
-    if eps is not None and not eps >= 0.0:
-        raise ValueError(f"{name}: invalid eps={eps}")
-    if not weight_decay >= 0.0:
-        raise ValueError(f"{name}: invalid weight_decay={weight_decay}")
-    if fused and foreach:
-        raise RuntimeError(f"{name}: `foreach` and `fused` cannot both be True")
-    if capturable:
-        raise ValueError(f"{name}: capturable=True (CUDA graphs) is not supported; the controller "
-                         "needs one host sync per step")
-    if differentiable:
-        raise ValueError(f"{name}: differentiable=True is not supported")
-
-
-def _adapt_kwargs(local: dict[str, Any]) -> dict[str, Any]:
-    keys = ("adapt", "adapt_knobs", "controller", "total_steps", "scale_bounds", "max_step_factor",
-            "hidden_size", "meta_lr", "snr_threshold", "feature_sample_size", "hypergrad_weight",
-            "reward_weight", "explore_std", "knob_lr", "knob_scale_bounds", "drift_gain", "finite_check",
-            "signal_beta", "signal_window", "seed")
-    return {k: local[k] for k in keys}
-
-
-def _bounds(name: str, value: tuple[float, float], lo: float, hi: float) -> tuple[float, float]:
-    a, b = (float(v) for v in value)
-    if not lo <= a <= b <= hi:
-        raise ValueError(f"{name} must satisfy {lo} <= low <= high <= {hi}, got {value}")
-    return a, b
+__all__ = ["FEATURE_NAMES", "Adaptation", "OnlineAdamW", "OnlineOptimizer", "OnlineRMSProp", "OnlineSGD"]
 
 
 class OnlineSGD(OnlineOptimizer):
@@ -121,22 +96,15 @@ class OnlineSGD(OnlineOptimizer):
     """
 
     ALGORITHM = "sgd"
+    MEMORY, STATE_KEYS = "momentum_buffer", ("momentum_buffer",)
     KNOBS = ("momentum", "weight_decay")
 
     def __init__(self, params: Iterable[Any], lr: float | Tensor = 1e-3, momentum: float = 0.0,
                  dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False, *,
                  maximize: bool = False, foreach: bool | None = None, differentiable: bool = False,
-                 fused: bool | None = None, adapt: bool = True, adapt_knobs: bool = True,
-                 controller: str = "pretrained", total_steps: int | None = None,
-                 scale_bounds: tuple[float, float] = (1e-3, 1e3), max_step_factor: float = 1.1,
-                 hidden_size: int = 16, meta_lr: float = 1e-3, snr_threshold: float = 2.5,
-                 feature_sample_size: int = 1024, hypergrad_weight: float = 1.0,
-                 reward_weight: float = 1.0, explore_std: float = 0.05, knob_lr: float = 1e-3,
-                 knob_scale_bounds: tuple[float, float] = (0.5, 2.0), drift_gain: float = 1.0,
-                 momentum_bounds: tuple[float, float] = (0.0, 0.999),
-                 weight_decay_bounds: tuple[float, float] = (0.0, 1.0), finite_check: str = "auto",
-                 signal_beta: float = 0.9, signal_window: int = 20, seed: int = 0) -> None:
-        _check_torch_args("OnlineSGD", lr, None, weight_decay, foreach=foreach, fused=fused,
+                 fused: bool | None = None, momentum_bounds: tuple[float, float] = (0.0, 0.999),
+                 weight_decay_bounds: tuple[float, float] = (0.0, 1.0), **adaptation: Any) -> None:
+        check_torch_args("OnlineSGD", lr, None, weight_decay, foreach=foreach, fused=fused,
                           capturable=False, differentiable=differentiable)
         if momentum < 0.0:
             raise ValueError(f"OnlineSGD: invalid momentum={momentum}")
@@ -145,9 +113,8 @@ class OnlineSGD(OnlineOptimizer):
         defaults = {"lr": lr, "momentum": momentum, "dampening": dampening, "weight_decay": weight_decay,
                     "nesterov": nesterov, "maximize": maximize, "foreach": foreach, "fused": fused,
                     "differentiable": differentiable}
-        knob_bounds = {"momentum": _bounds("momentum_bounds", momentum_bounds, 0.0, 1.0),
-                       "weight_decay": _bounds("weight_decay_bounds", weight_decay_bounds, 0.0, math.inf)}
-        super().__init__(params, defaults, knob_bounds=knob_bounds, **_adapt_kwargs(locals()))
+        super().__init__(params, defaults, knob_bounds=knob_bounds(momentum=momentum_bounds,
+                                                                    weight_decay=weight_decay_bounds), **adaptation)
 
     def _base_knobs(self, group: dict[str, Any]) -> list[float]:
         return [float(group["momentum"]), float(group["weight_decay"])]
@@ -155,11 +122,6 @@ class OnlineSGD(OnlineOptimizer):
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
         return {"momentum_buffer": None}
 
-    def _memory(self, state: dict[str, Any]) -> Tensor | None:
-        return state.get("momentum_buffer")
-
-    def _state_keys(self, group: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        return (), ("momentum_buffer",)
 
 class OnlineRMSProp(OnlineOptimizer):
     """``torch.optim.RMSprop`` with an online per-tensor lr multiplier and adapted alpha / momentum / wd.
@@ -171,24 +133,18 @@ class OnlineRMSProp(OnlineOptimizer):
     """
 
     ALGORITHM = "rmsprop"
+    MEMORY, STATE_KEYS = "momentum_buffer", ("step", "square_avg", "momentum_buffer", "grad_avg")
     KNOBS = ("alpha", "momentum", "weight_decay")
     DRIFT_KNOBS = ("alpha",)
 
     def __init__(self, params: Iterable[Any], lr: float | Tensor = 1e-2, alpha: float = 0.99,
                  eps: float = 1e-8, weight_decay: float = 0.0, momentum: float = 0.0,
                  centered: bool = False, capturable: bool = False, foreach: bool | None = None,
-                 maximize: bool = False, differentiable: bool = False, *, adapt: bool = True,
-                 adapt_knobs: bool = True, controller: str = "pretrained", total_steps: int | None = None,
-                 scale_bounds: tuple[float, float] = (1e-3, 1e3), max_step_factor: float = 1.1,
-                 hidden_size: int = 16, meta_lr: float = 1e-3, snr_threshold: float = 2.5,
-                 feature_sample_size: int = 1024,
-                 hypergrad_weight: float = 1.0, reward_weight: float = 1.0, explore_std: float = 0.05,
-                 knob_lr: float = 1e-3, knob_scale_bounds: tuple[float, float] = (0.5, 2.0),
-                 drift_gain: float = 1.0, alpha_bounds: tuple[float, float] = (0.9, 0.9999),
+                 maximize: bool = False, differentiable: bool = False, *,
+                 alpha_bounds: tuple[float, float] = (0.9, 0.9999),
                  momentum_bounds: tuple[float, float] = (0.0, 0.999),
-                 weight_decay_bounds: tuple[float, float] = (0.0, 1.0), finite_check: str = "auto",
-                 signal_beta: float = 0.9, signal_window: int = 20, seed: int = 0) -> None:
-        _check_torch_args("OnlineRMSProp", lr, eps, weight_decay, foreach=foreach, fused=None,
+                 weight_decay_bounds: tuple[float, float] = (0.0, 1.0), **adaptation: Any) -> None:
+        check_torch_args("OnlineRMSProp", lr, eps, weight_decay, foreach=foreach, fused=None,
                           capturable=capturable, differentiable=differentiable)
         if not momentum >= 0.0:
             raise ValueError(f"OnlineRMSProp: invalid momentum={momentum}")
@@ -197,10 +153,8 @@ class OnlineRMSProp(OnlineOptimizer):
         defaults = {"lr": lr, "alpha": alpha, "eps": eps, "weight_decay": weight_decay, "momentum": momentum,
                     "centered": centered, "capturable": capturable, "foreach": foreach,
                     "maximize": maximize, "differentiable": differentiable}
-        knob_bounds = {"alpha": _bounds("alpha_bounds", alpha_bounds, 0.0, 1.0),
-                       "momentum": _bounds("momentum_bounds", momentum_bounds, 0.0, 1.0),
-                       "weight_decay": _bounds("weight_decay_bounds", weight_decay_bounds, 0.0, math.inf)}
-        super().__init__(params, defaults, knob_bounds=knob_bounds, **_adapt_kwargs(locals()))
+        bounds = knob_bounds(alpha=alpha_bounds, momentum=momentum_bounds, weight_decay=weight_decay_bounds)
+        super().__init__(params, defaults, knob_bounds=bounds, **adaptation)
 
     def _base_knobs(self, group: dict[str, Any]) -> list[float]:
         return [float(group["alpha"]), float(group["momentum"]), float(group["weight_decay"])]
@@ -214,13 +168,9 @@ class OnlineRMSProp(OnlineOptimizer):
             state["grad_avg"] = zeros_state(p)
         return state
 
-    def _memory(self, state: dict[str, Any]) -> Tensor | None:
-        return state.get("momentum_buffer")
-
-    def _state_keys(self, group: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        required = ("step", "square_avg") + (("momentum_buffer",) if group.get("momentum", 0) > 0 else ()) \
+    def _required_state(self, group: dict[str, Any]) -> tuple[str, ...]:
+        return ("step", "square_avg") + (("momentum_buffer",) if group.get("momentum", 0) > 0 else ()) \
             + (("grad_avg",) if group.get("centered") else ())
-        return required, ("step", "square_avg", "momentum_buffer", "grad_avg")
 
 class OnlineAdamW(OnlineOptimizer):
     """``torch.optim.AdamW`` with an online per-tensor lr multiplier and adapted betas / weight decay.
@@ -234,6 +184,7 @@ class OnlineAdamW(OnlineOptimizer):
 
     ALGORITHM = "adamw"
     FAST_KERNEL = "fused"
+    MEMORY, STATE_KEYS = "exp_avg", ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
     KNOBS = ("beta1", "beta2", "weight_decay")
     DRIFT_KNOBS = ("beta2",)
 
@@ -241,28 +192,18 @@ class OnlineAdamW(OnlineOptimizer):
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2,
                  amsgrad: bool = False, *, maximize: bool = False, foreach: bool | None = None,
                  capturable: bool = False, differentiable: bool = False, fused: bool | None = None,
-                 adapt: bool = True, adapt_knobs: bool = True, controller: str = "pretrained",
-                 total_steps: int | None = None,
-                 scale_bounds: tuple[float, float] = (1e-3, 1e3), max_step_factor: float = 1.1,
-                 hidden_size: int = 16, meta_lr: float = 1e-3, snr_threshold: float = 2.5,
-                 feature_sample_size: int = 1024,
-                 hypergrad_weight: float = 1.0, reward_weight: float = 1.0, explore_std: float = 0.05,
-                 knob_lr: float = 1e-3, knob_scale_bounds: tuple[float, float] = (0.5, 2.0),
-                 drift_gain: float = 1.0, beta1_bounds: tuple[float, float] = (0.0, 0.999),
+                 beta1_bounds: tuple[float, float] = (0.0, 0.999),
                  beta2_bounds: tuple[float, float] = (0.9, 0.99999),
-                 weight_decay_bounds: tuple[float, float] = (0.0, 1.0), finite_check: str = "auto",
-                 signal_beta: float = 0.9, signal_window: int = 20, seed: int = 0) -> None:
-        _check_torch_args("OnlineAdamW", lr, eps, weight_decay, foreach=foreach, fused=fused,
+                 weight_decay_bounds: tuple[float, float] = (0.0, 1.0), **adaptation: Any) -> None:
+        check_torch_args("OnlineAdamW", lr, eps, weight_decay, foreach=foreach, fused=fused,
                           capturable=capturable, differentiable=differentiable)
         if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
             raise ValueError(f"OnlineAdamW: invalid betas={betas}")
         defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay,
                     "amsgrad": amsgrad, "maximize": maximize, "foreach": foreach, "capturable": capturable,
                     "differentiable": differentiable, "fused": fused}
-        knob_bounds = {"beta1": _bounds("beta1_bounds", beta1_bounds, 0.0, 1.0),
-                       "beta2": _bounds("beta2_bounds", beta2_bounds, 0.0, 1.0),
-                       "weight_decay": _bounds("weight_decay_bounds", weight_decay_bounds, 0.0, math.inf)}
-        super().__init__(params, defaults, knob_bounds=knob_bounds, **_adapt_kwargs(locals()))
+        bounds = knob_bounds(beta1=beta1_bounds, beta2=beta2_bounds, weight_decay=weight_decay_bounds)
+        super().__init__(params, defaults, knob_bounds=bounds, **adaptation)
 
     def _base_knobs(self, group: dict[str, Any]) -> list[float]:
         beta1, beta2 = group["betas"]
@@ -279,12 +220,8 @@ class OnlineAdamW(OnlineOptimizer):
             state["max_exp_avg_sq"] = zeros_state(p)
         return state
 
-    def _memory(self, state: dict[str, Any]) -> Tensor | None:
-        return state.get("exp_avg")
-
-    def _state_keys(self, group: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        required = ("step", "exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if group.get("amsgrad") else ())
-        return required, ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+    def _required_state(self, group: dict[str, Any]) -> tuple[str, ...]:
+        return ("step", "exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if group.get("amsgrad") else ())
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Also accepts a torch AdamW state dict; step counters move to their parameter's

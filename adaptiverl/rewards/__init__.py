@@ -18,6 +18,7 @@ from adaptiverl.rewards.base import (
     prompt_text,
 )
 from adaptiverl.rewards.composite import (
+    AsyncCompositeReward,
     Component,
     CompositeReward,
     RewardComponentError,
@@ -44,7 +45,7 @@ _LAZY = {
 }
 
 __all__ = [
-    "AsyncRewardFunction", "Component", "CompositeReward", "RewardComponentError", "RewardFunction",
+    "AsyncCompositeReward", "AsyncRewardFunction", "Component", "CompositeReward", "RewardComponentError", "RewardFunction",
     "RewardSpecError", "WeightSchedule", "build_reward", "build_rewards", "completion_text",
     "prompt_text", "register_reward", "registered_rewards", *sorted(_LAZY),
 ]

@@ -126,6 +126,9 @@ def checked_rewards(name: str, values: Any, n: int, *, allow_nonfinite: bool = F
         if v is None:
             out.append(None)
             continue
+        if isinstance(v, (str, bytes)):
+            raise TypeError(f"reward {name!r} returned the {type(v).__name__} {v[:40]!r} for sample {i}; "
+                            "expected a float or None (convert it with float() in the reward)")
         try:
             x = float(v)
         except (TypeError, ValueError):
@@ -204,14 +207,18 @@ class AsyncRewardFunction(RewardFunction):
 
 def check_model_ref(model: str, key: str = "model") -> str:
     """``model`` if it names a hub model or an existing local folder; a clear error for a missing
-    local path (one that starts with ``/``, ``./``, ``../`` or ``~``), raised when the spec is built
-    rather than at the first training step."""
+    local path (one that starts with ``/``, ``./``, ``../`` or ``~``) or a local folder without
+    ``config.json``, raised when the spec is built rather than at the first reward call."""
     import os
 
     if not isinstance(model, str) or not model:
         raise ValueError(f"{key} must be a model name or path, got {model!r}")
-    if model.startswith(("/", "./", "../", "~")) and not os.path.exists(os.path.expanduser(model)):
+    path = os.path.expanduser(model)
+    if model.startswith(("/", "./", "../", "~")) and not os.path.exists(path):
         raise FileNotFoundError(f"{key}: no such model folder {model!r}")
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+        raise FileNotFoundError(f"{key}: the folder {model!r} has no config.json "
+                                "(not a model saved with save_pretrained)")
     return model
 
 

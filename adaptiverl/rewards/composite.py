@@ -54,6 +54,7 @@ from adaptiverl.rewards.base import (
     default_name,
 )
 from adaptiverl.signals import ScalarSignal
+from adaptiverl.signals.stats import _pow2_scale
 
 _EPS = 1e-8
 
@@ -62,7 +63,7 @@ class RewardComponentError(RuntimeError):
     """A component of a composite reward failed; the message names it and the sample."""
 
 
-def _is_async(fn: Any) -> bool:
+def is_async(fn: Any) -> bool:
     import functools
     import inspect
 
@@ -88,7 +89,8 @@ class WeightSchedule:
             if not spec["steps"] > 0:
                 raise ValueError(f"schedule: steps must be > 0, got {spec['steps']}")
             begin = float(spec.get("begin", 0))
-            self._points = [(begin, float(spec["start"])), (begin + float(spec["steps"]), float(spec["end"]))]
+            self._points = _finite_points(
+                [(begin, float(spec["start"])), (begin + float(spec["steps"]), float(spec["end"]))], spec)
         elif isinstance(spec, (list, tuple)) and spec:
             try:
                 points = [(float(s), float(m)) for s, m in spec]
@@ -96,7 +98,7 @@ class WeightSchedule:
                 raise ValueError(f"schedule must be a list of [step, multiplier] pairs, got {spec!r}") from None
             if any(b[0] <= a[0] for a, b in zip(points, points[1:], strict=False)):
                 raise ValueError(f"schedule steps must increase strictly, got {[p[0] for p in points]}")
-            self._points = points
+            self._points = _finite_points(points, spec)
         else:
             raise ValueError(f"schedule must be [[step, mult], ...], {{start, end, steps}} or a callable, "
                              f"got {spec!r}")
@@ -113,6 +115,15 @@ class WeightSchedule:
             return pts[-1][1]
         (s0, m0), (s1, m1) = pts[i - 1], pts[i]
         return m0 + (m1 - m0) * (step - s0) / (s1 - s0)
+
+
+def _finite_points(points: list[tuple[float, float]], spec: Any) -> list[tuple[float, float]]:
+    """``points`` if every step and multiplier is finite; a ValueError naming the bad one otherwise."""
+    for step, mult in points:
+        if not (math.isfinite(step) and math.isfinite(mult)):
+            raise ValueError(f"schedule: steps and multipliers must be finite numbers, got step {step} "
+                             f"with multiplier {mult} in {spec!r}")
+    return points
 
 
 @dataclass
@@ -187,15 +198,12 @@ class CompositeReward:
     After each call, ``last_components`` maps component name -> batch mean of its raw values
     (answered samples only; NaN if none answered) and ``last_weights`` the effective weights;
     both are logged through TRL's ``log_metric`` as ``<name>/<component>/mean`` and ``/weight``.
-    If any component is async, the composite's ``__call__`` is async too (TRL gathers it).
-    """
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> CompositeReward:
-        components = args[0] if args else kwargs.get("components", ())
-        if cls is CompositeReward and any(_is_async(_as_component(c, i).fn)
-                                              for i, c in enumerate(components)):
-            cls = AsyncCompositeReward
-        return super().__new__(cls)
+    A ``CompositeReward`` is a plain callable. Async components (the HTTP judge) are gathered
+    concurrently on an event loop of its own (in a worker thread when the caller's thread already
+    runs one). :class:`AsyncCompositeReward` takes the same arguments and is itself a coroutine
+    function, for TRL to gather with its other async rewards.
+    """
 
     def __init__(self, components: Sequence[Any], normalize: str = "none",
                  clip: float | Sequence[float] | None = None, on_error: str = "raise",
@@ -251,7 +259,7 @@ class CompositeReward:
             top = max(logits)
             exps = [math.exp(v - top) for v in logits]
             total = sum(exps)
-            w = [wk * len(w) * e / total for wk, e in zip(w, exps, strict=True)]
+            w = [wk * (len(w) * e / total) for wk, e in zip(w, exps, strict=True)]
         return w
 
     def scaled_trend(self, k: int) -> float:
@@ -264,8 +272,25 @@ class CompositeReward:
     def __call__(self, prompts: Sequence[Any] | None = None, completions: Sequence[Any] | None = None,
                  completion_ids: Sequence[Sequence[int]] | None = None, **kwargs: Any) -> list[float | None]:
         call_kwargs, n = self._call_kwargs(prompts, completions, completion_ids, kwargs)
-        raw = [self._run_sync(k, call_kwargs, n) for k in range(len(self.components))]
+        if any(is_async(c.fn) for c in self.components):
+            raw = _run_to_completion(self._raw(call_kwargs, n))
+        else:
+            raw = [self._run_sync(k, call_kwargs, n) for k in range(len(self.components))]
         return self._combine(raw, n, kwargs)
+
+    async def _raw(self, call_kwargs: dict[str, Any], n: int) -> list[list[float | None]]:
+        """Every component's checked values: sync ones in turn, async ones gathered concurrently."""
+        raw: list[list[float | None]] = [[] for _ in self.components]
+        pending = []
+        for k, comp in enumerate(self.components):
+            if is_async(comp.fn):
+                pending.append(k)
+            else:
+                raw[k] = self._run_sync(k, call_kwargs, n)
+        results = await asyncio.gather(*(self._run(k, call_kwargs, n) for k in pending))
+        for k, values in zip(pending, results, strict=True):
+            raw[k] = values
+        return raw
 
     def _call_kwargs(self, prompts: Any, completions: Any, completion_ids: Any,
                      kwargs: dict[str, Any]) -> tuple[dict[str, Any], int]:
@@ -306,10 +331,10 @@ class CompositeReward:
         :meth:`_run_sync` drives this coroutine to its end without an event loop.
         """
         fn = self.components[k].fn
-        is_async = _is_async(fn)
+        fn_is_async = is_async(fn)
 
         async def call(kwargs: dict[str, Any]) -> Any:
-            return await fn(**kwargs) if is_async else fn(**kwargs)
+            return await fn(**kwargs) if fn_is_async else fn(**kwargs)
 
         try:
             values = await call(call_kwargs)
@@ -388,22 +413,41 @@ class CompositeReward:
         return int(step) if step is not None else self.calls
 
     def _combine(self, raw: list[list[float | None]], n: int, kwargs: dict[str, Any]) -> list[float | None]:
+        """``R_j`` of the module docstring, summed over the weights divided by a power of two ``s``
+        near the largest (exact, so sums of weights up to the float range cannot overflow) and
+        multiplied back; a non-finite effective weight, or an ``R_j`` beyond the float range, is
+        a :class:`RewardComponentError` naming the component."""
         step = self._step(kwargs)
         self.calls += 1
         weights = self.weights(step)
+        for k, w in enumerate(weights):
+            if not math.isfinite(w):
+                raise RewardComponentError(
+                    f"{self._where(k)}: effective weight {w} at step {step} (weight "
+                    f"{self.components[k].weight:g} times its schedule and trend multipliers); weights "
+                    "must stay finite")
         normed = [self._normalise(k, vals) for k, vals in enumerate(raw)]
-        total_abs = sum(abs(w) for w in weights)
+        s = _pow2_scale(*(abs(w) for w in weights))
+        scaled = [w / s for w in weights]
+        total_abs = sum(abs(w) for w in scaled)
         out: list[float | None] = []
         for j in range(n):
             num = den = 0.0
             answered = False
-            for k, w in enumerate(weights):
+            for k, w in enumerate(scaled):
                 z = normed[k][j]
                 if z is not None:
                     answered = True
                     num += w * z
                     den += abs(w)
-            out.append(None if not answered else (num * total_abs / den if den > 0 else 0.0))
+            value = None if not answered else (num * total_abs / den * s if den > 0 else 0.0)
+            if value is not None and not math.isfinite(value):
+                k = max(range(len(scaled)), key=lambda i: abs(scaled[i] * (normed[i][j] or 0.0)))
+                raise RewardComponentError(
+                    f"{self._where(k)}: weight {weights[k]:g} times its value {normed[k][j]:g} puts the "
+                    f"composite reward of sample {j} beyond the float range; use smaller weights (only "
+                    "their ratios matter after normalize) or normalize='zscore'")
+            out.append(value)
         self.last_components, self.last_weights = {}, {}
         log_metric = kwargs.get("log_metric")
         for k, comp in enumerate(self.components):
@@ -434,24 +478,29 @@ class CompositeReward:
 
 
 class AsyncCompositeReward(CompositeReward):
-    """A composite with at least one async component: async components are gathered concurrently."""
+    """A composite whose ``__call__`` is a coroutine function (TRL gathers it with its other async
+    rewards); its async components are gathered concurrently on the caller's event loop. Built
+    with the arguments of :class:`CompositeReward`, from sync and async components alike."""
 
     async def __call__(self, prompts: Sequence[Any] | None = None,  # type: ignore[override]
                        completions: Sequence[Any] | None = None,
                        completion_ids: Sequence[Sequence[int]] | None = None,
                        **kwargs: Any) -> list[float | None]:
         call_kwargs, n = self._call_kwargs(prompts, completions, completion_ids, kwargs)
-        raw: list[list[float | None] | None] = [None] * len(self.components)
-        pending = []
-        for k, comp in enumerate(self.components):
-            if _is_async(comp.fn):
-                pending.append(k)
-            else:
-                raw[k] = self._run_sync(k, call_kwargs, n)
-        results = await asyncio.gather(*(self._run(k, call_kwargs, n) for k in pending))
-        for k, values in zip(pending, results, strict=True):
-            raw[k] = values
-        return self._combine(raw, n, kwargs)  # type: ignore[arg-type]
+        return self._combine(await self._raw(call_kwargs, n), n, kwargs)
+
+
+def _run_to_completion(coroutine: Any) -> Any:
+    """Run ``coroutine`` on a fresh event loop: in this thread, or in a worker thread when this
+    thread already runs a loop (which a blocking call must not re-enter)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 def _as_component(c: Any, index: int) -> Component:

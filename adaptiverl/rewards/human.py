@@ -1,21 +1,34 @@
 """Human feedback: +1 (good), -1 (bad) or skip (``None``) for each completion.
 
-Two modes:
+Three modes:
 
 * ``mode="interactive"``: each sample's prompt and completion are shown on the terminal
   (``output`` stream, default ``sys.stdout``) and a rating is read from ``input`` (default
-  ``sys.stdin``) with a per-sample time limit ``timeout``; no answer in time -> ``None``.
-  Accepted answers: ``+``, ``+1``, ``1``, ``y``, ``good`` -> +1; ``-``, ``-1``, ``n``, ``bad`` -> -1;
-  ``s``, ``skip`` or an empty line -> ``None``.
-* ``mode="queue"``: for annotating asynchronously from another terminal or tool. Each sample is
-  appended as a request ``{"id", "step", "prompt", "completion", "time"}`` to
-  ``<queue_dir>/requests.jsonl``; answers ``{"id": ..., "rating": 1 | -1 | "skip"}`` are read from
-  ``<queue_dir>/answers.jsonl`` until every request of the batch is answered or ``timeout``
-  seconds have passed (unanswered -> ``None``). ``python -m adaptiverl.rewards.human QUEUE_DIR``
-  is a small terminal client that answers pending requests.
+  ``sys.stdin``, or any text stream) with a per-sample time limit ``timeout``; no answer in time
+  -> ``None``. Accepted answers: ``+``, ``+1``, ``1``, ``y``, ``good`` -> +1; ``-``, ``-1``, ``n``,
+  ``bad`` -> -1; ``s``, ``skip`` or an empty line -> ``None``.
+* ``mode="queue"``: for annotating asynchronously from another terminal, a browser or a tool.
+  Each sample is appended as a request ``{"id", "step", "prompt", "completion", "time",
+  "deadline"}`` to ``<queue_dir>/requests.jsonl``; answers ``{"id": ..., "rating": 1 | -1 |
+  "skip"}`` (optionally ``"rater"``) are read from ``<queue_dir>/answers.jsonl`` until every request
+  of the batch is answered or ``timeout`` seconds have passed (unanswered -> ``None``). Answer with
+  ``adaptiverl rate QUEUE_DIR`` (a rating page, :mod:`adaptiverl.rewards.rating`) or with
+  ``python -m adaptiverl.rewards.human QUEUE_DIR`` (a terminal client).
+* ``mode="web"``: the queue, with the rating page served from inside training (``host`` and
+  ``port``: 127.0.0.1 and a free port by default) and its URL printed when the first batch comes
+  (or at :meth:`HumanFeedbackReward.start_server`). Bound to another address, the page requires
+  an access token: random, or read from the environment variable named by ``token_env`` (never
+  from the config, which is saved with the run). ``queue_dir`` defaults to a ``human_queue``
+  folder beside ``log_path``. In a distributed run only rank 0 serves the page; every rank
+  queues its samples in the shared ``queue_dir``.
+
+Several raters may answer one queue. The rule for a sample answered more than once
+(:func:`count_first_answers`): the first answer line in ``answers.jsonl`` counts, whoever wrote it
+and however the trainer's reads fall; the later ones stay in the file and change nothing.
 
 Every outcome is appended to the JSONL ``log_path`` (prompt, completion, rating, outcome, step,
-sample, time, and the request ``id`` in queue mode) and flushed and fsynced as soon as it is known:
+sample, time, and the request ``id`` and the answer's ``rater`` in queue and web mode) and flushed
+and fsynced as soon as it is known:
 a typed rating at once, a queue answer as soon as it is read (so the log lists answers in the order
 they came), a timeout when the batch gives up. A crash loses nothing already rated.
 
@@ -29,33 +42,49 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import select
 import sys
+import threading
 import time
 import uuid
 import warnings
 from pathlib import Path
 from typing import Any, TextIO
 
+from adaptiverl._files import open_for_append
 from adaptiverl.rewards.base import RewardFunction
 
 _GOOD = {"+", "+1", "1", "y", "yes", "good"}
 _BAD = {"-", "-1", "n", "no", "bad"}
 _SKIP = {"", "s", "skip", "0"}
+MODES = ("interactive", "queue", "web")
+WEB_QUEUE_DIR = "human_queue"  # mode="web" without queue_dir: this folder beside log_path
+
+
+def _jsonl_line(record: dict[str, Any]) -> str:
+    """One JSONL line: UTF-8 text as it is, or with ``\\u`` escapes where the text holds what UTF-8
+    cannot encode (a lone surrogate from a tokenizer's broken byte sequence), losing nothing."""
+    line = json.dumps(record, ensure_ascii=False)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        line = json.dumps(record)
+    return line + "\n"
 
 
 def append_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
     """Append ``records`` to the JSONL file ``path``, flushed and fsynced; a torn last line (a
     writer killed mid-line) is ended first, so that it cannot swallow the first new record."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a+b") as fh:
+    payload = "".join(_jsonl_line(rec) for rec in records).encode("utf-8")
+    with open_for_append(path) as fh:  # a symlink is refused, never followed
         end = fh.seek(0, os.SEEK_END)
         torn = False
         if end:
             fh.seek(end - 1)
             torn = fh.read(1) != b"\n"
-        payload = "".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records)
-        fh.write((("\n" if torn else "") + payload).encode("utf-8"))
+        fh.write((b"\n" if torn else b"") + payload)
         fh.flush()
         os.fsync(fh.fileno())
 
@@ -91,6 +120,65 @@ def parse_jsonl(data: bytes, path: Path, required: tuple[str, ...], first_line: 
     return records
 
 
+class JsonlTail:
+    """Reads the records appended to a JSONL file since the last read.
+
+    Only complete lines are read (a torn last line waits for its newline); a bad line is skipped
+    with a warning (:func:`parse_jsonl`). A file that was replaced (another inode), truncated or
+    emptied (shorter than what was read, or no newline where the last read ended) is read again
+    from its first line, with a warning, so that what is written to it afterwards is not missed.
+    """
+
+    def __init__(self, path: Path, required: tuple[str, ...]) -> None:
+        self.path, self.required = Path(path), required
+        self.offset = 0  # bytes of complete lines read so far
+        self.lines = 0   # and their number, for the line numbers in warnings
+        self.identity: tuple[int, int] | None = None
+
+    def read(self) -> tuple[bool, list[dict[str, Any]]]:
+        """``(restarted, records)``: the new records, and whether the file was read from its
+        first line again (then ``records`` holds all of it)."""
+        try:
+            fh = self.path.open("rb")
+        except FileNotFoundError:
+            return False, []
+        with fh:
+            stat = os.fstat(fh.fileno())
+            identity = (stat.st_dev, stat.st_ino)
+            restarted = False
+            if self.offset:
+                fh.seek(self.offset - 1)
+                if identity != self.identity or stat.st_size < self.offset or fh.read(1) != b"\n":
+                    warnings.warn(f"{self.path} was replaced, truncated or emptied: reading it again from "
+                                  "its first line", RuntimeWarning, stacklevel=2)
+                    self.offset = self.lines = 0
+                    restarted = True
+            self.identity = identity
+            fh.seek(self.offset)
+            data = fh.read()
+        complete, newline, _ = data.rpartition(b"\n")
+        if not newline:
+            return restarted, []
+        first_line = self.lines + 1
+        self.offset += len(complete) + 1
+        self.lines += complete.count(b"\n") + 1
+        return restarted, parse_jsonl(complete + b"\n", self.path, self.required, first_line)
+
+
+def count_first_answers(records: list[dict[str, Any]], counted: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The conflict rule, one for the trainer and the rating page: for each sample id the first
+    answer line in ``answers.jsonl`` counts (whatever it says, from whichever rater); later ones
+    stay in the file and change nothing. Adds the newly counting ``records`` to ``counted``
+    (``{id: answer}``) and returns them, in file order."""
+    new = []
+    for rec in records:
+        key = str(rec["id"])
+        if key not in counted:
+            counted[key] = rec
+            new.append(rec)
+    return new
+
+
 def parse_rating(answer: Any) -> tuple[bool, float | None]:
     """``(valid, rating)`` for a typed or JSON answer; rating ``None`` means skip."""
     if answer is None:
@@ -118,26 +206,38 @@ class HumanFeedbackReward(RewardFunction):
                  log_path: str | os.PathLike[str] = "human_feedback.jsonl",
                  queue_dir: str | os.PathLike[str] | None = None, poll_interval: float = 0.2,
                  max_chars: int = 2000, input: TextIO | None = None, output: TextIO | None = None,
-                 name: str | None = None) -> None:
+                 name: str | None = None, host: str = "127.0.0.1", port: int = 0,
+                 token_env: str | None = None) -> None:
         super().__init__(name)
-        if mode not in ("interactive", "queue"):
-            raise ValueError(f"mode must be 'interactive' or 'queue', got {mode!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
         if not timeout > 0:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
         if mode == "queue" and queue_dir is None:
             raise ValueError("mode='queue' needs queue_dir= (a folder for requests.jsonl and answers.jsonl)")
-        self.mode, self.timeout, self.poll_interval, self.max_chars = mode, float(timeout), poll_interval, max_chars
         self.log_path = Path(log_path)
+        if self.log_path.is_dir():
+            raise ValueError(f"log_path {str(self.log_path)!r} is a folder; name a file for the ratings, "
+                             f"e.g. {str(self.log_path / 'human_feedback.jsonl')!r}")
+        if mode == "web" and queue_dir is None:
+            queue_dir = self.log_path.parent / WEB_QUEUE_DIR
         self.queue_dir = Path(queue_dir) if queue_dir is not None else None
+        if self.queue_dir is not None and self.queue_dir.exists() and not self.queue_dir.is_dir():
+            raise ValueError(f"queue_dir {str(self.queue_dir)!r} is a file, not a folder")
+        self.mode, self.timeout, self.poll_interval, self.max_chars = mode, float(timeout), poll_interval, max_chars
+        if token_env is not None and not os.environ.get(token_env):
+            raise ValueError(f"token_env names the environment variable {token_env!r}, which is not set")
+        self.host, self.port, self.token_env = host, int(port), token_env
         self.input, self.output = input, output
         self.run_id = uuid.uuid4().hex[:8]
         self.calls = 0
         self._pending = b""
-        self._answers_offset = 0
-        self._answers_lines = 0  # complete lines of answers.jsonl read so far
+        self._lines: queue.Queue[str | None] | None = None  # lines of an input without a file descriptor
+        self._answers = JsonlTail(self.queue_dir / "answers.jsonl", ("id",)) if self.queue_dir else None
+        self.server = None  # the rating page of mode="web", started by the first batch (or start_server)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "input": None, "output": None, "_pending": b""}
+        return {**self.__dict__, "input": None, "output": None, "_pending": b"", "_lines": None, "server": None}
 
     def _queue_file(self, name: str) -> Path:
         if self.queue_dir is None:
@@ -152,19 +252,44 @@ class HumanFeedbackReward(RewardFunction):
     def answers_path(self) -> Path:
         return self._queue_file("answers.jsonl")
 
+    # ---- the rating page (mode="web") ----------------------------------------------
+    def start_server(self):
+        """Serve the rating page over this reward's queue (once) and print its URL; the server."""
+        if self.server is None:
+            from adaptiverl.rewards.rating import RatingServer
+
+            token = os.environ.get(self.token_env) if self.token_env else None
+            self.server = RatingServer(self.queue_dir, host=self.host, port=self.port, token=token).start()
+            out = self.output or sys.stdout
+            out.write(f"human feedback: rate the samples at {self.server.url}\n")
+            out.flush()
+        return self.server
+
+    def close(self) -> None:
+        """Stop the rating page (mode="web"); ratings already given are on disk."""
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+
     # ---- logging -----------------------------------------------------------
     def _log(self, step: int, sample: int, prompt: str, completion: str, rating: float | None, outcome: str,
-             request_id: str | None = None) -> None:
+             request_id: str | None = None, rater: str | None = None) -> None:
         record = {"time": time.time(), "step": step, "sample": sample, "mode": self.mode, "prompt": prompt,
                   "completion": completion, "rating": rating, "outcome": outcome}
         if request_id is not None:
             record["id"] = request_id
+        if rater is not None:
+            record["rater"] = rater
         append_jsonl(self.log_path, [record])
 
     # ---- interactive -----------------------------------------------------------
     def _readline(self, deadline: float) -> str | None:
         """One line from the input within the deadline (``None`` if none came)."""
-        fd = (self.input or sys.stdin).fileno()
+        stream = self.input or sys.stdin
+        try:
+            fd = stream.fileno()
+        except (AttributeError, OSError, ValueError):  # io.StringIO, a wrapper: no descriptor
+            return self._readline_threaded(stream, deadline)
         while b"\n" not in self._pending:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -178,6 +303,31 @@ class HumanFeedbackReward(RewardFunction):
             self._pending += chunk
         line, _, self._pending = self._pending.partition(b"\n")
         return line.decode("utf-8", "replace").rstrip("\r")
+
+    def _readline_threaded(self, stream: TextIO, deadline: float) -> str | None:
+        """:meth:`_readline` for a stream without a file descriptor: a helper thread reads its
+        lines, so the time limit still holds when the stream blocks."""
+        if self._lines is None:
+            self._lines = queue.Queue()
+            lines = self._lines
+
+            def pump() -> None:
+                try:
+                    for line in iter(stream.readline, ""):
+                        lines.put(line.rstrip("\r\n"))
+                except (OSError, ValueError):  # a closed or unreadable stream: as its end
+                    pass
+                finally:
+                    lines.put(None)  # end of input: no one will answer
+
+            threading.Thread(target=pump, name="human-feedback-input", daemon=True).start()
+        try:
+            line = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            return None
+        if line is None:
+            self._lines.put(None)  # every later question meets the end too
+        return line
 
     def _ask(self, j: int, n: int, step: int, prompt: str, completion: str) -> tuple[float | None, str]:
         out = self.output or sys.stdout
@@ -198,40 +348,35 @@ class HumanFeedbackReward(RewardFunction):
             out.write(f"(not understood: {line!r})\n")
 
     # ---- queue -----------------------------------------------------------------
-    def _read_answers(self) -> dict[str, Any]:
-        """``{id: rating}`` of the complete answer lines written since the last read (a torn last
-        line waits for its newline; a bad line is skipped with a warning)."""
-        if not self.answers_path.exists():
-            return {}
-        with self.answers_path.open("rb") as fh:
-            fh.seek(self._answers_offset)
-            data = fh.read()
-        complete, newline, _ = data.rpartition(b"\n")
-        if not newline:
-            return {}
-        self._answers_offset += len(complete) + 1
-        first_line = self._answers_lines + 1
-        self._answers_lines += complete.count(b"\n") + 1
-        records = parse_jsonl(complete + b"\n", self.answers_path, ("id",), first_line)
-        return {str(rec["id"]): rec.get("rating") for rec in records}
+    def _read_answers(self) -> list[dict[str, Any]]:
+        """The answer records written since the last read, in file order (all of them again when
+        ``answers.jsonl`` was replaced or emptied; see :class:`JsonlTail`)."""
+        return self._answers.read()[1]
 
     def _queue(self, step: int, prompts: list[str], completions: list[str]) -> list[float | None]:
         """Queue the batch and wait for its answers, logging each as soon as it is read."""
+        if self.mode == "web" and os.environ.get("RANK", "0") == "0":  # one page for all ranks' shared queue
+            self.start_server()
         ids = [f"{self.run_id}-{self.calls}-{j}" for j in range(len(completions))]
         index = {rid: j for j, rid in enumerate(ids)}
         now = time.time()
-        append_jsonl(self.requests_path, [{"id": i, "step": step, "prompt": p, "completion": c, "time": now}
-                                          for i, p, c in zip(ids, prompts, completions, strict=True)])
+        append_jsonl(self.requests_path, [
+            {"id": i, "step": step, "prompt": p, "completion": c, "time": now, "deadline": now + self.timeout}
+            for i, p, c in zip(ids, prompts, completions, strict=True)])
+        counted: dict[str, dict[str, Any]] = {}
         ratings: dict[str, float | None] = {}
         deadline = time.monotonic() + self.timeout
         while True:
-            for key, answer in self._read_answers().items():
-                if key in index and key not in ratings:
-                    valid, rating = parse_rating(answer)
-                    outcome = "invalid" if not valid else ("rated" if rating is not None else "skipped")
-                    ratings[key] = rating
-                    j = index[key]
-                    self._log(step, j, prompts[j], completions[j], rating, outcome, key)
+            mine = [rec for rec in self._read_answers() if str(rec["id"]) in index]
+            for answer in count_first_answers(mine, counted):
+                key = str(answer["id"])
+                valid, rating = parse_rating(answer.get("rating"))
+                outcome = "invalid" if not valid else ("rated" if rating is not None else "skipped")
+                ratings[key] = rating
+                j = index[key]
+                rater = answer.get("rater")
+                self._log(step, j, prompts[j], completions[j], rating, outcome, key,
+                          rater if isinstance(rater, str) else None)
             if len(ratings) == len(ids) or time.monotonic() >= deadline:
                 break
             time.sleep(self.poll_interval)
@@ -246,7 +391,7 @@ class HumanFeedbackReward(RewardFunction):
         state = kwargs.get("trainer_state")
         step = int(getattr(state, "global_step", self.calls) or 0) if state is not None else self.calls
         n = len(completions)
-        if self.mode == "queue":
+        if self.mode in ("queue", "web"):
             ratings = self._queue(step, prompts, completions)
         else:
             ratings = []

@@ -4,13 +4,15 @@ A spec is what ``train.py``'s ``REWARDS`` list holds::
 
     {"type": "regex", "pattern": r"\\d+", "weight": 0.5}
 
-``type`` is a registered name (built-ins below, or a user's ``@register_reward("name")``), or a
+``type`` is a registered name (built-ins below, or a user's ``@register_reward("name")``, whose
+module ``train.py``'s ``reward_modules`` imports), a function in a local file
+(``"myrewards.py:my_reward"``; ``train.py`` reads the path relative to the config file), or a
 dotted import path (``"my_pkg.rewards:my_reward"`` or ``"my_pkg.rewards.my_reward"``). The other
 keys are the reward's constructor arguments (for a class) or extra keyword arguments bound with
 ``functools.partial`` (for a function); ``weight`` (and ``schedule``) belong to the composite.
 Every validation error names the component index, its type and the bad key.
 
-A dotted path imports its module (running that module's code, as any import does), and may name
+A dotted path or a file imports its module (running that module's code, as any import does), and may name
 only a reward: a subclass of :class:`~adaptiverl.rewards.base.RewardFunction` (constructed from
 the spec) or a callable that is not a class and takes a parameter named ``completions`` (a
 reward function, or a reward object). Anything else (``subprocess:Popen``, ``os:system``, a
@@ -22,9 +24,14 @@ other kind in.
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib
+import importlib.util
 import inspect
+import re
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from adaptiverl.rewards.base import RewardFunction
@@ -89,6 +96,47 @@ def _import_path(path: str) -> Any:
     return obj
 
 
+def split_file_reference(name: str) -> tuple[str, str] | None:
+    """``("path/rewards.py", "fn")`` for a reward written ``"path/rewards.py:fn"``, else None."""
+    path, sep, attr = name.rpartition(":")
+    if sep and path.endswith(".py") and attr:
+        return path, attr
+    return None
+
+
+def import_reward_module(name: str) -> Any:
+    """Import a local Python file (``"myrewards.py"``, relative to the working directory) or a module
+    by name (``"my_pkg.rewards"``), running its ``@register_reward`` decorators.
+
+    A file is imported once per process, under a module name made from its path (so a user's
+    ``random.py`` or ``rewards.py`` shadows nothing); the second import of the same file is the
+    module already loaded.
+    """
+    if not name.endswith(".py"):
+        try:
+            return importlib.import_module(name)
+        except ImportError as exc:
+            raise RewardSpecError(f"cannot import module {name!r} ({exc}); give a file path such as "
+                                  "'myrewards.py' (relative to the config file) or install the module") from None
+    path = Path(name).expanduser().resolve()
+    if not path.is_file():
+        raise RewardSpecError(f"reward file not found: {path}")
+    digest = hashlib.sha1(str(path).encode()).hexdigest()[:12]
+    stem = re.sub(r"\W", "_", path.stem)
+    module_name = f"_adaptiverl_file_{stem}_{digest}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[module_name]
+        raise RewardSpecError(f"importing {path} failed: {type(exc).__name__}: {exc}") from exc
+    return module
+
+
 def _takes_completions(obj: Any) -> bool:
     try:
         param = inspect.signature(obj).parameters.get("completions")
@@ -124,14 +172,26 @@ def resolve_reward(name: str) -> Callable[..., Any]:
         return _REGISTRY[name]
     if name in _BUILTINS:
         return _import_path(_BUILTINS[name])
+    reference = split_file_reference(name)
+    if reference is not None:
+        module = import_reward_module(reference[0])
+        obj = getattr(module, reference[1], None)
+        if obj is None:
+            raise RewardSpecError(f"{reference[0]} defines no {reference[1]!r}")
+        return check_dotted_reward(name, obj)
     if "." in name or ":" in name:
         try:
             obj = _import_path(name)
         except (ImportError, AttributeError) as exc:
-            raise RewardSpecError(f"cannot import reward {name!r}: {exc}") from exc
+            local = (f"; a function in a local file is written '{name.partition(':')[0]}.py:"
+                     f"{name.partition(':')[2] or 'function'}' (relative to the config file), without "
+                     "setting PYTHONPATH" if isinstance(exc, ModuleNotFoundError) else "")
+            raise RewardSpecError(f"cannot import reward {name!r}: {exc}{local}") from exc
         return check_dotted_reward(name, obj)
-    raise RewardSpecError(f"unknown reward type {name!r}; registered: {', '.join(registered_rewards())} "
-                          "(or give a dotted import path such as 'my_pkg.rewards:my_reward')")
+    raise RewardSpecError(f"unknown reward type {name!r}; registered: {', '.join(registered_rewards())}. "
+                          "A reward in a local file: 'myrewards.py:my_reward' (relative to the config "
+                          "file), or list the file that registers the name in reward_modules "
+                          "(REWARD_MODULES); an installed module: 'my_pkg.rewards:my_reward'")
 
 
 def _is_factory(obj: Any) -> bool:
@@ -196,12 +256,19 @@ def build_reward(spec: dict[str, Any] | str | Callable[..., Any], *, index: int 
 
 
 def build_rewards(specs: list[Any], **composite_kwargs: Any):
-    """A :class:`~adaptiverl.rewards.composite.CompositeReward` from a list of specs.
+    """A :class:`~adaptiverl.rewards.composite.CompositeReward` from a list of specs, or an
+    :class:`~adaptiverl.rewards.composite.AsyncCompositeReward` when a component is async (an LM
+    judge), so that TRL awaits it alongside its other async rewards.
 
     Each spec's ``weight`` (default 1.0) and optional ``schedule`` (see ``CompositeReward``) are
     taken here; ``composite_kwargs`` go to ``CompositeReward`` (``normalize``, ``clip``, ...).
     """
-    from adaptiverl.rewards.composite import Component, CompositeReward
+    from adaptiverl.rewards.composite import (
+        AsyncCompositeReward,
+        Component,
+        CompositeReward,
+        is_async,
+    )
 
     if not isinstance(specs, (list, tuple)) or not specs:
         raise RewardSpecError(f"REWARDS must be a non-empty list of reward specs, got {specs!r}")
@@ -221,7 +288,8 @@ def build_rewards(specs: list[Any], **composite_kwargs: Any):
         except ValueError as exc:
             type_name = spec.get("type") if isinstance(spec, dict) else default_type(spec)
             raise RewardSpecError(f"reward component {i} (type {type_name!r}): {exc}") from exc
-    return CompositeReward(components, **composite_kwargs)
+    cls = AsyncCompositeReward if any(is_async(c.fn) for c in components) else CompositeReward
+    return cls(components, **composite_kwargs)
 
 
 def default_type(spec: Any) -> str:

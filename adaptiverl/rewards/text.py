@@ -2,15 +2,19 @@
 
 Regex safety: user patterns run on the ``regex`` package (a backtracking engine compatible with
 ``re``) with its per-match ``timeout=``. A catastrophic pattern such as ``(a|aa)+$`` on
-``"a" * 40 + "!"`` needs ~2**40 steps under backtracking; with the time limit the match is
-abandoned after ``timeout`` seconds and the sample gets ``on_timeout`` (``None`` by default, i.e.
-"no opinion"). We chose a time limit over a non-backtracking engine (RE2) because it keeps the
+``"a" * 40 + "!"`` needs ~2**40 steps under backtracking. ``timeout`` bounds the whole call (the
+batch), shared fairly: each match may use the time left divided by the samples left (at least
+:data:`MIN_MATCH_SECONDS`), so a catastrophic sample is abandoned after its share and cannot starve
+the others (a cheap match takes microseconds and hands its unused share on). A call therefore
+takes at most about ``timeout + len(completions) * MIN_MATCH_SECONDS``. An abandoned sample gets ``on_timeout`` (``None`` by
+default, i.e. "no opinion"). We chose a time limit over a non-backtracking engine (RE2) because it keeps the
 full ``re`` syntax (look-arounds, back-references) that format rewards use.
 """
 
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -19,6 +23,9 @@ import regex
 
 from adaptiverl.rewards.base import RewardFunction
 
+#: The least time a match is given, even when the call's budget is spent (the engine reads its
+#: clock from the first step: a benign match under a 1 us limit can time out).
+MIN_MATCH_SECONDS = 1e-3
 _FLAG_LETTERS = {"i": regex.IGNORECASE, "m": regex.MULTILINE, "s": regex.DOTALL, "x": regex.VERBOSE}
 
 
@@ -27,15 +34,16 @@ class RegexReward(RewardFunction):
     (``mode="fullmatch"``), else ``score_miss``. With ``count=True`` the reward is
     ``score_match * min(#matches, max_count)`` (``score_miss`` for none).
 
-    Each match runs under a ``timeout`` (seconds); a timed-out sample scores ``on_timeout``
-    (``"none"`` -> ``None``, ``"miss"`` -> ``score_miss``, ``"raise"`` -> ``TimeoutError``).
+    One call takes at most about ``timeout`` seconds, whatever the batch (module docstring); a
+    timed-out sample scores ``on_timeout`` (``"none"`` -> ``None``, ``"miss"`` -> ``score_miss``,
+    ``"raise"`` -> ``TimeoutError``).
     """
 
     default_name = "regex"
 
     def __init__(self, pattern: str, mode: str = "search", score_match: float = 1.0,
                  score_miss: float = 0.0, count: bool = False, max_count: int | None = None,
-                 flags: str = "", timeout: float = 0.1, on_timeout: str = "none",
+                 flags: str = "", timeout: float = 1.0, on_timeout: str = "none",
                  name: str | None = None) -> None:
         super().__init__(name)
         if not isinstance(pattern, str):
@@ -76,28 +84,31 @@ class RegexReward(RewardFunction):
         self.__dict__.update(state)
         self._compile()
 
-    def _one(self, text: str) -> float:
+    def _one(self, text: str, limit: float) -> float:
         if self.count:
-            n = sum(1 for _ in self._regex.finditer(text, timeout=self.timeout))
+            n = sum(1 for _ in self._regex.finditer(text, timeout=limit))
             if self.max_count is not None:
                 n = min(n, self.max_count)
             return self.score_match * n if n else self.score_miss
         matcher = self._regex.search if self.mode == "search" else self._regex.fullmatch
-        return self.score_match if matcher(text, timeout=self.timeout) else self.score_miss
+        return self.score_match if matcher(text, timeout=limit) else self.score_miss
 
     def score(self, prompts: list[str], completions: list[str], **kwargs: Any) -> list[float | None]:
         out: list[float | None] = []
+        deadline = time.monotonic() + self.timeout
         for i, text in enumerate(completions):
             try:
-                out.append(self._one(text))
+                share = (deadline - time.monotonic()) / (len(completions) - i)
+                out.append(self._one(text, max(share, MIN_MATCH_SECONDS)))
             except TimeoutError:
                 self.timeouts += 1
                 if self.on_timeout == "raise":
                     raise TimeoutError(f"reward {self.__name__!r}: pattern {self.pattern!r} exceeded "
-                                       f"{self.timeout}s on sample {i}") from None
+                                       f"its share of timeout={self.timeout:g}s on sample {i}") from None
                 if self.timeouts == 1:
                     warnings.warn(f"reward {self.__name__!r}: pattern {self.pattern!r} exceeded "
-                                  f"{self.timeout}s on sample {i} (catastrophic backtracking?); such "
+                                  f"its share of timeout={self.timeout:g}s on sample {i} (catastrophic "
+                                  "backtracking?); such "
                                   "samples score on_timeout and are counted in `.timeouts`",
                                   RuntimeWarning, stacklevel=2)
                 out.append(None if self.on_timeout == "none" else self.score_miss)

@@ -41,16 +41,22 @@ import torch
 _EPS = 1e-12
 
 
-def to_float(value: Any) -> float:
-    """A Python float from a float, int, numpy scalar or 0-d (or 1-element) tensor."""
+def to_float(value: Any, name: str = "value") -> float:
+    """A Python float from a float, int, numpy scalar or 0-d (or 1-element) real tensor; a
+    TypeError or ValueError naming ``name`` for anything else (a complex number, a list, a string)."""
+    what = f"{name} must be a real scalar (a float, an int or a one-element tensor)"
     if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
-            raise ValueError(f"expected a scalar tensor, got shape {tuple(value.shape)}")
+        if value.numel() != 1 or value.is_complex():
+            raise ValueError(f"{what}, got a {value.dtype} tensor of shape {tuple(value.shape)}")
         return float(value.detach().cpu().item())
+    if isinstance(value, (str, bytes, complex)):
+        raise TypeError(f"{what}, got {type(value).__name__} {value!r:.40}")
     try:
         return float(value)
     except OverflowError:  # an int beyond the float range: infinite as a float
         return math.inf if value > 0 else -math.inf
+    except (TypeError, ValueError):
+        raise TypeError(f"{what}, got {type(value).__name__}") from None
 
 
 def _pow2_scale(*magnitudes: float) -> float:
@@ -113,7 +119,7 @@ class ScalarSignal:
     # ---- updating -------------------------------------------------------
     def update(self, value: Any) -> bool:
         """Fold one value in. Returns False (and changes nothing) if it is not finite."""
-        x = to_float(value)
+        x = to_float(value, self.name)
         if not math.isfinite(x):
             self.rejected += 1
             if not self._warned:

@@ -41,6 +41,9 @@ DRIFT_MAX = 30.0
 SUM_NAMES = ("g_u", "g_g", "u_u", "g_m", "m_m", "p_p", "g_mp", "mp_mp", "g_dm", "dm_dm", "g_pp", "pp_pp",
              "count")
 SUM_INDEX = {name: i for i, name in enumerate(SUM_NAMES)}
+#: the pairs of SUM_NAMES as indices into row_sums' stack (g, u, m, p, mp, dm, pp)
+_PAIR_A = [0, 0, 1, 0, 2, 3, 0, 4, 0, 5, 0, 6]
+_PAIR_B = [1, 0, 1, 2, 2, 3, 4, 4, 5, 5, 6, 6]
 
 
 def local(t: Tensor) -> Tensor:
@@ -133,11 +136,9 @@ class RowSampler:
 def row_sums(G: Tensor, U: Tensor, M: Tensor, P: Tensor, M_prev: Tensor, D_prev: Tensor, P_prev: Tensor,
              counts: Tensor) -> Tensor:
     """``(T, len(SUM_NAMES))`` float64 row sums (float64: no overflow for any finite float32 input)."""
-    g, u, m, p = G.double(), U.double(), M.double(), P.double()
-    mp, dm, pp = M_prev.double(), D_prev.double(), P_prev.double()
-    pairs = ((g, u), (g, g), (u, u), (g, m), (m, m), (p, p), (g, mp), (mp, mp), (g, dm), (dm, dm),
-             (g, pp), (pp, pp))
-    return torch.stack([(a * b).sum(1) for a, b in pairs] + [counts.double()], dim=1)
+    X = torch.stack([G, U, M, P, M_prev, D_prev, P_prev], dim=1).double()  # (T, 7, W)
+    gram = torch.bmm(X, X.transpose(1, 2))  # (T, 7, 7): every pair's dot product in one call
+    return torch.cat([gram[:, _PAIR_A, _PAIR_B], counts.double().unsqueeze(1)], dim=1)
 
 
 def cosine(sums: Tensor, dot: str, a: str, b: str) -> Tensor:

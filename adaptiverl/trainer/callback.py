@@ -67,6 +67,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
+from adaptiverl._files import append_text, write_text
 from adaptiverl.signals import ScalarSignal
 from adaptiverl.signals.policy import PolicyProbe, text_probe_batch
 
@@ -74,6 +75,24 @@ HISTORY_FILE = "adaptive_history.jsonl"
 LOG_PREFIX = "adaptive/"
 #: Further per-step scalars given to ``observe`` by keyword when known (RL runs).
 RL_SIGNALS = ("policy_kl", "entropy", "reward_std", "frac_reward_zero_std")
+
+
+
+def quiet_checkpointing_aliases() -> None:
+    """Hide transformers 5's four FutureWarnings about the ``gradient_checkpointing`` names, only them.
+
+    TRL's configs default the deprecated ``gradient_checkpointing`` argument to True, and TRL's
+    generation calls the deprecated model methods around every ``generate``: a stock-trainer script
+    gets four warnings about names it never wrote. Called on import of this module and by every
+    :class:`AdaptiveCallback` (train.py also avoids them at the source: it sets
+    ``activation_checkpointing``).
+    """
+    warnings.filterwarnings(
+        "ignore", message=r"`(is_)?gradient_checkpointing(_enable|_disable)?` is deprecated and will be removed",
+        category=FutureWarning)
+
+
+quiet_checkpointing_aliases()
 
 
 def unwrap_optimizer(optimizer: Any) -> Any:
@@ -180,6 +199,7 @@ class AdaptiveCallback(TrainerCallback):
     def __init__(self, targets: list[Any] | None = None, *, print_console: bool = True,
                  history_file: str | None = HISTORY_FILE, require_targets: bool = True,
                  horizon: bool = True) -> None:
+        quiet_checkpointing_aliases()
         self.extra_targets = list(targets or [])
         #: tell the optimizers ``max_steps`` (their horizon schedule anneals towards it); False
         #: leaves them without a horizon, e.g. for RL runs where an anneal loses to a constant lr
@@ -320,8 +340,7 @@ class AdaptiveCallback(TrainerCallback):
         row.update(summary)
         self.history.append(row)
         if self.history_file and state.is_world_process_zero:
-            with open(Path(args.output_dir) / self.history_file, "a") as fh:
-                fh.write(json.dumps(row) + "\n")
+            append_text(Path(args.output_dir) / self.history_file, json.dumps(row) + "\n")
 
     def on_save(self, args, state, control, **kwargs):
         """Keep the history up to this step with the checkpoint, so a resumed run continues it."""
@@ -344,11 +363,16 @@ class AdaptiveCallback(TrainerCallback):
         if self._warned_logs_only:
             return
         self._warned_logs_only = True
+        every = args.logging_steps
+        first = (f"; with logging_steps={every} the optimizer gets its first loss at step {int(every) + 1} "
+                 "and until then adapts from gradients alone (an Online optimizer then warns that no loss "
+                 "was observed: this is why). Lower logging_steps (1 feeds every step's loss) or"
+                 if every > 1 else ". For every step's own values")
         warnings.warn(
             "AdaptiveCallback on a stock trainer: HF callbacks never receive the training loss, so "
             f"the loss (and TRL's reward) reach the optimizer from the trainer's logs, every "
-            f"logging_steps={args.logging_steps} steps and one step late, and the gradient norm is "
-            "taken after clipping. For every step's values use the Adaptive*Trainer classes of "
+            f"logging_steps={every} steps and one step late, and the gradient norm is "
+            f"taken after clipping{first} use the Adaptive*Trainer classes of "
             "adaptiverl.trainer.trainers (AdaptiveTrainer, AdaptiveSFTTrainer, AdaptiveGRPOTrainer, "
             "AdaptiveRLOOTrainer).", UserWarning, stacklevel=2)
 
@@ -401,4 +425,4 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def _write_rows(path: Path, rows: list[dict[str, float]]) -> None:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_text(path, "".join(json.dumps(r) + "\n" for r in rows))

@@ -7,17 +7,21 @@ finished (or running) job; ``adaptiverl compare RUN_A RUN_B ...`` calls :func:`p
 
 Panels, each on its own axis: the batch reward (smoothed, with each reward component's mean
 dashed or dotted), the loss where it means something (left out for GRPO/RLOO with ``BETA`` 0, whose loss
-is about 0 by construction), the effective learning rate (after the controller's multipliers;
+is about 0 by construction), the metrics of the evaluations on the eval split (``eval_loss``,
+``eval_reward``, ... from ``trainer_state.json``, where the run evaluated), the effective learning rate (after the controller's multipliers;
 the scheduler's dotted), momentum or ``beta1``, and ``beta2`` or RMSprop's ``alpha``.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import math
 import statistics
 import warnings
 from pathlib import Path
 
+from adaptiverl._files import write_bytes
 from adaptiverl.trainer.callback import HISTORY_FILE, read_jsonl
 
 PLOT_FILE = "dynamics.png"
@@ -25,7 +29,12 @@ COMPARE_FILE = "compare.png"
 STATE_FILE = "trainer_state.json"
 RUN_CONFIG_FILE = "train_config.json"
 COMPONENT_PREFIXES = ("composite/", "rewards/")
-COMPONENT_STYLES = ("--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)))  # one per component, in the run's colour
+EVAL_TIMINGS = ("_runtime", "_samples_per_second", "_steps_per_second")
+# One line style per component, in the run's colour (passed as ``linestyle=``: a dash tuple is no
+# format string). A run with more components reuses them in turn.
+COMPONENT_STYLES = ("--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)), (0, (8, 2)))
+# The beta panels show at least this span: a 0.0007 wobble of beta2 must not fill the panel.
+BETA_MIN_SPAN = 0.02
 
 
 def read_history(output_dir: str | Path) -> list[dict[str, float]]:
@@ -39,24 +48,44 @@ def read_history(output_dir: str | Path) -> list[dict[str, float]]:
     return rows
 
 
-def reward_components(output_dir: str | Path) -> dict[str, tuple[list[float], list[float]]]:
-    """``{component: (steps, means)}`` from the trainer's log history (TRL's logging steps)."""
+def _log_history(output_dir: str | Path, what: str) -> list[dict]:
+    """The trainer's ``log_history`` rows (``trainer_state.json``); none, with a warning naming
+    ``what`` is left out, when the file is not readable JSON."""
     path = Path(output_dir) / STATE_FILE
     if not path.is_file():
-        return {}
+        return []
     try:
         logs = json.loads(path.read_text()).get("log_history", [])
-    except (json.JSONDecodeError, AttributeError):
-        warnings.warn(f"{path}: not readable JSON; reward components left out", UserWarning, stacklevel=2)
-        return {}
+    except (json.JSONDecodeError, AttributeError, UnicodeDecodeError):
+        warnings.warn(f"{path}: not readable JSON; {what} left out", UserWarning, stacklevel=3)
+        return []
+    return [row for row in logs if isinstance(row, dict) and "step" in row]
+
+
+def reward_components(output_dir: str | Path) -> dict[str, tuple[list[float], list[float]]]:
+    """``{component: (steps, means)}`` from the trainer's log history (TRL's logging steps)."""
     found: dict[str, tuple[list[float], list[float]]] = {}
-    for row in logs:
+    for row in _log_history(output_dir, "reward components"):
         for key, value in row.items():
-            if key.startswith(COMPONENT_PREFIXES) and key.endswith("/mean") and "step" in row:
+            if key.startswith(COMPONENT_PREFIXES) and key.endswith("/mean"):
                 name = key.split("/")[1]
                 if name == "composite" and key.startswith("rewards/"):
                     continue  # TRL's record of the composite itself: the batch reward, drawn solid
                 steps, values = found.setdefault(name, ([], []))
+                steps.append(row["step"])
+                values.append(value)
+    return found
+
+
+def eval_metrics(output_dir: str | Path) -> dict[str, tuple[list[float], list[float]]]:
+    """``{metric: (steps, values)}`` of the evaluations on the eval split (``eval_loss``,
+    ``eval_reward``, ...; timings left out), from the trainer's log history."""
+    found: dict[str, tuple[list[float], list[float]]] = {}
+    for row in _log_history(output_dir, "eval metrics"):
+        for key, value in row.items():
+            if (key.startswith("eval_") and not key.endswith(EVAL_TIMINGS) and isinstance(value, int | float)
+                    and math.isfinite(value)):
+                steps, values = found.setdefault(key, ([], []))
                 steps.append(row["step"])
                 values.append(value)
     return found
@@ -92,6 +121,22 @@ def run_label(output_dir: str | Path) -> str:
     return f"{path.name} ({optim})" if optim else path.name
 
 
+def _at_least_span(ax, span: float) -> None:
+    """Widen the y-axis of ``ax`` to ``span`` around its data (kept at or below 1 where the data
+    are), without an offset in the tick labels, so that noise does not look like adaptation."""
+    values = [y for line in ax.get_lines() for y in line.get_ydata() if math.isfinite(y)]
+    if not values:
+        return
+    low, high = min(values), max(values)
+    if high - low < span:
+        middle = (low + high) / 2
+        low, high = middle - span / 2, middle + span / 2
+        if high > 1.0 >= max(values):
+            low, high = low - (high - 1.0), 1.0
+        ax.set_ylim(low - 0.05 * span, high + 0.05 * span)
+    ax.ticklabel_format(axis="y", useOffset=False)
+
+
 def plot_runs(run_dirs: list[str | Path], out_file: str | Path, labels: list[str] | None = None,
               smooth_width: int = 10, title: str | None = None) -> Path:
     """Overlay the runs in one PNG (see the module docstring for the panels); return its path."""
@@ -107,17 +152,23 @@ def plot_runs(run_dirs: list[str | Path], out_file: str | Path, labels: list[str
     runs = [(Path(d), read_history(d)) for d in run_dirs]
     labels = labels or [run_label(d) for d, _ in runs]
     with_loss = any(loss_is_meaningful(d) for d, _ in runs)
-    panels = ["reward", *(["loss"] if with_loss else []), "lr", "beta1", "beta2"]
-    fig, axes = plt.subplots(len(panels), 1, figsize=(9, 2.6 * len(panels)), sharex=True)
+    evals = [eval_metrics(d) for d, _ in runs]
+    panels = ["reward", *(["loss"] if with_loss else []), *(["eval"] if any(evals) else []), "lr", "beta1", "beta2"]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(12, 2.6 * len(panels)), sharex=True)
     axes = dict(zip(panels, axes, strict=True))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     drawn = dict.fromkeys(panels, False)
-    for index, ((folder, rows), label) in enumerate(zip(runs, labels, strict=True)):
+    for index, ((folder, rows), label, evaluated) in enumerate(zip(runs, labels, evals, strict=True)):
         color = colors[index % len(colors)]
 
         def draw(panel: str, steps, values, *, style="-", name=label, width=1.4, color=color, **kw):
-            if steps:
-                axes[panel].plot(steps, values, style, color=color, label=name, linewidth=width, **kw)
+            if not steps:
+                return
+            try:
+                axes[panel].plot(steps, values, color=color, label=name, linewidth=width, linestyle=style, **kw)
+            except Exception as exc:  # draw the rest: a plot must never fail a run
+                warnings.warn(f"plot: {name!r} left out of {out_file}: {exc}", UserWarning, stacklevel=2)
+            else:
                 drawn[panel] = True
 
         steps, rewards = _series(rows, "reward")
@@ -129,21 +180,27 @@ def plot_runs(run_dirs: list[str | Path], out_file: str | Path, labels: list[str
         if with_loss and loss_is_meaningful(folder):
             steps, losses = _series(rows, "loss")
             draw("loss", steps, smooth(losses, smooth_width) if losses else [])
+        for number, (metric, (e_steps, e_values)) in enumerate(evaluated.items()):
+            draw("eval", e_steps, e_values, style=COMPONENT_STYLES[number % len(COMPONENT_STYLES)],
+                 name=f"{label}: {metric}", marker="o", markersize=3)
         draw("lr", *_series(rows, "lr"), name=f"{label}: effective")
         draw("lr", *_series(rows, "scheduler_lr"), style=":", name=f"{label}: scheduler", width=1.0)
         momentum = "momentum" if _series(rows, "momentum")[0] else "beta1"
         draw("beta1", *_series(rows, momentum), name=f"{label}: {momentum}")
         second = "beta2" if _series(rows, "beta2")[0] else "alpha"
         draw("beta2", *_series(rows, second), name=f"{label}: {second}")
-    titles = {"reward": "reward", "loss": "loss (smoothed)", "lr": "learning rate",
+    titles = {"reward": "reward", "loss": "loss (smoothed)", "eval": "eval split", "lr": "learning rate",
               "beta1": "momentum / beta1", "beta2": "beta2 / alpha"}
     for panel, ax in axes.items():
         ax.set_ylabel(titles[panel])
         ax.grid(alpha=0.3)
         if drawn[panel]:
-            ax.legend(loc="best", fontsize=7)
+            # Beside the panel, not over the curves.
+            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, borderaxespad=0.0)
             if panel == "lr":
                 ax.set_yscale("log")
+            elif panel in ("beta1", "beta2"):
+                _at_least_span(ax, BETA_MIN_SPAN)
         else:
             ax.text(0.5, 0.5, "not recorded in these runs", ha="center", va="center",
                     transform=ax.transAxes, color="grey")
@@ -152,15 +209,26 @@ def plot_runs(run_dirs: list[str | Path], out_file: str | Path, labels: list[str
     fig.tight_layout()
     out = Path(out_file)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
+    write_bytes(out, buffer.getvalue())  # never through a symlink, never half-written
     return out
 
 
-def plot_dynamics(output_dir: str | Path, out_file: str | Path | None = None) -> Path:
-    """One run's panels (:func:`plot_runs` of that run) as ``OUTPUT_DIR/dynamics.png`` or ``out_file``."""
+def plot_dynamics(output_dir: str | Path, out_file: str | Path | None = None) -> Path | None:
+    """One run's panels (:func:`plot_runs` of that run) as ``OUTPUT_DIR/dynamics.png`` or ``out_file``.
+
+    Never fails the run it draws: whatever goes wrong (no history, a file it cannot write, a
+    series matplotlib refuses) is a warning naming it, and the result ``None`` when no PNG came.
+    """
     out = Path(out_file) if out_file is not None else Path(output_dir) / PLOT_FILE
-    return plot_runs([output_dir], out, title=f"adaptiverl dynamics: {Path(output_dir).name}")
+    try:
+        return plot_runs([output_dir], out, title=f"adaptiverl dynamics: {Path(output_dir).name}")
+    except Exception as exc:
+        warnings.warn(f"plot: no {out} drawn ({type(exc).__name__}: {exc}); the run itself is fine",
+                      UserWarning, stacklevel=2)
+        return None
 
 
 def final_reward(output_dir: str | Path, last: int = 20) -> float | None:

@@ -9,10 +9,11 @@
    resolved config to ``OUTPUT_DIR/train_config.json`` (and into every checkpoint);
 2. load tokenizer and model with ``from_pretrained(MODEL)`` (quantized through
    bitsandbytes if asked), wrap it with LoRA adapters unless ``FULLTUNE``;
-3. load ``TRAIN_FILE`` with ``datasets``' local loaders;
+3. load the data (``TRAIN_FILE``, or ``dataset_name`` with its train and eval splits) through
+   :mod:`adaptiverl.trainer.data`;
 4. build the adaptive optimizer named by ``OPTIM``;
-5. run TRL's ``GRPOTrainer`` (``MODE: rl``), ``RLOOTrainer`` (``rloo``) or the HF
-   ``Trainer`` on a causal-LM loss (``sft``), with :class:`AdaptiveCallback`
+5. run TRL's ``GRPOTrainer`` (``MODE: rl``), ``RLOOTrainer`` (``rloo``) or ``SFTTrainer``
+   (``sft``: text, chat messages or prompt/completion data), with :class:`AdaptiveCallback`
    feeding the optimizer the loss and reward of every step;
 6. save the final model, a model card naming the base model, the optimizer and the reward
    components, the trainer state and the dynamics plot.
@@ -31,28 +32,35 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
+from adaptiverl._files import write_text
+from adaptiverl.trainer import data
 from adaptiverl.trainer.config import (
-    DATA_SUFFIXES,
-    MODEL_TWINS,
-    TRAINER_TWINS,
+    FIELDS,
     ConfigError,
     TrainConfig,
+    alias_of,
     check_machine,
     load_config,
+    model_settings,
     parse_config,
     trainer_arguments_class,
+    trainer_settings,
+)
+from adaptiverl.trainer.outputs import (
+    CONFIG_FILE,
+    ReplaySamplerEpochs,
+    SaveConfigCallback,
+    check_output_dir,
+    check_resume_matches,
+    finished_step,
+    known_noise_quiet,
+    redact_pickled_secrets,
+    resume_checkpoint,
 )
 
-CONFIG_FILE = "train_config.json"
 MODEL_CARD = "README.md"
-# What HF's Trainer needs to resume (weights in one of their forms) and, written last by
-# SaveConfigCallback, our resolved config: a folder missing any is a save cut short.
-CHECKPOINT_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                      "adapter_model.safetensors", "pytorch_model_fsdp_*", "global_step*")  # FSDP, DeepSpeed
-CHECKPOINT_FILES = ("trainer_state.json", CONFIG_FILE)
 ONLINE_CLASSES = {"sgd": "OnlineSGD", "rmsprop": "OnlineRMSProp", "adamw": "OnlineAdamW",
                   "enhanced_sgd": "EnhancedSGD"}
 
@@ -68,6 +76,8 @@ class TrainResult:
     metrics: dict[str, float] = field(default_factory=dict)
     plot: Path | None = None
     trainer: Any = None
+    #: a RESUME of a run already at its last step: nothing was trained or written
+    already_finished: bool = False
 
 
 def resolve_config(config: TrainConfig | dict[str, Any] | str | Path) -> TrainConfig:
@@ -79,13 +89,11 @@ def resolve_config(config: TrainConfig | dict[str, Any] | str | Path) -> TrainCo
 
 
 def model_arguments(c: TrainConfig):
-    """TRL's ``ModelConfig`` from the config: the seed keys plus ``MODEL_ARGS``."""
+    """TRL's ``ModelConfig`` from the config: its settings plus ``model_args``."""
     from trl import ModelConfig
 
-    seed = {name: getattr(c, key) for key, name in MODEL_TWINS.items()}
-    seed["use_peft"] = not c.FULLTUNE
     try:
-        return ModelConfig(**{**seed, **c.MODEL_ARGS})
+        return ModelConfig(**{**model_settings(c), **c.model_args})
     except (TypeError, ValueError) as err:
         raise ConfigError(f"config key 'MODEL_ARGS': ModelConfig rejected the arguments: {err}") from None
 
@@ -159,42 +167,9 @@ def check_lora_targets(c: TrainConfig, model) -> None:
                           f"(module names there include: {', '.join(sorted(present)[:20])})")
 
 
-def read_train_file(c: TrainConfig):
-    """TRAIN_FILE through ``datasets``' json/csv/parquet loaders, checked for the mode's column."""
-    from datasets import load_dataset
-
-    builder = DATA_SUFFIXES[Path(c.TRAIN_FILE).suffix.lower()]
-    try:
-        dataset = load_dataset(builder, data_files=c.TRAIN_FILE, split="train")
-    except Exception as err:  # a malformed file: datasets raises several kinds
-        raise ConfigError(f"config key 'TRAIN_FILE' = {c.TRAIN_FILE!r}: cannot be read as "
-                          f"{builder} ({type(err).__name__}: {err})") from None
-    column = "text" if c.MODE == "sft" else "prompt"
-    if column not in dataset.column_names:
-        raise ConfigError(f"config key 'TRAIN_FILE' = {c.TRAIN_FILE!r}: MODE {c.MODE!r} needs a "
-                          f"{column!r} column; the file has {dataset.column_names}")
-    if len(dataset) == 0:
-        raise ConfigError(f"config key 'TRAIN_FILE' = {c.TRAIN_FILE!r}: no rows")
-    return dataset
-
-
 def load_dataset_for(c: TrainConfig, tokenizer):
-    """The checked TRAIN_FILE (:func:`read_train_file`), tokenized (sft) or with prompts cut to fit."""
-    dataset = read_train_file(c)
-    if c.MODE == "sft":
-        def tokenize(batch):
-            return tokenizer(batch["text"], truncation=True, max_length=c.MAXSEQ)
-
-        return dataset.map(tokenize, batched=True, remove_columns=dataset.column_names)
-    max_prompt = c.MAXSEQ - c.MAX_COMPLETION_LENGTH
-
-    def truncate(row):
-        ids = tokenizer(row["prompt"])["input_ids"]
-        if len(ids) > max_prompt:
-            row["prompt"] = tokenizer.decode(ids[-max_prompt:])
-        return row
-
-    return dataset.map(truncate)
+    """The checked training split, prepared for the trainer (:func:`adaptiverl.trainer.data.load_prepared`)."""
+    return data.load_prepared(c, tokenizer)[0]
 
 
 def optimizer_spec(c: TrainConfig) -> tuple[tuple[Any, dict[str, Any]], Any]:
@@ -252,38 +227,32 @@ def training_arguments(c: TrainConfig):
     # activation_checkpointing given (TRL's configs default the deprecated gradient_checkpointing
     # to True, and transformers warns about that alias at every copy of the arguments).
     common: dict[str, Any] = dict(use_cpu=not torch.cuda.is_available(), activation_checkpointing=False,
-        output_dir=c.OUTPUT_DIR, per_device_train_batch_size=c.BATCH_SIZE,
-        gradient_accumulation_steps=c.GRAD_ACCUM, num_train_epochs=c.EPOCHS, max_steps=c.STEPS,
-        learning_rate=c.LRATE, lr_scheduler_type=c.LR_SCHEDULER, warmup_steps=c.WARMUP_STEPS,
-        max_grad_norm=c.MAX_GRAD_NORM, bf16=c.BF16, fp16=c.FP16, seed=c.SEED, data_seed=c.SEED,
-        logging_steps=c.LOGGING_STEPS, report_to=c.REPORT_TO or "none",
-        save_strategy="steps" if c.SAVE_STEPS else "no", save_steps=c.SAVE_STEPS or 500,
-        save_total_limit=c.SAVE_TOTAL_LIMIT or None, disable_tqdm=False,
-    )
-    if c.MODE != "sft":
-        common.update(num_generations=c.NUM_GENERATIONS, max_completion_length=c.MAX_COMPLETION_LENGTH,
-                      temperature=c.TEMPERATURE, beta=c.BETA, log_completions=c.LOG_COMPLETIONS)
-    common.update(c.TRAINER_ARGS)  # any other field, by its own name; it may override the above
+        data_seed=c.seed, disable_tqdm=False, **trainer_settings(c))
+    common.update(report_to=c.report_to or "none", save_strategy="steps" if c.save_steps else "no",
+                  save_steps=c.save_steps or 500, save_total_limit=c.save_total_limit or None)
+    common.update(c.trainer_args)  # any other field, by its own name; it may override the above
     cls = trainer_arguments_class(c.MODE)
     try:
         return cls(**common)
     except (TypeError, ValueError) as err:
         message = str(err)
-        for key, name in TRAINER_TWINS.items():  # TRL's message names its fields: add our keys
-            message = message.replace(f"`{name}`", f"`{name}` ({key})")
+        for name in FIELDS:  # TRL's message names its fields: add the seed's keys
+            if alias_of(name) != name:
+                message = message.replace(f"`{name}`", f"`{name}` ({alias_of(name)})")
         given = [k for k in c.TRAINER_ARGS if k in message]
         key = f"TRAINER_ARGS.{given[0]}" if given else "config"
         raise ConfigError(f"{key}: {cls.__name__} rejected the arguments: {message}") from None
 
 
 
-def build_trainer(c: TrainConfig, model, tokenizer, dataset, optimizer=None):
-    """``AdaptiveTrainer`` (sft), ``AdaptiveGRPOTrainer`` (rl) or ``AdaptiveRLOOTrainer`` (rloo).
+def build_trainer(c: TrainConfig, model, tokenizer, dataset, optimizer=None, eval_dataset=None):
+    """``AdaptiveSFTTrainer`` (sft), ``AdaptiveGRPOTrainer`` (rl) or ``AdaptiveRLOOTrainer`` (rloo).
 
     Without ``optimizer`` the trainer builds the one ``OPTIM`` names through its own
     ``create_optimizer`` (HF's decay groups, after the model is wrapped, as FSDP and DeepSpeed
     need); the arguments are checked first by building it once here. With ``optimizer`` it is
-    passed as ``optimizers=(optimizer, None)``.
+    passed as ``optimizers=(optimizer, None)``. ``horizon`` (when set) goes to the trainer's
+    ``AdaptiveCallback``.
     """
     from adaptiverl.trainer import trainers
 
@@ -295,68 +264,35 @@ def build_trainer(c: TrainConfig, model, tokenizer, dataset, optimizer=None):
         how = {"optimizer_cls_and_kwargs": (cls, kwargs), "optimizer_wrapper": wrapper}
     else:
         how = {"optimizers": (optimizer, None)}
-    if c.MODE == "sft":
-        from transformers import DataCollatorForLanguageModeling
+    data_args = {"train_dataset": dataset, "eval_dataset": eval_dataset, "processing_class": tokenizer}
+    if c.mode == "sft":
+        trainer = trainers.AdaptiveSFTTrainer(model=model, args=args, **data_args, **how)
+    else:
+        from adaptiverl.rewards import build_rewards
 
-        return trainers.AdaptiveTrainer(
-            model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-            data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False), **how)
-    from adaptiverl.rewards import build_rewards
+        reward = build_rewards(c.rewards)
+        rl_trainer = trainers.AdaptiveGRPOTrainer if c.mode == "rl" else trainers.AdaptiveRLOOTrainer
+        trainer = rl_trainer(model=model, reward_funcs=[reward], args=args, **data_args, **how)
+    if c.horizon is not None:
+        trainer.adaptive_callback.horizon = c.horizon
+    return trainer
 
-    reward = build_rewards(c.REWARDS)
-    rl_trainer = trainers.AdaptiveGRPOTrainer if c.MODE == "rl" else trainers.AdaptiveRLOOTrainer
-    return rl_trainer(model=model, reward_funcs=[reward], args=args, train_dataset=dataset,
-                      processing_class=tokenizer, **how)
+
+# What the console's eval line shows (SFT: loss and token accuracy; GRPO/RLOO: reward and components).
+EVAL_LINE_KEYS = ("loss", "mean_token_accuracy", "reward", "reward_std", "entropy")
 
 
 class QuietProgressCallback(ProgressCallback):
-    """The HF progress bar without its raw log dicts: AdaptiveCallback prints the summary line."""
+    """The HF progress bar without its raw log dicts: AdaptiveCallback prints the summary line;
+    evaluation results get one line of their own."""
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        return
+        if state.is_world_process_zero and logs and any(k.startswith("eval_") for k in logs):
+            shown = [f"{k.removeprefix('eval_')}: {v:.4g}" for k, v in logs.items() if isinstance(v, int | float)
+                     and (k.removeprefix("eval_") in EVAL_LINE_KEYS or re.fullmatch(r"eval_composite/.+/mean", k))]
+            from tqdm.auto import tqdm
 
-
-class SaveConfigCallback(TrainerCallback):
-    """Copies the resolved config into every checkpoint folder."""
-
-    def __init__(self, config: TrainConfig) -> None:
-        self.config_dict = config.to_public_dict()
-
-    def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if folder.is_dir():
-                (folder / CONFIG_FILE).write_text(json.dumps(self.config_dict, indent=2) + "\n")
-
-
-def checkpoint_problem(folder: Path) -> str | None:
-    """Why ``folder`` cannot be resumed from (a file missing or torn), or None when it is complete."""
-    if not any(any(folder.glob(pattern)) for pattern in CHECKPOINT_WEIGHTS):
-        return "no model weights"
-    missing = [name for name in CHECKPOINT_FILES if not (folder / name).is_file()]
-    if missing:
-        return f"no {', '.join(missing)}"
-    try:
-        json.loads((folder / "trainer_state.json").read_text())
-    except (OSError, ValueError):
-        return "a torn trainer_state.json"
-    return None
-
-
-def find_resume_checkpoint(output_dir: str | Path) -> Path:
-    """The newest complete ``checkpoint-<step>`` in ``output_dir``; newer incomplete ones are skipped
-    with a warning naming each (a crash during a save leaves one behind)."""
-    out = Path(output_dir)
-    folders = sorted((p for p in out.glob("checkpoint-*") if p.is_dir() and p.name[11:].isdigit()),
-                     key=lambda p: int(p.name[11:]), reverse=True) if out.is_dir() else []
-    for folder in folders:
-        problem = checkpoint_problem(folder)
-        if problem is None:
-            return folder
-        warnings.warn(f"RESUME: skipping incomplete checkpoint {folder} ({problem}); "
-                      "it was probably cut short by a crash during the save", UserWarning, stacklevel=2)
-    found = f"only incomplete ones ({', '.join(p.name for p in folders)})" if folders else "no checkpoint-* folder"
-    raise ConfigError(f"config key 'RESUME' = true: {found} in OUTPUT_DIR {out.resolve()}")
+            tqdm.write(f"Eval {state.global_step} | " + " | ".join(shown))
 
 
 def check_model_path(c: TrainConfig) -> None:
@@ -395,14 +331,14 @@ def preflight(c: TrainConfig) -> Path | None:
 
     The machine (precision, quantization, loggers), MODEL, the TRAIN_FILE's columns, the trainer
     arguments (TRL's own checks), the optimizer's arguments (built once on a stand-in layer),
-    the LoRA targets (on a meta-device copy of the model) and, with RESUME, the newest complete
-    checkpoint, which is returned. Each failure is one :class:`ConfigError` naming the key.
+    the LoRA targets (on a meta-device copy of the model), the checkpoint to resume (returned)
+    and OUTPUT_DIR (:func:`preflight_outputs`). Each failure is one :class:`ConfigError` naming the key.
     """
     import torch
 
     check_machine(c)
     check_model_path(c)
-    read_train_file(c)
+    data.load_splits(c)
     training_arguments(c)
     model_arguments(c)
     try:
@@ -412,7 +348,7 @@ def preflight(c: TrainConfig) -> Path | None:
         key = "OPTIM_ARGS"
         if c.ADAPTIVE_ARGS:
             try:
-                build_optimizer(dataclasses.replace(c, ADAPTIVE_ARGS={}), torch.nn.Linear(2, 2))
+                build_optimizer(dataclasses.replace(c, adaptive_args={}), torch.nn.Linear(2, 2))
                 key = "ADAPTIVE_ARGS"
             except (TypeError, ValueError):
                 pass
@@ -425,7 +361,18 @@ def preflight(c: TrainConfig) -> Path | None:
 
         with torch.device("meta"):
             check_lora_targets(c, AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(c.MODEL)))
-    return find_resume_checkpoint(c.OUTPUT_DIR) if c.RESUME else None
+    return preflight_outputs(c)
+
+
+def preflight_outputs(c: TrainConfig) -> Path | None:
+    """The checkpoint to resume (:func:`~adaptiverl.trainer.outputs.resume_checkpoint`), checked against
+    the config, and OUTPUT_DIR (:func:`~adaptiverl.trainer.outputs.check_output_dir`); last, since it
+    may create OUTPUT_DIR and, with OVERWRITE_OUTPUT_DIR, remove an earlier run's checkpoints."""
+    checkpoint = resume_checkpoint(c)
+    if checkpoint is not None:
+        check_resume_matches(c, checkpoint)
+    check_output_dir(c, resuming=checkpoint is not None)
+    return checkpoint
 
 
 def write_model_card(c: TrainConfig, trainer, out: Path) -> Path:
@@ -444,7 +391,7 @@ def write_model_card(c: TrainConfig, trainer, out: Path) -> Path:
              f"- **Optimizer**: `{name}` (OPTIM `{c.OPTIM}`, learning rate {c.LRATE:g}"
              + (f", ADAPTIVE_ARGS `{json.dumps(c.ADAPTIVE_ARGS)}`" if c.ADAPTIVE_ARGS else "")
              + (f", OPTIM_ARGS `{json.dumps(c.OPTIM_ARGS)}`" if c.OPTIM_ARGS else "") + ")",
-             f"- **Training data**: `{Path(c.TRAIN_FILE).name}`, {trainer.state.global_step} steps"]
+             f"- **Training data**: `{data.describe(c)}`, {trainer.state.global_step} steps"]
     if c.MODE != "sft":
         lines.append("- **Reward components**:")
         lines += [f"  - `{spec.get('type')}` (weight {spec.get('weight', 1.0)}): "
@@ -452,9 +399,17 @@ def write_model_card(c: TrainConfig, trainer, out: Path) -> Path:
                   for spec in c.REWARDS]
     lines += ["", f"The resolved training config is `{CONFIG_FILE}`; the per-step dynamics "
               "(loss, reward, effective LR, betas) are in `adaptive_history.jsonl`.", ""]
-    path = out / MODEL_CARD
-    path.write_text("\n".join(lines))
-    return path
+    return write_text(out / MODEL_CARD, "\n".join(lines))
+
+
+def already_finished(c: TrainConfig, step: int, start: float) -> TrainResult:
+    """RESUME of a run at or past its last step: say so, train nothing, write nothing."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        last = f"STEPS {c.STEPS}" if c.STEPS > 0 else f"the last step of EPOCHS {c.EPOCHS:g}"
+        print(f"RESUME: the run in OUTPUT_DIR {c.OUTPUT_DIR} already reached step {step} "
+              f"({last}); nothing to train. Raise STEPS to train further.")
+    return TrainResult(output_dir=Path(c.OUTPUT_DIR), global_step=step,
+                       runtime_s=time.perf_counter() - start, already_finished=True)
 
 
 def train(config: TrainConfig | dict[str, Any] | str | Path) -> TrainResult:
@@ -465,8 +420,9 @@ def train(config: TrainConfig | dict[str, Any] | str | Path) -> TrainResult:
 
     out = Path(c.OUTPUT_DIR)
     resume_from = preflight(c)
-    if resume_from is not None:
-        resume_from = str(resume_from)
+    done = finished_step(c, resume_from) if resume_from is not None else None
+    if done is not None:
+        return already_finished(c, done, start)
     if int(os.environ.get("RANK", "0")) == 0:
         c.save(out / CONFIG_FILE)
     if c.CPU_THREADS:
@@ -475,14 +431,16 @@ def train(config: TrainConfig | dict[str, Any] | str | Path) -> TrainResult:
         torch.set_num_threads(c.CPU_THREADS)
     set_seed(c.SEED)
     model, tokenizer = load_model_and_tokenizer(c)
-    dataset = load_dataset_for(c, tokenizer)
-    trainer = build_trainer(c, model, tokenizer, dataset)
+    dataset, eval_dataset = data.load_prepared(c, tokenizer)
+    trainer = build_trainer(c, model, tokenizer, dataset, eval_dataset=eval_dataset)
+    redact_pickled_secrets(trainer.args)  # training_args.bin holds "<HUB_TOKEN>", as train_config.json
     callback = trainer.adaptive_callback
     trainer.add_callback(SaveConfigCallback(c))
+    trainer.add_callback(ReplaySamplerEpochs())
     if trainer.pop_callback(ProgressCallback) is not None:
         trainer.add_callback(QuietProgressCallback())
-    with checkpointing_alias_quiet():
-        output = trainer.train(resume_from_checkpoint=resume_from)
+    with checkpointing_alias_quiet(), known_noise_quiet(trainer.model):
+        output = trainer.train(resume_from_checkpoint=None if resume_from is None else str(resume_from))
     trainer.save_model(str(out))
     plot_path = None
     if trainer.is_world_process_zero():
