@@ -36,7 +36,8 @@ BENCHMARKS: tuple[tuple[str, str], ...] = (
     ("controllers", "controller front ends from 10x too high / too low LRs"),
     ("enhanced_sgd_ablation", "EnhancedSGD features one at a time vs SGD+momentum"),
     ("rewards", "reward function throughput and behaviour"),
-    ("grpo_reward", "GRPO quickstart reward vs step per optimizer"),
+    ("grpo_reward", "GRPO quickstart over an LR grid: final reward, speed, collapse"),
+    ("finetune_pretrained", "pretrained all-MiniLM-L6-v2 fine-tune, held-out loss vs tuned AdamW"),
 )
 DEFAULT_OUT = Path(__file__).resolve().parent / "reports" / "latest"
 

@@ -70,6 +70,8 @@ class Task:
     loss: Callable[[nn.Module, Any], Tensor]
     eval_loss: Callable[[nn.Module], float]
     description: str = ""
+    #: further held-out figures (e.g. accuracy), computed after ``eval_loss`` into ``RunResult.metrics``
+    eval_metrics: Callable[[nn.Module], dict[str, float]] | None = None
 
 
 class Driver:
@@ -146,6 +148,7 @@ class RunResult:
     final_eval_loss: float = math.inf
     sec_per_step: float = math.nan
     diverged: bool = False
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 def train(task: Task, method: Method, lr: float, seed: int, steps: int | None = None) -> RunResult:
@@ -180,6 +183,8 @@ def train(task: Task, method: Method, lr: float, seed: int, steps: int | None = 
         model.eval()
         with torch.no_grad():
             final = task.eval_loss(model)
+            if task.eval_metrics is not None:
+                result.metrics = task.eval_metrics(model)
         result.final_eval_loss = final if math.isfinite(final) else math.inf
         result.diverged = not math.isfinite(final)
     return result

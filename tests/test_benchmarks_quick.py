@@ -89,7 +89,7 @@ def test_quick_suite_end_to_end(tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert set(results["status"]) == {name for name, _ in suite.BENCHMARKS}
     ran = {n for n, s in results["status"].items() if s["status"] == "ok"}
-    assert {"lr_robustness", "grpo_reward"} <= ran
+    assert {"lr_robustness", "grpo_reward", "finetune_pretrained"} <= ran
     lr = results["results"]["lr_robustness"]
     assert {"per_task", "summary", "targets", "baseline_loss", "unavailable"} <= set(lr)
     assert set(lr["per_task"]) == {"tiny_gpt2_lm", "tiny_gpt2_lm_600", "digits_cnn", "digits_mlp",
@@ -97,10 +97,10 @@ def test_quick_suite_end_to_end(tmp_path):
     assert set(lr["invariance"]["runs"]) == {"0.0001", "0.001", "0.01"}
     grpo = results["results"]["grpo_reward"]
     assert {"table", "reward_curves", "targets", "target_reward"} <= set(grpo)
-    assert "adamw" in grpo["reward_curves"] and not grpo["errors"]
+    assert "adamw@1x" in grpo["reward_curves"] and not grpo["errors"]
     report = (out / "report.md").read_text()
     assert "## Targets (reported, never asserted)" in report
     for name in ran:
         assert (out / f"{name}.json").exists() and (out / f"{name}.md").exists()
-    assert (out / "grpo_reward.png").exists()
+    assert (out / "grpo_reward_x1.png").exists() and (out / "finetune_pretrained.png").exists()
     assert all((out / f"lr_robustness_{t}.png").exists() for t in lr["per_task"])

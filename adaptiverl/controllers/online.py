@@ -43,6 +43,7 @@ from adaptiverl.controllers.base import (
     bounded_log_update,
 )
 from adaptiverl.controllers.gru import GRUController
+from adaptiverl.controllers.policy_rules import KL_TARGET, anneal_advances, kl_adaptive_factor
 from adaptiverl.signals.stats import Signals
 from adaptiverl.signals.tensor_stats import (
     EPS,
@@ -178,6 +179,10 @@ class ControllerState:
     seen: list[bool]                      # host copy of rows.has_prev
     last_reward_count: int = 0
     steps: int = 0
+    #: steps that count towards the horizon schedule: all of them, except rewarded steps while the
+    #: reward climbed (:func:`~adaptiverl.controllers.policy_rules.anneal_advances`)
+    anneal_steps: float = 0.0
+    last_kl_count: int = 0                # policy_kl values seen (the KL prior acts on new ones)
     knob_values: list[list[float]] | None = None
     scales: list[float] | None = None     # the step scales the last step used (schedule included)
 
@@ -199,6 +204,7 @@ class ControllerState:
         rows = RowState(**{k: move(v) for k, v in data["rows"].items()})
         rest = {k: move(v) for k, v in data.items() if k != "rows"}
         rest["layout"] = [tuple(x) for x in rest["layout"]]
+        rest.setdefault("anneal_steps", float(rest["steps"]))  # saved before the anneal gate: all counted
         return cls(rows=rows, **rest)
 
 
@@ -303,10 +309,15 @@ class OnlineController(Controller):
         return self.state.steps if self.state is not None else 0
 
     def progress(self, total_steps: int | None) -> float | None:
-        """Fraction of ``total_steps`` done (``None`` when the horizon is unknown)."""
+        """Fraction of ``total_steps`` the horizon schedule has reached (``None``: unknown horizon).
+
+        The steps done, less the rewarded ones taken while the reward was climbing: the anneal
+        advances only on evidence (:func:`~adaptiverl.controllers.policy_rules.anneal_advances`).
+        """
         if total_steps is None:
             return None
-        return min(1.0, self.steps / total_steps)
+        done = self.state.anneal_steps if self.state is not None else 0.0
+        return min(1.0, done / total_steps)
 
     def ready(self, rows: int) -> bool:
         """Whether :meth:`prepare` has set up exactly ``rows`` rows (and the sampler)."""
@@ -341,6 +352,7 @@ class OnlineController(Controller):
             new.drift_ema[:g_old] = state.drift_ema
             new.seen[:state.num_rows] = state.seen
             new.last_reward_count, new.steps = state.last_reward_count, state.steps
+            new.anneal_steps, new.last_kl_count = state.anneal_steps, state.last_kl_count
         self.network.to(device)
         self.state = new
         self._sampler = RowSampler(layout, width)
@@ -369,6 +381,8 @@ class OnlineController(Controller):
         knobs = self.knob_values(feats, prev, group_of_row, inputs.base_knobs, tunables["group_table"])
         ctl.rows.put(rows, new_rows)
         ctl.steps += 1
+        reward = signals.reward
+        ctl.anneal_steps += float(anneal_advances(inputs.progress, reward.trend_tstat, reward.count > 0))
         finite = self.network.is_finite() & torch.isfinite(new_rows.hidden).all() \
             & torch.isfinite(new_rows.log_scale).all() & torch.isfinite(used).all()
         return StepOutput(log_scales=used, knobs=knobs, finite=finite)
@@ -389,6 +403,7 @@ class OnlineController(Controller):
         assert ctl is not None
         return {"rows": dataclasses.replace(ctl.rows), "knob_log_mult": ctl.knob_log_mult,
                 "drift_ema": ctl.drift_ema, "steps": ctl.steps, "last_reward_count": ctl.last_reward_count,
+                "anneal_steps": ctl.anneal_steps, "last_kl_count": ctl.last_kl_count,
                 "seen": list(ctl.seen), "generator": self.generator.get_state(),
                 "weights": [w.detach().clone() for w in self.network.parameters()]}
 
@@ -399,6 +414,7 @@ class OnlineController(Controller):
         ctl.rows = snapshot["rows"]
         ctl.knob_log_mult, ctl.drift_ema = snapshot["knob_log_mult"], snapshot["drift_ema"]
         ctl.steps, ctl.last_reward_count = snapshot["steps"], snapshot["last_reward_count"]
+        ctl.anneal_steps, ctl.last_kl_count = snapshot["anneal_steps"], snapshot["last_kl_count"]
         ctl.seen = snapshot["seen"]
         self.generator.set_state(snapshot["generator"])
         with torch.no_grad():
@@ -516,8 +532,29 @@ class OnlineController(Controller):
         stats.update(reward_fd=r_mean, reward_fd_sq=r_sq, reward_count=r_count)
         reward_step = (self.network.max_log_step * tunables["reward_weight"]
                        * torch.tanh(t_reward / TSTAT_SCALE) * gate(t_reward, self.snr_threshold))
+        brake = self.brake(signals, feats, has_prev, tunables)
+        reward_step, brake = self.kl_prior(signals, reward_step, brake)
         return LearningSignal(tstat_fast=t_fast, tstat_slow=t_slow, gate=open_, reward_step=reward_step,
-                              brake=self.brake(signals, feats, has_prev, tunables), signal=signal, stats=stats)
+                              brake=brake, signal=signal, stats=stats)
+
+    def kl_prior(self, signals: Signals, step: Tensor, brake: Tensor) -> tuple[Tensor, Tensor]:
+        """rsl_rl's KL-adaptive rule on a newly measured policy change (``observe(policy_kl=)``).
+
+        Below half of ``KL_TARGET`` every row's change gets the network's largest step up (1.1x);
+        above twice it the brake cuts every row by 1.5 at once. Nothing without a new measurement
+        (supervised runs), so the rest of the controller is unchanged there.
+        """
+        ctl = self.state
+        kl = signals.signals.get("policy_kl")
+        if ctl is None or kl is None or kl.count <= ctl.last_kl_count or kl.last is None:
+            return step, brake
+        ctl.last_kl_count = kl.count
+        factor = kl_adaptive_factor(kl.last, KL_TARGET)
+        if factor > 1.0:
+            return step + self.network.max_log_step, brake
+        if factor < 1.0:
+            return step, brake.clamp(min=math.log(1.0 / factor) / math.log(BRAKE_FACTOR))
+        return step, brake
 
     def brake(self, signals: Signals, feats: TensorFeatures, has_prev: Tensor, tunables: dict[str, Tensor]) -> Tensor:
         """Strength in [0, 1] of the immediate cut: a strong reversal of a row, or a loss spike (all rows)."""

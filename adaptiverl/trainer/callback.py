@@ -31,6 +31,14 @@ gradients, before ``optimizer.step()``), every target gets one
   ``grad_norm``. On a stock trainer the norm of the gradients the optimizer is about to use
   (after clipping: ``min(norm, max_grad_norm)`` when ``max_grad_norm > 0``). A non-finite
   norm is passed on: the Online optimizers skip that step.
+* **RL signals** (GRPO/RLOO), as further keywords of ``observe``: ``policy_kl`` (the KL between
+  the policy before and after the previous optimizer step on that step's sampled tokens, from
+  the ``Adaptive*Trainer``'s :class:`~adaptiverl.signals.policy.PolicyProbe`, measured in
+  ``on_optimizer_step`` and fed with the next step's signals), ``entropy``, ``reward_std`` and
+  ``frac_reward_zero_std`` (TRL's per-batch records; on a stock trainer, from its logs as for
+  the loss). On a stock GRPO/RLOO trainer, whose sampled batches no public hook shows,
+  ``policy_kl`` is measured at the prefixes of the first 8 training prompts (when they are plain
+  text) instead: two no-grad forwards of 8 short rows per step.
 * **horizon**: ``set_total_steps(state.max_steps)`` at train begin (also on resume), for
   targets that have it.
 
@@ -61,9 +69,12 @@ from transformers import TrainerCallback
 
 from adaptiverl._files import append_text, write_text
 from adaptiverl.signals import ScalarSignal
+from adaptiverl.signals.policy import PolicyProbe, text_probe_batch
 
 HISTORY_FILE = "adaptive_history.jsonl"
 LOG_PREFIX = "adaptive/"
+#: Further per-step scalars given to ``observe`` by keyword when known (RL runs).
+RL_SIGNALS = ("policy_kl", "entropy", "reward_std", "frac_reward_zero_std")
 
 
 
@@ -103,14 +114,16 @@ def is_adaptive(obj: Any) -> bool:
     return any(callable(getattr(obj, name, None)) for name in ("observe", "step_loss", "step_reward"))
 
 
-def feed(target: Any, loss: float | None, reward: float | None, grad_norm: float | None = None) -> None:
+def feed(target: Any, loss: float | None, reward: float | None, grad_norm: float | None = None,
+         **extra: float | None) -> None:
     """Give one step's signals to ``target`` in one ``observe`` call, or through the seed names.
 
-    Seed-style targets (``step_loss`` / ``step_reward`` only) do not take a gradient norm.
+    Seed-style targets (``step_loss`` / ``step_reward`` only) take neither a gradient norm nor
+    the ``extra`` signals (``policy_kl``, ``entropy``, ...).
     """
     observe = getattr(target, "observe", None)
     if callable(observe):
-        signals = {"loss": loss, "reward": reward, "grad_norm": grad_norm}
+        signals = {"loss": loss, "reward": reward, "grad_norm": grad_norm, **extra}
         observe(**{k: v for k, v in signals.items() if v is not None})
         return
     if loss is not None and callable(getattr(target, "step_loss", None)):
@@ -201,6 +214,9 @@ class AdaptiveCallback(TrainerCallback):
         self.fed_by_trainer = False
         self._pending: dict[str, float | None] = {}
         self._from_logs: dict[str, float | None] = {}
+        self._probe: Any = None
+        self._text_probe: dict[str, Any] | None = None  # stock trainers: the prompts' own prefixes
+        self._policy: dict[str, float | None] = {}
         self._warned_logs_only = False
         self._last: dict[str, Any] = {}
 
@@ -221,14 +237,23 @@ class AdaptiveCallback(TrainerCallback):
         return self
 
     def record_step(self, *, loss: float | None = None, reward: float | None = None,
-                    grad_norm: float | None = None) -> None:
+                    grad_norm: float | None = None, policy_probe: Any = None, **signals: float | None) -> None:
         """This optimizer step's signals, handed over by the trainer before it clips and steps.
 
         Called by the ``Adaptive*Trainer`` classes after the last backward of the accumulation
         window; the values are fed to the targets in the following ``on_pre_optimizer_step``.
+        ``signals`` are further scalars by name (:data:`RL_SIGNALS`); ``policy_probe`` (a
+        :class:`~adaptiverl.signals.policy.PolicyProbe`) is read after the optimizer step and its
+        ``policy_kl`` and ``entropy`` are fed with the next step's signals.
         """
+        unknown = set(signals) - set(RL_SIGNALS)
+        if unknown:
+            raise TypeError(f"AdaptiveCallback.record_step: unknown signal(s) {sorted(unknown)}; "
+                            f"known: {list(RL_SIGNALS)}")
         self.fed_by_trainer = True
-        self._pending = {"loss": _finite(loss), "reward": _finite(reward), "grad_norm": grad_norm}
+        self._pending = {"loss": _finite(loss), "reward": _finite(reward), "grad_norm": grad_norm,
+                         **{k: _finite(v) for k, v in signals.items()}}
+        self._probe = policy_probe
 
     def log_entries(self) -> dict[str, float]:
         """The latest step's dynamics summary under ``adaptive/``, to merge into a train log."""
@@ -261,7 +286,8 @@ class AdaptiveCallback(TrainerCallback):
         for target in self.targets if self.horizon else ():
             if callable(getattr(target, "set_total_steps", None)):
                 target.set_total_steps(int(state.max_steps))
-        self._pending, self._from_logs = {}, {}
+        self._pending, self._from_logs, self._probe, self._policy = {}, {}, None, {}
+        self._text_probe = _prompt_probe(kwargs.get("train_dataloader"), kwargs.get("processing_class"))
         self._resume_history(args, state)
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
@@ -275,12 +301,27 @@ class AdaptiveCallback(TrainerCallback):
             signals, self._from_logs = self._from_logs, {}
             norm = gradient_norm(model.parameters()) if model is not None else None
             signals["grad_norm"] = float(norm) if norm is not None else None
+            if self._text_probe is not None and model is not None:  # measured after the step
+                self._probe = PolicyProbe(model, self._text_probe,
+                                          temperature=float(getattr(args, "temperature", 1.0) or 1.0))
+        signals = {**signals, **{k: v for k, v in self._policy.items() if v is not None}}
+        self._policy = {}
         loss, reward, grad_norm = signals.get("loss"), signals.get("reward"), signals.get("grad_norm")
+        extra = {k: signals[k] for k in RL_SIGNALS if signals.get(k) is not None}
         if reward is not None:
             self.reward_signal.update(reward)
         for target in self.targets:
-            feed(target, loss, reward, grad_norm)
-        self._last = {"loss": loss, "reward": reward, "grad_norm": grad_norm}
+            feed(target, loss, reward, grad_norm, **extra)
+        self._last = {"loss": loss, "reward": reward, "grad_norm": grad_norm, **extra}
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        """The step is taken: measure how far it moved the policy (fed with the next step's signals)."""
+        probe, self._probe = self._probe, None
+        if probe is not None and self.targets:
+            measured = probe.after()
+            if not self.fed_by_trainer:  # prompt prefixes: the change, not the policy's own entropy
+                measured = {"policy_kl": measured["policy_kl"]}
+            self._policy = {k: _finite(v) for k, v in measured.items()}
 
     def on_step_end(self, args, state, control, lr_scheduler=None, **kwargs):
         summary: dict[str, float] = {}
@@ -291,7 +332,7 @@ class AdaptiveCallback(TrainerCallback):
             summary["reward_trend"] = self.reward_signal.trend
         self._last["summary"] = summary
         row: dict[str, float] = {"step": state.global_step}
-        for key in ("loss", "reward", "grad_norm"):
+        for key in ("loss", "reward", "grad_norm", *RL_SIGNALS):
             if self._last.get(key) is not None:
                 row[key] = self._last[key]
         if lr_scheduler is not None and hasattr(lr_scheduler, "get_last_lr"):
@@ -311,7 +352,7 @@ class AdaptiveCallback(TrainerCallback):
         if not logs or "loss" not in logs:
             return
         if not self.fed_by_trainer:  # a stock trainer: its logged means are the signals we get
-            self._from_logs = {"loss": _finite(logs.get("loss")), "reward": _finite(logs.get("reward"))}
+            self._from_logs = {key: _finite(logs.get(key)) for key in ("loss", "reward", *RL_SIGNALS)}
         if self.print_console and state.is_world_process_zero:
             summary = self._last.get("summary", {})
             reward = logs.get("reward", self._last.get("reward"))
@@ -351,6 +392,18 @@ class AdaptiveCallback(TrainerCallback):
                                     and r["step"] <= state.global_step]
                     break
         _write_rows(out / self.history_file, self.history)
+
+
+def _prompt_probe(dataloader: Any, tokenizer: Any) -> dict[str, Any] | None:
+    """The stock-trainer probe batch: the first training prompts, when they are plain text."""
+    dataset = getattr(dataloader, "dataset", None)
+    names = getattr(dataset, "column_names", None)
+    if not names or "prompt" not in names or tokenizer is None:
+        return None
+    try:
+        return text_probe_batch(list(dataset[:8]["prompt"]), tokenizer)
+    except (TypeError, ValueError, KeyError):  # conversational prompts, a processor without text input
+        return None
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -17,6 +17,12 @@ The mixin overrides public methods only:
   the fp16 loss scale when a ``GradScaler`` is on). The Trainer computes that norm too,
   inside a private method whose value no public hook passes on, so it is computed a second
   time here: one ``foreach`` norm over the gradients per optimizer step.
+* ``compute_loss``: for GRPO / RLOO batches (sampled completions), the **RL signals** of
+  :mod:`adaptiverl.signals.policy`: a :class:`~adaptiverl.signals.policy.PolicyProbe` on the
+  window's last micro-batch measures the policy change of the step (KL between the policy before
+  and after it, on the step's sampled tokens: two extra no-grad forwards of one micro-batch) and
+  the entropy; TRL's ``reward_std`` and ``frac_reward_zero_std`` (groups whose rewards are all
+  equal) of the step go along (``policy_signals=False`` turns the probe off).
 * ``log``: merges the optimizer's dynamics under ``adaptive/`` into train logs, before the
   report_to integrations see them.
 * ``add_callback``: keeps exactly one ``AdaptiveCallback`` (one is added when none is given;
@@ -41,23 +47,27 @@ from typing import Any
 import torch
 from transformers import Trainer
 
+from adaptiverl.signals.policy import PolicyProbe
 from adaptiverl.trainer.callback import AdaptiveCallback, gradient_norm
 
+#: TRL's per-generation-batch records fed to the optimizer as signals of the same name.
+TRL_SIGNALS = ("reward", "reward_std", "frac_reward_zero_std")
 
-def trl_recorded_rewards(trainer: Any) -> list[float] | None:
-    """TRL's record of batch rewards this logging period, or None when the trainer keeps none.
+
+def trl_recorded_rewards(trainer: Any, key: str = "reward") -> list[float] | None:
+    """TRL's record of batch rewards (or another per-batch metric) this logging period, or None.
 
     ``GRPOTrainer`` / ``RLOOTrainer`` (TRL 1.16) append ``nanmean`` of the weighted reward sum,
     gathered over ranks, to ``trainer._metrics["train"]["reward"]`` each time they score a
-    generation batch, and clear ``_metrics["train"]`` when they log. No public hook passes
-    the value on per step; this is the only place adaptiverl reads it
-    (``tests/test_trainers.py`` fails when TRL changes it).
+    generation batch (``reward_std`` and ``frac_reward_zero_std`` beside it), and clear
+    ``_metrics["train"]`` when they log. No public hook passes the values on per step; this is
+    the only place adaptiverl reads them (``tests/test_trainers.py`` fails when TRL changes it).
     """
     metrics = getattr(trainer, "_metrics", None)
     if not isinstance(metrics, dict) or not isinstance(metrics.get("train"), dict):
         return None
-    rewards = metrics["train"].get("reward")
-    return rewards if isinstance(rewards, list) else None
+    values = metrics["train"].get(key)
+    return values if isinstance(values, list) else None
 
 
 def decay_parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -87,11 +97,13 @@ class AdaptiveTrainerMixin:
         optimizer_wrapper: called on the optimizer the Trainer built (through
             ``optimizer_cls_and_kwargs`` or ``args.optim``), e.g. ``AdaptiveOptimizer`` or
             ``functools.partial(AdaptiveOptimizer, lr_rule="trend")``.
+        policy_signals: measure each step's policy change and entropy on GRPO / RLOO batches
+            (two no-grad forwards of one micro-batch per optimizer step).
     """
 
     def __init__(self, *args: Any, optimizer_cls_and_kwargs: tuple[Any, dict[str, Any]] | None = None,
                  optimizer_wrapper: Callable[[torch.optim.Optimizer], Any] | None = None,
-                 **kwargs: Any) -> None:
+                 policy_signals: bool = True, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if optimizer_cls_and_kwargs is not None:
             self.optimizer_cls_and_kwargs = self._checked_cls_and_kwargs(optimizer_cls_and_kwargs)
@@ -104,8 +116,10 @@ class AdaptiveTrainerMixin:
         if not any(isinstance(cb, AdaptiveCallback) for cb in self.callback_handler.callbacks):
             self.add_callback(AdaptiveCallback(require_targets=False))
         self._adaptive_micro_losses: list[torch.Tensor] = []
-        self._adaptive_reward_list: list[float] | None = None
-        self._adaptive_rewards_seen = 0
+        #: per TRL metric: (the list object last seen, how many of its entries were read)
+        self._adaptive_trl_seen: dict[str, tuple[list[float] | None, int]] = {}
+        self.policy_signals = bool(policy_signals)
+        self._adaptive_probe: PolicyProbe | None = None
 
     def _checked_cls_and_kwargs(self, spec: Any) -> tuple[Any, dict[str, Any]]:
         if not (isinstance(spec, tuple | list) and len(spec) == 2 and callable(spec[0])
@@ -147,11 +161,22 @@ class AdaptiveTrainerMixin:
     def training_step(self, model: torch.nn.Module, inputs: dict[str, Any],
                       num_items_in_batch: Any = None) -> torch.Tensor:
         """The base ``training_step``; after the window's last micro-batch, the step's signals go to the callback."""
+        self._adaptive_probe = None
         loss = super().training_step(model, inputs, num_items_in_batch)
         self._adaptive_micro_losses.append(loss.detach().float().mean())
         if self.accelerator.sync_gradients:
-            self._hand_over_step(model)
+            self._hand_over_step(model, self._adaptive_probe)
         return loss
+
+    def compute_loss(self, model: torch.nn.Module, inputs: Any, *args: Any, **kwargs: Any) -> Any:
+        """The base ``compute_loss``; on the window's last training micro-batch of sampled
+        completions (TRL has generated them by now), first a :class:`PolicyProbe` of the policy."""
+        if (self.policy_signals and model.training and self.accelerator.sync_gradients
+                and PolicyProbe.applies_to(inputs)):
+            temperature = float(getattr(self.args, "temperature", 1.0) or 1.0)
+            self._adaptive_probe = PolicyProbe(model, inputs, temperature=temperature,
+                                               seed=int(self.state.global_step))
+        return super().compute_loss(model, inputs, *args, **kwargs)
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         """The base ``log``, with the optimizer's dynamics under ``adaptive/`` in train logs."""
@@ -162,7 +187,7 @@ class AdaptiveTrainerMixin:
         super().log(logs, *args, **kwargs)
 
     # ---- helpers ------------------------------------------------------------
-    def _hand_over_step(self, model: torch.nn.Module) -> None:
+    def _hand_over_step(self, model: torch.nn.Module, probe: PolicyProbe | None = None) -> None:
         loss = torch.stack(self._adaptive_micro_losses).sum()
         self._adaptive_micro_losses.clear()
         accelerator = self.accelerator
@@ -176,19 +201,21 @@ class AdaptiveTrainerMixin:
             scaler = getattr(accelerator, "scaler", None)
             if scaler is not None and scaler.is_enabled():  # fp16: gradients are still loss-scaled here
                 grad_norm /= scaler.get_scale()
+        trl = {key: self._new_trl_value(key) for key in TRL_SIGNALS}
         for cb in self.callback_handler.callbacks:
             if isinstance(cb, AdaptiveCallback):
-                cb.record_step(loss=loss_value, reward=self._new_reward(), grad_norm=grad_norm)
+                cb.record_step(loss=loss_value, grad_norm=grad_norm, policy_probe=probe, **trl)
 
-    def _new_reward(self) -> float | None:
-        """Mean of the batch rewards TRL recorded since the last step (None if none)."""
-        rewards = trl_recorded_rewards(self)
-        if rewards is None:
+    def _new_trl_value(self, key: str) -> float | None:
+        """Mean of what TRL recorded under ``key`` since the last step (None if nothing)."""
+        values = trl_recorded_rewards(self, key)
+        if values is None:
             return None
-        if rewards is not self._adaptive_reward_list:
-            self._adaptive_reward_list, self._adaptive_rewards_seen = rewards, 0
-        new = [r for r in rewards[self._adaptive_rewards_seen:] if math.isfinite(r)]
-        self._adaptive_rewards_seen = len(rewards)
+        held, seen = self._adaptive_trl_seen.get(key, (None, 0))
+        if values is not held:
+            seen = 0
+        new = [v for v in values[seen:] if math.isfinite(v)]
+        self._adaptive_trl_seen[key] = (values, len(values))
         return sum(new) / len(new) if new else None
 
 

@@ -1,0 +1,259 @@
+"""Development tasks for the RL / fine-tune controller rules, disjoint from every benchmark task.
+
+Constants of :mod:`adaptiverl.controllers.policy_rules` and the lr-hint designs are chosen here,
+never on ``benchmarks/``:
+
+* ``grpo``: GRPO with a fresh tiny GPT-2 on prompts cut from the docstrings of ``jinja2`` and
+  ``werkzeug`` (the benchmark's quickstart prompts come from the standard library), rewarded for a
+  12-word completion and for using "and" / "or" / "not" (the benchmark's reward adds a cosine
+  similarity to a reference and a different regex). ``python scripts/rl_dev.py grpo``.
+* ``finetune``: the MiniLM fine-tune of ``benchmarks.finetune_pretrained`` on other libraries'
+  docstrings (``datasets``, ``accelerate``, ``huggingface_hub``, ``pygments``), 60 steps.
+  ``python scripts/rl_dev.py finetune``.
+
+Results are printed as one JSON line per run (the docs quote them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import math
+import statistics
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+DEV_PROMPT_LIBRARIES = ("jinja2", "werkzeug")
+DEV_REWARDS = [{"type": "length", "target": 12, "unit": "words", "weight": 1.0},
+               {"type": "regex", "pattern": "\\b(and|or|not)\\b", "count": True, "max_count": 3,
+                "score_match": 0.33, "weight": 0.5}]
+DEV_FT_LIBRARIES = ("datasets", "accelerate", "huggingface_hub", "pygments")
+BASE_LR = 2e-3
+
+
+def _prompts(path: Path, count: int = 96) -> Path:
+    from benchmarks.finetune_pretrained import docstring_paragraphs
+
+    rows = []
+    for lib in DEV_PROMPT_LIBRARIES:
+        for text in docstring_paragraphs(lib)[: count // len(DEV_PROMPT_LIBRARIES)]:
+            rows.append({"prompt": " ".join(text.split()[:6])})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def grpo_run(job: tuple[str, float, str, str, int, int]) -> dict[str, Any]:
+    """One dev GRPO run ``(variant, lr factor, model dir, prompts file, steps, seed)``."""
+    from transformers import PrinterCallback, ProgressCallback, set_seed
+
+    from adaptiverl.trainer.callback import AdaptiveCallback
+    from adaptiverl.trainer.config import parse_config
+    from adaptiverl.trainer.run import build_trainer, load_dataset_for, load_model_and_tokenizer
+
+    variant, factor, model_dir, prompts, steps, seed = job
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    out = tempfile.mkdtemp(prefix="rl-dev-")
+    c = parse_config({"MODEL": model_dir, "TRAIN_FILE": prompts, "OUTPUT_DIR": out, "MODE": "rl",
+                      "OPTIM": "adamw", "LRATE": BASE_LR * factor, "BATCH_SIZE": 8, "NUM_GENERATIONS": 4,
+                      "MAX_COMPLETION_LENGTH": 20, "MAXSEQ": 48, "STEPS": steps, "SAVE_STEPS": 0,
+                      "LOGGING_STEPS": 1, "REPORT_TO": [], "SEED": seed, "CPU_THREADS": 1, "PLOT": False,
+                      "REWARDS": DEV_REWARDS})
+    set_seed(seed)
+    model, tokenizer = load_model_and_tokenizer(c)
+    dataset = load_dataset_for(c, tokenizer)
+    optimizer = _dev_optimizer(variant, model, c)
+    trainer = build_trainer(c, model, tokenizer, dataset, optimizer)
+    for cb in (ProgressCallback, PrinterCallback):
+        trainer.remove_callback(cb)
+    trainer.add_callback(AdaptiveCallback(print_console=False, history_file=None, require_targets=False,
+                                          horizon=variant != "online_nohorizon"))
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.train()
+    rewards = [r["reward"] for r in trainer.state.log_history if "reward" in r]
+    history = trainer.adaptive_callback.history
+    kls = [h["policy_kl"] for h in history if "policy_kl" in h]
+    lrs = [h.get("lr", math.nan) for h in history]
+    return {"task": "grpo", "variant": variant, "factor": factor, "seed": seed,
+            "start": statistics.fmean(rewards[:5]), "final": statistics.fmean(rewards[-5:]),
+            "kl_median": statistics.median(kls) if kls else math.nan,
+            "lr_first": lrs[0] if lrs else math.nan, "lr_last": lrs[-1] if lrs else math.nan,
+            "lr_max": max((x for x in lrs if math.isfinite(x)), default=math.nan)}
+
+
+def _set_rules(variant: str) -> None:
+    """Switch the controller's policy rules for this process (ablations of the shipped defaults)."""
+    from adaptiverl.controllers import online, policy_rules
+
+    online.anneal_advances = (lambda *_: True) if variant == "online_nogate" else policy_rules.anneal_advances
+    online.kl_adaptive_factor = (lambda *_: 1.0) if variant.startswith("online_nokl") else policy_rules.kl_adaptive_factor
+    # e.g. online_nokl_climb0: the anneal gate's threshold (the shipped value is CLIMB_TSTAT = 1)
+    policy_rules.CLIMB_TSTAT = float(variant.split("_climb")[1]) if "_climb" in variant else 1.0
+    online.KL_TARGET = float(variant.removeprefix("online_kl")) if variant.startswith("online_kl") \
+        else policy_rules.KL_TARGET
+
+
+def _hint_class() -> Any:
+    """OnlineAdamW with one of the lr-hint designs hooked in from outside (the development harness).
+
+    ``start``: every tensor's scale starts at ``start`` (the given lr is a ceiling hint; the
+    controller grows it on evidence). ``trust``: each step's per-tensor lr is capped at
+    ``trust * rms(theta_i)`` (an AdamW update is about lr per element, so this caps the update to
+    weight ratio, LARS/LAMB's trust ratio; weights with rms below 1e-2 count as 1e-2).
+    """
+    import torch
+
+    from adaptiverl.optim import OnlineAdamW
+
+    class Hint(OnlineAdamW):
+        def __init__(self, *args: Any, start: float = 1.0, trust: float | None = None, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.start, self.trust = start, trust
+
+        def _prepare_controller(self, device: Any) -> Any:
+            fresh = self.online_controller.state is None
+            online = super()._prepare_controller(device)
+            if fresh and self.start != 1.0:
+                online.state.rows.log_scale.fill_(math.log(self.start))
+            return online
+
+        def _adapt(self, batch: Any, bad: Any) -> Any:
+            out = super()._adapt(batch, bad)
+            if out is None or self.trust is None:
+                return out
+            scales, knobs = out
+            params = batch["params"]
+            rms = (torch.stack(torch._foreach_norm(params)) /
+                   torch.tensor([p.numel() ** 0.5 for p in params])).clamp_min(1e-2).tolist()
+            lrs = [float(g["lr"]) for g in self.param_groups for p in g["params"] if p.grad is not None]
+            capped = [min(s, self.trust * r / lr) for s, r, lr in zip(scales, rms, lrs, strict=True)]
+            self.online_controller.record(capped, knobs, all_rows=len(capped) == self.online_controller.state.num_rows)
+            return capped, knobs
+
+    return Hint
+
+
+HINT_DESIGNS = {"online": {}, "start0.01": {"start": 0.01}, "start0.05": {"start": 0.05},
+                "start0.1": {"start": 0.1}, "trust1e-3": {"trust": 1e-3}, "trust3e-3": {"trust": 3e-3}}
+
+
+def finetune_run(job: tuple[str, float, str, int, int]) -> dict[str, Any]:
+    """One dev fine-tune ``(design, lr, data file, steps, seed)``: held-out loss and accuracy."""
+    import torch
+
+    from benchmarks.finetune_pretrained import METHODS, make_task
+    from benchmarks.tasks import Driver, Method, train
+
+    design, lr, data_path, steps, seed = job
+    task = make_task(torch.load(data_path, weights_only=True), steps, name="dev_finetune")
+    if design == "adamw_linear":
+        method = METHODS["adamw_linear"]
+    else:
+        options = HINT_DESIGNS[design]
+
+        def build(params: Any, lr: float, total: int) -> Driver:
+            opt = _hint_class()(params, lr=lr, weight_decay=0.0, total_steps=total, **options)
+            return Driver(opt, on_loss=lambda loss: opt.observe(loss=loss), lr_fn=opt.effective_lr)
+
+        method = Method(design, lr, build)
+    with contextlib.redirect_stdout(io.StringIO()):
+        result = train(task, method, lr, seed)
+    return {"task": "finetune", "design": design, "lr": lr, "seed": seed, "eval_loss": result.final_eval_loss,
+            "accuracy": result.metrics.get("accuracy"), "lr_first": result.lrs[0],
+            "lr_10": result.lrs[min(9, len(result.lrs) - 1)], "lr_last": result.lrs[-1]}
+
+
+def scratch_run(job: tuple[str, int]) -> dict[str, Any]:
+    """One from-scratch run of the meta-training family (OnlineAdamW at 1e-3, the default lr), design
+    ``job[0]``, task seed ``job[1]``: what an lr-hint design costs where no pretrained weights exist."""
+    import torch
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from meta_train import make_task
+
+    design, seed = job
+    gen = torch.Generator().manual_seed(10_000 + seed)  # meta-training's own seeds are drawn elsewhere
+    kind = ("blobs_classifier", "illcond_logreg", "char_lm", "deep_linear", "autoencoder")[seed % 5]
+    steps = 150
+    task = make_task(kind, gen, steps)
+    opt = _hint_class()(task.model.parameters(), lr=1e-3, weight_decay=0.01, total_steps=steps,
+                        **HINT_DESIGNS[design])
+    for _ in range(steps):
+        loss = task.loss(task.model, next(task.batches))
+        if not math.isfinite(loss.item()):
+            return {"task": "scratch", "design": design, "seed": seed, "kind": kind, "eval_loss": math.inf}
+        opt.zero_grad()
+        loss.backward()
+        opt.observe(loss=loss)
+        opt.step()
+    with torch.no_grad():
+        final = task.eval_loss(task.model)
+    return {"task": "scratch", "design": design, "seed": seed, "kind": kind, "eval_loss": final}
+
+
+def _dev_optimizer(variant: str, model: Any, c: Any) -> Any:
+    import torch
+
+    from adaptiverl.optim import OnlineAdamW
+    from adaptiverl.trainer.trainers import decay_parameter_groups
+
+    _set_rules(variant)
+    groups = decay_parameter_groups(model, 0.0)
+    if variant == "adamw":
+        return torch.optim.AdamW(groups, lr=c.LRATE)
+    if variant.startswith("online"):  # online_nohorizon: the callback does not tell it the horizon
+        return OnlineAdamW(groups, lr=c.LRATE)
+    raise ValueError(f"unknown variant {variant!r}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("task", choices=["grpo", "finetune", "scratch"])
+    parser.add_argument("--designs", nargs="+", default=["adamw_linear", "online"])
+    parser.add_argument("--lrs", nargs="+", type=float, default=[1e-3, 5e-5])
+    parser.add_argument("--variants", nargs="+", default=["adamw", "online"])
+    parser.add_argument("--factors", nargs="+", type=float, default=[0.1, 1.0, 10.0, 100.0])
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args(argv)
+    from adaptiverl.tiny import build_tiny_gpt2
+    from benchmarks.tasks import run_parallel
+
+    if args.task == "scratch":
+        for record in run_parallel(scratch_run, [(d, s) for s in range(10) for d in args.designs], args.workers):
+            print(json.dumps(record), flush=True)
+        return
+    if args.task == "finetune":
+        import torch
+
+        from benchmarks.finetune_pretrained import build_data
+
+        with tempfile.TemporaryDirectory(prefix="ft-dev-") as tmp:
+            data_path = str(Path(tmp) / "data.pt")
+            torch.save(build_data(DEV_FT_LIBRARIES, 150, 50), data_path)
+            jobs = [(d, lr, data_path, args.steps, s) for lr in args.lrs for d in args.designs for s in args.seeds]
+            for record in run_parallel(finetune_run, jobs, args.workers):
+                print(json.dumps(record), flush=True)
+        return
+    with tempfile.TemporaryDirectory(prefix="rl-dev-") as tmp:
+        model_dir = str(build_tiny_gpt2(Path(tmp) / "tiny"))
+        prompts = str(_prompts(Path(tmp) / "prompts.jsonl"))
+        jobs = [(v, f, model_dir, prompts, args.steps, s) for f in args.factors for v in args.variants
+                for s in args.seeds]
+        for record in run_parallel(grpo_run, jobs, args.workers):
+            print(json.dumps(record), flush=True)
+
+
+if __name__ == "__main__":
+    main()

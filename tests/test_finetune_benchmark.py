@@ -1,0 +1,68 @@
+"""The pretrained fine-tune benchmark's pieces: the docstring task, the model, the rows' summary."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from benchmarks import finetune_pretrained as ft
+
+SMALL = ("email", "http")  # quick standard-library packages for the harness check, not the benchmark's
+
+
+def test_docstring_paragraphs_are_deterministic_and_clean():
+    first, again = ft.docstring_paragraphs("email"), ft.docstring_paragraphs("email")
+    assert first == again and len(first) > 50
+    assert len(set(first)) == len(first)
+    assert all(60 <= len(p) <= 600 and "\n" not in p and "  " not in p for p in first)
+    with pytest.raises(ImportError, match="'no_such_package_xyz' is not installed"):
+        ft.docstring_paragraphs("no_such_package_xyz")
+
+
+def test_data_splits_are_balanced_disjoint_and_fixed():
+    data = ft.build_data(SMALL, train_per_class=6, eval_per_class=3)
+    assert data["train_labels"].tolist() == [0] * 6 + [1] * 6
+    assert data["eval_labels"].tolist() == [0] * 3 + [1] * 3
+    train_rows = {tuple(r) for r in data["train_ids"].tolist()}
+    assert not train_rows & {tuple(r) for r in data["eval_ids"].tolist()}
+    assert torch.equal(data["train_ids"], ft.build_data(SMALL, 6, 3)["train_ids"])
+    with pytest.raises(ValueError, match="'email' has .* paragraphs, 100001 needed"):
+        ft.build_data(SMALL, train_per_class=100_000, eval_per_class=1)
+
+
+def test_a_quick_finetune_trains_the_pretrained_encoder_and_reports_accuracy():
+    task = ft.make_task(ft.build_data(SMALL, 16, 4), steps=2)
+    result = ft.train(task, ft.METHODS["adamw_linear"], 1e-4, seed=0)
+    assert len(result.losses) == 2 and math.isfinite(result.final_eval_loss)
+    assert 0.0 <= result.metrics["accuracy"] <= 1.0
+    model = task.build_model(0)
+    assert sum(p.numel() for p in model.parameters()) > 20_000_000  # the real MiniLM, not a toy
+
+
+def test_summary_normalises_to_the_best_adamw_cell():
+    records = [{"method": "adamw_linear", "lr": lr, "seed": 0, "final": loss, "accuracy": 0.5, "lrs": [lr],
+                "sec_per_step": 1.0} for lr, loss in ((1e-4, 0.8), (3e-4, 0.4))]
+    records.append({"method": "online_adamw", "lr": 1e-3, "seed": 0, "final": 0.6, "accuracy": 0.7,
+                    "lrs": [1e-3], "sec_per_step": 1.0})
+    rows, tuned = ft.summarise(records)
+    assert tuned == 0.4
+    assert {r["method"]: r["vs tuned AdamW"] for r in rows if r["lr"] == 1e-3} == {"online_adamw": pytest.approx(1.5)}
+
+
+def test_the_development_tasks_share_nothing_with_the_benchmarks():
+    """Constants are chosen in scripts/rl_dev.py: other libraries, other prompts, other rewards."""
+    import importlib.util
+    import json
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("rl_dev", root / "scripts" / "rl_dev.py")
+    rl_dev = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rl_dev)
+    assert not set(rl_dev.DEV_FT_LIBRARIES) & set(ft.LIBRARIES)
+    assert not set(rl_dev.DEV_PROMPT_LIBRARIES) & sys.stdlib_module_names  # quickstart's prompts are stdlib's
+    quickstart = json.loads((root / "configs" / "quickstart.json").read_text())["REWARDS"]
+    assert not [r for r in rl_dev.DEV_REWARDS if r in quickstart]

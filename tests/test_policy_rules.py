@@ -1,0 +1,97 @@
+"""The RL rules of adaptiverl.controllers.policy_rules: the KL-adaptive factor and the anneal gate."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from adaptiverl.controllers.policy_rules import KL_FACTOR, anneal_advances, kl_adaptive_factor
+from adaptiverl.signals import ScalarSignal
+
+
+def test_kl_adaptive_factor_is_rsl_rls_rule():
+    assert kl_adaptive_factor(0.001, 0.01) == KL_FACTOR == 1.5
+    assert kl_adaptive_factor(0.01, 0.01) == 1.0
+    assert kl_adaptive_factor(0.0199, 0.01) == 1.0
+    assert kl_adaptive_factor(0.03, 0.01) == pytest.approx(1 / 1.5)
+    assert kl_adaptive_factor(math.nan, 0.01) == 1.0 and kl_adaptive_factor(0.5, 0.0) == 1.0
+
+
+def _gate_progress(rewards: list[float], total: int) -> list[float]:
+    signal, done, out = ScalarSignal("reward"), 0, []
+    for r in rewards:
+        signal.update(r)
+        done += anneal_advances(done / total, signal.trend_tstat, rewarded=True)
+        out.append(done / total)
+    return out
+
+
+def test_anneal_gate_holds_while_reward_climbs_and_releases_when_flat():
+    rng = random.Random(0)
+    total = 200
+    climbing = [0.2 + 0.004 * t + rng.gauss(0, 0.03) for t in range(100)]
+    flat = [climbing[-1] + rng.gauss(0, 0.03) for _ in range(100)]
+    progress = _gate_progress(climbing + flat, total)
+    # the warm-up (5%) always advances; then it waits while the reward climbs ...
+    assert progress[9] == pytest.approx(10 / total)
+    assert progress[99] < 0.15
+    # ... and catches up once the reward is flat: most of the flat steps count
+    assert progress[-1] - progress[99] > 0.35
+    # a supervised run (no reward) and an unknown horizon always advance
+    assert anneal_advances(0.5, 5.0, rewarded=False) and anneal_advances(None, 5.0, rewarded=True)
+
+
+def _online_progress(rewards: list[float], total: int = 200) -> list[float]:
+    import torch
+
+    from adaptiverl.optim import OnlineAdamW
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    opt = OnlineAdamW(model.parameters(), lr=1e-3, total_steps=total)
+    out = []
+    for r in rewards:
+        loss = model(torch.randn(8, 4)).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.observe(loss=loss, reward=r)
+        opt.step()
+        out.append(opt.progress)
+    return out
+
+
+def test_online_optimizer_anneals_only_when_the_reward_stops_climbing():
+    """The default path (horizon known): the schedule's progress waits while the reward climbs."""
+    rng = random.Random(0)
+    climbing = [0.2 + 0.004 * t + rng.gauss(0, 0.03) for t in range(100)]
+    flat = [climbing[-1] + rng.gauss(0, 0.03) for _ in range(100)]
+    progress = _online_progress(climbing + flat)
+    assert progress[99] < 0.15  # not 0.5: the anneal held while the reward climbed
+    assert progress[-1] - progress[99] > 0.35  # and released once it was flat
+
+
+def _noise_scales(kl: float | None) -> list[float]:
+    import torch
+
+    from adaptiverl.optim import OnlineAdamW
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(16, 4)
+    opt = OnlineAdamW(model.parameters(), lr=1e-3, controller="fresh", meta_lr=0.0, explore_std=0.0)
+    for _ in range(11):  # the first step has no measurement yet (it comes after a step)
+        loss = (model(torch.randn(8, 16)) * torch.randn(8, 4)).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        opt.observe(loss=loss, **({} if kl is None else {"policy_kl": kl}))
+    return [t["delta_scale"] for t in opt.dynamics()["tensors"]]
+
+
+@pytest.mark.parametrize("kl, expected", [(1e-4, 1.1 ** 10), (0.01, 1.0), (0.5, 1.5 ** -10)])
+def test_online_optimizer_follows_the_kl_prior(kl, expected):
+    """A measured policy change far below / at / far above the target moves every scale by
+    1.1x up / not at all / 1.5x down per step, against the same run without the measurement."""
+    ratios = [a / b for a, b in zip(_noise_scales(kl), _noise_scales(None), strict=True)]
+    assert ratios == pytest.approx([expected] * 2, rel=0.1)  # the bias row also moves on its own
