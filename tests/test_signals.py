@@ -184,7 +184,13 @@ FRONT_ENDS = ["Signals", "EnhancedSGD", "AdaptiveOptimizer", "OptimizerWrapper",
 
 
 def _front_end(name: str, model: torch.nn.Module):
-    from adaptiverl.optim import AdaptiveOptimizer, EnhancedSGD, OnlineAdamW, OptimizerWrapper, PlateauMetaOptimizer
+    from adaptiverl.optim import (
+        AdaptiveOptimizer,
+        EnhancedSGD,
+        OnlineAdamW,
+        OptimizerWrapper,
+        PlateauMetaOptimizer,
+    )
 
     sgd = lambda: torch.optim.SGD(model.parameters(), lr=0.1)  # noqa: E731
     return {"Signals": Signals, "EnhancedSGD": lambda: EnhancedSGD(model.parameters()),
