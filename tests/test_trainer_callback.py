@@ -169,6 +169,11 @@ def test_unwrap_and_console_line():
     assert line == "Step 50 | Reward: 0.82 | Loss: -0.3456 | LR: 3.2e-05 | Momentum: 0.912"
     assert format_console_line(7, None, 1.0, {"lr": 1e-3, "beta1": 0.9}) == \
         "Step 7 | Loss: 1.0000 | LR: 1.0e-03 | Momentum: 0.900"
+    # What adapts shows: the mean and range of the per-tensor lr scales.
+    summary = {"lr": 1e-3, "beta1": 0.89984, "delta_scale_mean": 1.62, "delta_scale_min": 0.8,
+               "delta_scale_max": 3.1}
+    assert format_console_line(9, None, None, summary) == \
+        "Step 9 | LR: 1.0e-03 | Scale: x1.62 [0.80-3.10] | Momentum: 0.900"
 
 
 def test_adaptive_scheduler_passed_as_the_trainers_scheduler_is_fed(tiny_gpt2_dir, tmp_path):

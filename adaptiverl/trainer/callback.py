@@ -51,7 +51,7 @@ Logging: ``dynamics()["summary"]`` of each target goes into the trainer's logs u
 it), a per-step history into ``OUTPUT_DIR/adaptive_history.jsonl`` (what
 :mod:`adaptiverl.trainer.plot` draws; saved with every checkpoint and continued on resume),
 and at logging steps the main process prints
-``Step 50 | Reward: 0.82 | Loss: -0.3456 | LR: 3.2e-05 | Momentum: 0.912``.
+``Step 50 | Reward: 0.82 | Loss: -0.3456 | LR: 3.2e-05 | Scale: x1.62 [0.80-3.10] | Momentum: 0.912``.
 """
 
 from __future__ import annotations
@@ -162,7 +162,9 @@ def _finite(value: float | None) -> float | None:
 
 def format_console_line(step: int, reward: float | None, loss: float | None,
                         summary: dict[str, float]) -> str:
-    """The seed's console line: ``Step 50 | Reward: 0.82 | Loss: -0.3456 | LR: 3.2e-05 | Momentum: 0.912``.
+    """The seed's console line, ``Step 50 | Reward: 0.82 | Loss: -0.3456 | LR: 3.2e-05 | Momentum: 0.912``,
+    with what the controller moves: ``Scale: x1.62 [0.80-3.10]`` (the mean and range of the
+    per-tensor lr scales, where the optimizer has them) before ``Momentum``.
 
     Parts whose value is unknown are left out; ``Momentum`` falls back to ``beta1``.
     """
@@ -173,6 +175,10 @@ def format_console_line(step: int, reward: float | None, loss: float | None,
         parts.append(f"Loss: {loss:.4f}")
     if "lr" in summary:
         parts.append(f"LR: {summary['lr']:.1e}")
+    if "delta_scale_mean" in summary:
+        spread = (f" [{summary['delta_scale_min']:.2f}-{summary['delta_scale_max']:.2f}]"
+                  if "delta_scale_min" in summary and "delta_scale_max" in summary else "")
+        parts.append(f"Scale: x{summary['delta_scale_mean']:.2f}{spread}")
     momentum = summary.get("momentum", summary.get("beta1"))
     if momentum is not None:
         parts.append(f"Momentum: {momentum:.3f}")
