@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -87,3 +88,8 @@ def test_from_scratch_training_is_untouched() -> None:
 
     for a, b in zip(run(PRETRAINED_START_RMS), run(0.0), strict=True):
         assert torch.equal(a, b)
+
+
+def test_bad_pretrained_start_is_named() -> None:
+    with pytest.raises(ValueError, match="pretrained_start"):
+        OnlineAdamW(nn.Linear(2, 2).parameters(), pretrained_start=-1.0)
