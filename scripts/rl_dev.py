@@ -110,21 +110,28 @@ def _hint_class() -> Any:
     controller grows it on evidence). ``trust``: each step's per-tensor lr is capped at
     ``trust * rms(theta_i)`` (an AdamW update is about lr per element, so this caps the update to
     weight ratio, LARS/LAMB's trust ratio; weights with rms below 1e-2 count as 1e-2).
+    ``start_trained``: only the tensors that look trained (:mod:`adaptiverl.signals.weights`) start
+    at that scale. The shipped guard (``pretrained_start``) is an argument of the optimizer itself.
     """
     import torch
 
     from adaptiverl.optim import OnlineAdamW
+    from adaptiverl.signals.weights import trained_tensors
 
     class Hint(OnlineAdamW):
-        def __init__(self, *args: Any, start: float = 1.0, trust: float | None = None, **kwargs: Any) -> None:
+        def __init__(self, *args: Any, start: float = 1.0, trust: float | None = None,
+                     start_trained: float = 1.0, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
-            self.start, self.trust = start, trust
+            self.start, self.trust, self.start_trained = start, trust, start_trained
 
         def _prepare_controller(self, device: Any) -> Any:
             fresh = self.online_controller.state is None
             online = super()._prepare_controller(device)
             if fresh and self.start != 1.0:
                 online.state.rows.log_scale.fill_(math.log(self.start))
+            if fresh and self.start_trained != 1.0:
+                marks = trained_tensors(self._all_params())
+                online.state.rows.log_scale[torch.tensor(marks)] = math.log(self.start_trained)
             return online
 
         def _adapt(self, batch: Any, bad: Any) -> Any:
@@ -143,8 +150,13 @@ def _hint_class() -> Any:
     return Hint
 
 
-HINT_DESIGNS = {"online": {}, "start0.01": {"start": 0.01}, "start0.05": {"start": 0.05},
-                "start0.1": {"start": 0.1}, "trust1e-3": {"trust": 1e-3}, "trust3e-3": {"trust": 3e-3}}
+OFF = {"pretrained_start": 0.0}  # the shipped guard off: the designs as first measured
+HINT_DESIGNS = {"online": {}, "online_noguard": OFF, "start0.01": {"start": 0.01, **OFF},
+                "start0.05": {"start": 0.05, **OFF}, "start0.1": {"start": 0.1, **OFF},
+                "trust1e-3": {"trust": 1e-3, **OFF}, "trust3e-3": {"trust": 3e-3, **OFF},
+                "trained0.1": {"start_trained": 0.1, **OFF}, "trained0.05": {"start_trained": 0.05, **OFF},
+                "guard1e-3": {"pretrained_start": 1e-3}, "guard2.5e-3": {"pretrained_start": 2.5e-3},
+                "guard5e-3": {"pretrained_start": 5e-3}}
 
 
 def finetune_run(job: tuple[str, float, str, int, int]) -> dict[str, Any]:

@@ -323,8 +323,10 @@ class OnlineController(Controller):
         """Whether :meth:`prepare` has set up exactly ``rows`` rows (and the sampler)."""
         return self.state is not None and self.state.num_rows == rows and self._sampler is not None
 
-    def prepare(self, params: list[Tensor], groups: list[int], device: torch.device, sharded: bool) -> None:
-        """Rows for ``params`` (``groups``: the param group of each); rows learned so far are kept."""
+    def prepare(self, params: list[Tensor], groups: list[int], device: torch.device, sharded: bool,
+                start_scales: list[float] | None = None) -> None:
+        """Rows for ``params`` (``groups``: the param group of each); rows learned so far are kept.
+        ``start_scales``: the initial step scale of each new row (default 1; clamped to the bounds)."""
         state = self.state
         if state is not None and state.num_rows == len(params):
             if self._sampler is None:
@@ -337,6 +339,9 @@ class OnlineController(Controller):
         width = max(counts)
         n_groups = max(groups) + 1
         rows = RowState.zeros(len(params), width, len(FEATURE_NAMES), self.network.hidden_size, device)
+        if start_scales is not None:
+            start = rows.log_scale.new_tensor(start_scales).clamp_min(1e-30).log()
+            rows.log_scale = self.network.clamp_log_scale(start)
         new = ControllerState(
             rows=rows, layout=layout, width=width,
             counts=torch.tensor([max(c, 1) for c in counts], dtype=torch.float32, device=device),

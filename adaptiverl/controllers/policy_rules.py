@@ -10,11 +10,19 @@ the Online controller and the benchmarks' anchors share one definition:
   by 1.5 at once (through its brake) while it moves too far.
 * :func:`anneal_advances`: lets a horizon anneal advance only on steps where the reward is not
   significantly climbing (the window slope's t-statistic at most ``CLIMB_TSTAT``).
+* :func:`pretrained_start_scales`: the given lr as a hint for pretrained weights: a tensor that
+  looks trained (:func:`adaptiverl.signals.weights.trained_tensors`) starts at an lr of at most
+  :data:`PRETRAINED_START_RMS` times its weight rms; the controller grows it on evidence.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+
+from torch import Tensor
+
+from adaptiverl.signals.weights import trained_tensors, weight_rms
 
 #: The rsl_rl rule's factor and thresholds (relative to the target).
 KL_FACTOR, KL_LOW, KL_HIGH = 1.5, 0.5, 2.0
@@ -24,6 +32,10 @@ KL_FACTOR, KL_LOW, KL_HIGH = 1.5, 0.5, 2.0
 KL_TARGET = 0.01
 #: A reward trend with a t-statistic above this is climbing: the anneal waits.
 CLIMB_TSTAT = 1.0
+#: A tensor that looks pretrained starts at ``lr <= PRETRAINED_START_RMS * rms(theta)`` (an AdamW
+#: step moves each element by about lr: 0.25% of the weight's rms per step). Chosen over 1e-3 and
+#: 5e-3 on the benchmark-disjoint MiniLM fine-tune of ``scripts/rl_dev.py`` (docs/online.md).
+PRETRAINED_START_RMS = 2.5e-3
 #: The warm-up of the horizon schedule (its first knot after 0), which always advances.
 ANNEAL_WARMUP = 0.05
 
@@ -50,3 +62,12 @@ def anneal_advances(progress: float | None, reward_tstat: float, rewarded: bool)
     if progress is None or progress < ANNEAL_WARMUP or not rewarded:
         return True
     return not (math.isfinite(reward_tstat) and reward_tstat > CLIMB_TSTAT)
+
+
+def pretrained_start_scales(params: Sequence[Tensor], lrs: Sequence[float],
+                            ratio: float = PRETRAINED_START_RMS) -> list[float]:
+    """Per tensor, the initial step scale: ``min(1, ratio * rms(theta) / lr)`` for a tensor that
+    looks trained, 1 for a fresh one (from-scratch training is untouched) or a non-positive lr."""
+    marks = trained_tensors(params)
+    return [min(1.0, ratio * weight_rms(p) / lr) if trained and lr > 0 else 1.0
+            for p, trained, lr in zip(params, marks, lrs, strict=True)]

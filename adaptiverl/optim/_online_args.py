@@ -11,6 +11,7 @@ from typing import Any
 from torch import Tensor
 
 from adaptiverl.controllers.online import CONTROLLER_KINDS, GROUP_TUNABLES
+from adaptiverl.controllers.policy_rules import PRETRAINED_START_RMS
 
 FINITE_CHECKS = ("auto", "full", "sample", "off")
 
@@ -29,6 +30,8 @@ class Adaptation:
     tunables a param group may override (they live in ``defaults``). ``knob_scale_bounds``: the
     knob multipliers' bounds. ``finite_check``: ``"auto"``, ``"full"``, ``"sample"`` or
     ``"off"``. ``signal_beta`` / ``signal_window``: the scalar signals' EMA and window.
+    ``pretrained_start``: a tensor that looks pretrained starts at an lr of at most this times its
+    weight rms (:func:`adaptiverl.controllers.policy_rules.pretrained_start_scales`; ``0``: off).
     """
 
     adapt: bool = True
@@ -51,6 +54,7 @@ class Adaptation:
     signal_beta: float = 0.9
     signal_window: int = 20
     seed: int = 0
+    pretrained_start: float = PRETRAINED_START_RMS
 
     @classmethod
     def signature(cls, init: Any) -> inspect.Signature:
@@ -75,7 +79,7 @@ class Adaptation:
             raise ValueError(f"{owner}: finite_check must be one of {FINITE_CHECKS}, got {args.finite_check!r}")
         if args.controller not in CONTROLLER_KINDS:
             raise ValueError(f"{owner}: controller must be one of {CONTROLLER_KINDS}, got {args.controller!r}")
-        for key in (*GROUP_TUNABLES, "snr_threshold"):
+        for key in (*GROUP_TUNABLES, "snr_threshold", "pretrained_start"):
             value = getattr(args, key)
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0.0):
                 raise ValueError(f"{owner}: {key} must be a finite number >= 0, got {value}")

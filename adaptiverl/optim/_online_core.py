@@ -33,6 +33,7 @@ from adaptiverl.controllers.online import (
     OnlineController,
     StepInputs,
 )
+from adaptiverl.controllers.policy_rules import pretrained_start_scales
 from adaptiverl.optim._kernels import KERNELS, apply_update
 from adaptiverl.optim._online_args import Adaptation
 from adaptiverl.signals.stats import Signals, to_float
@@ -80,6 +81,7 @@ class OnlineOptimizer(Optimizer):
             hidden_size=args.hidden_size, scale_bounds=args.scale_bounds, max_step_factor=args.max_step_factor,
             meta_lr=args.meta_lr, snr_threshold=args.snr_threshold, feature_sample_size=args.feature_sample_size,
             seed=args.seed)
+        self.pretrained_start = float(args.pretrained_start)
         self.skipped_steps = 0
         self.total_steps = None
         self.set_total_steps(args.total_steps)
@@ -195,7 +197,12 @@ class OnlineOptimizer(Optimizer):
         if not online.ready(len(params)):
             self._shard_reduce = is_sharded(params)
             groups = [gi for gi, g in enumerate(self.param_groups) for _ in g["params"]]
-            online.prepare(params, groups, device, self._shard_reduce)
+            start = None
+            new_rows = online.state is None or online.state.num_rows != len(params)
+            if new_rows and self.pretrained_start > 0 and not self._shard_reduce:
+                lrs = [float(g["lr"]) for g in self.param_groups for _ in g["params"]]
+                start = pretrained_start_scales(params, lrs, self.pretrained_start)
+            online.prepare(params, groups, device, self._shard_reduce, start)
         return online
 
     # ------------------------------------------------------------ step

@@ -59,7 +59,8 @@ are the same for the three classes and written once: :class:`adaptiverl.optim.on
 (``adapt``, ``adapt_knobs``, ``controller``, ``total_steps``, ``scale_bounds``, ``max_step_factor``,
 ``hidden_size``, ``meta_lr``, ``snr_threshold``, ``feature_sample_size``, ``hypergrad_weight``,
 ``reward_weight``, ``explore_std``, ``knob_lr``, ``knob_scale_bounds``, ``drift_gain``,
-``finite_check``, ``signal_beta``, ``signal_window``, ``seed``); ``inspect.signature`` shows them.
+``finite_check``, ``signal_beta``, ``signal_window``, ``seed``, ``pretrained_start``);
+``inspect.signature`` shows them.
 
 **Kernels** (:mod:`adaptiverl.optim._kernels`, one dispatcher for the three algorithms, as torch's
 ``adamw()``). ``foreach``/``fused`` left at ``None`` use the fast path: AdamW torch's fused kernel,
