@@ -258,39 +258,29 @@ def test_tensor_lr_is_accepted_like_torch(cls):
     assert torch.all(w < 1)
 
 
-def test_unfed_optimizer_warns_once():
-    w = torch.nn.Parameter(torch.ones(10))
-    opt = OnlineAdamW([w])
+def _unfed_warnings(opt, steps: int, **feed) -> list[str]:
+    """The "no loss or reward" warnings of ``steps`` steps, each fed ``feed`` (if any) before it."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        for _ in range(5):
-            w.grad = torch.ones(10)
+        for _ in range(steps):
+            for p in opt.param_groups[0]["params"]:
+                p.grad = torch.ones_like(p)
+            if feed:
+                opt.observe(**feed)
             opt.step()
-    unfed = [c for c in caught if "no loss or reward" in str(c.message)]
-    assert len(unfed) == 1
-    fed = OnlineAdamW([torch.nn.Parameter(torch.ones(10))])
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        for p in fed.param_groups[0]["params"]:
-            for _ in range(3):
-                p.grad = torch.ones(10)
-                fed.observe(loss=1.0)
-                fed.step()
-    assert not [c for c in caught if "no loss or reward" in str(c.message)]
+    return [str(c.message) for c in caught if "no loss or reward" in str(c.message)]
+
+
+def test_unfed_optimizer_warns_once():
+    assert len(_unfed_warnings(OnlineAdamW([torch.nn.Parameter(torch.ones(10))]), 5)) == 1
+    assert not _unfed_warnings(OnlineAdamW([torch.nn.Parameter(torch.ones(10))]), 3, loss=1.0)
 
 
 def test_unfed_warning_fed_only_grad_norms_points_at_logging_steps():
     """AdaptiveCallback on a stock trainer feeds the grad norm each step but the loss only at
     logging steps: the warning says that, instead of suggesting the callback that is attached."""
-    w = torch.nn.Parameter(torch.ones(10))
-    opt = OnlineAdamW([w])
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        for _ in range(3):
-            w.grad = torch.ones(10)
-            opt.observe(grad_norm=3.0)
-            opt.step()
-    (unfed,) = [str(c.message) for c in caught if "no loss or reward" in str(c.message)]
+    opt = OnlineAdamW([torch.nn.Parameter(torch.ones(10))])
+    (unfed,) = _unfed_warnings(opt, 3, grad_norm=3.0)
     assert "logging_steps" in unfed and "callbacks=[AdaptiveCallback()]" not in unfed
     with pytest.raises(TypeError, match="grad_norm must be a real scalar"):
         opt.observe(grad_norm="3.0")
