@@ -4,12 +4,13 @@
 
 Parameters with GPT-2-small shapes (148 tensors, 124.4M parameters) and a 10x smaller
 set with the same 148-tensor layout (n_embd 200, vocab 30000: 12.0M), random gradients
-fixed across steps, lr small enough that nothing drifts. For each optimizer: the median
-wall time of ``step()`` (after warm-up), measured in two passes over the list in
-opposite orders, keeping each optimizer's faster pass (the machine may be shared; a
-pass that overlapped someone else's job is the one dropped). Ratios divide by the
-baseline measured in the same run: OnlineAdamW by torch AdamW(fused=True), OnlineSGD
-by torch SGD(momentum=0.9, foreach=True), OnlineRMSProp by torch RMSprop(foreach=True).
+fixed across steps, lr small enough that nothing drifts. Each optimizer is timed *interleaved with
+its baseline* on the same parameters: after warm-up, rounds of one ``step()`` of each, in
+alternating order (A B, B A, ...), so a slow spell of the machine (it is shared and noisy: one
+earlier run read 1.81x for a ratio that another read 1.08x) hits both alike; its ``ratio`` is the
+median over rounds of (its time / the baseline's time in that round), ``ms_per_step`` the median
+of its own times. Baselines: torch AdamW(fused=True) for OnlineAdamW, torch SGD(momentum=0.9,
+foreach=True) for OnlineSGD, torch RMSprop(foreach=True) for OnlineRMSProp.
 The Online optimizers are fed ``observe(loss=..., reward=..., grad_norm=...)`` each step, as
 ``AdaptiveCallback`` feeds them from the HF Trainer, so the whole controller (features, learning,
 exploration, knobs) runs; the "plain loop" row is fed the loss only, so its finite check reads
@@ -115,18 +116,36 @@ def _feed(opt: torch.optim.Optimizer, step: int) -> None:
         opt.observe(loss=3.0 - 1e-3 * step, reward=0.1 + 1e-3 * (step % 7), grad_norm=1.0)
 
 
+def _timed_step(opt: torch.optim.Optimizer, step: int) -> float:
+    _feed(opt, step)
+    start = time.perf_counter()
+    opt.step()
+    return time.perf_counter() - start
+
+
 def time_steps(opt: torch.optim.Optimizer, steps: int, warmup: int) -> float:
     """Median seconds per ``step()`` over ``steps`` timed steps after ``warmup`` ones."""
     for i in range(warmup):
-        _feed(opt, i)
-        opt.step()
-    times = []
-    for i in range(steps):
-        _feed(opt, warmup + i)
-        start = time.perf_counter()
-        opt.step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        _timed_step(opt, i)
+    return statistics.median(_timed_step(opt, warmup + i) for i in range(steps))
+
+
+def time_pair(opt: torch.optim.Optimizer, baseline: torch.optim.Optimizer, rounds: int,
+              warmup: int) -> tuple[list[float], list[float]]:
+    """Seconds per ``step()`` of ``opt`` and of ``baseline``, interleaved: ``warmup`` untimed steps
+    of each, then ``rounds`` rounds of one step each, the order alternating every round."""
+    for i in range(warmup):
+        _timed_step(opt, i)
+        _timed_step(baseline, i)
+    ours, theirs = [], []
+    for i in range(rounds):
+        if i % 2:
+            theirs.append(_timed_step(baseline, warmup + i))
+            ours.append(_timed_step(opt, warmup + i))
+        else:
+            ours.append(_timed_step(opt, warmup + i))
+            theirs.append(_timed_step(baseline, warmup + i))
+    return ours, theirs
 
 
 def state_bytes(opt: torch.optim.Optimizer) -> int:
@@ -215,28 +234,29 @@ def run(out_dir: Path, quick: bool = False, extra: dict[str, Factory] | None = N
             raise ValueError(f"step_overhead: extra optimizer name {name!r} clashes with a built-in one")
         optimizers[name] = (factory, "torch AdamW (fused)")
     shape_sets = ["gpt2-small/10"] if quick else list(SHAPE_SETS)
-    steps, warmup = (3, 1) if quick else (9, 3)
+    steps, warmup = (3, 1) if quick else (15, 3)
     rows: list[dict[str, Any]] = []
     for shape_set in shape_sets:
         params = make_params(shape_set)
         n_params = sum(p.numel() for p in params)
-        best: dict[str, float] = {}
+        times: dict[str, list[float]] = {}
+        ratios: dict[str, float] = {}
         states: dict[str, int] = {}
-        names = list(optimizers)
-        for order in (names, names[::-1]):
-            for name in order:
-                opt = optimizers[name][0](params)
-                seconds = time_steps(opt, steps, warmup)
-                best[name] = min(best.get(name, float("inf")), seconds)
-                states[name] = state_bytes(opt)
-                del opt
+        for name, (factory, baseline) in optimizers.items():
+            if baseline is None:
+                continue
+            opt, base = factory(params), optimizers[baseline][0](params)
+            ours, theirs = time_pair(opt, base, steps, warmup)
+            times.setdefault(name, []).extend(ours)
+            times.setdefault(baseline, []).extend(theirs)
+            ratios[name] = statistics.median(a / b for a, b in zip(ours, theirs, strict=True))
+            states[name], states[baseline] = state_bytes(opt), state_bytes(base)
+            del opt, base
         for name, (_, baseline) in optimizers.items():
-            ms = best[name] * 1e3
             rows.append({
                 "shapes": shape_set, "tensors": len(params), "params_M": n_params / 1e6, "optimizer": name,
-                "ms_per_step": ms, "baseline": baseline or "-",
-                "ratio": best[name] / best[baseline] if baseline else None,
-                "state_mb": states[name] / 2**20,
+                "ms_per_step": statistics.median(times[name]) * 1e3, "baseline": baseline or "-",
+                "ratio": ratios.get(name), "state_mb": states[name] / 2**20,
                 "peak_rss_mb": None if quick or name not in BUILTIN else peak_rss_mb(name, shape_set),
             })
         del params
@@ -247,9 +267,11 @@ def run(out_dir: Path, quick: bool = False, extra: dict[str, Factory] | None = N
             targets.append({"target": f"{row['optimizer']} step time / {row['baseline']} ({row['shapes']})",
                             "value": row["ratio"], "threshold": f"<= {threshold}", "met": row["ratio"] <= threshold})
     columns = ["shapes", "optimizer", "ms_per_step", "baseline", "ratio", "state_mb", "peak_rss_mb"]
-    body = (f"Median `step()` time over {steps} steps after {warmup} warm-up steps, best of two passes in "
-            f"opposite orders, {torch.get_num_threads()} threads. `ratio` = time / baseline's time in the same "
-            "run. `state_mb` = optimizer-held tensor bytes (Online: + controller); `peak_rss_mb` = peak RSS "
+    body = (f"Each optimizer timed interleaved with its baseline on the same parameters: {warmup} warm-up "
+            f"steps of each, then {steps} rounds of one `step()` of each in alternating order, "
+            f"{torch.get_num_threads()} threads. `ratio` = median over rounds of its time / the baseline's "
+            "time in that round; `ms_per_step` = median of its own times (a baseline's: over all its rounds). "
+            "`state_mb` = optimizer-held tensor bytes (Online: + controller); `peak_rss_mb` = peak RSS "
             "growth of a fresh subprocess building the optimizer and taking 3 steps (state + temporaries).\n\n"
             + markdown_table([{k: ("-" if r[k] is None else r[k]) for k in columns} for r in rows], columns)
             + "\n" + markdown_table(targets, ["target", "value", "threshold", "met"]))

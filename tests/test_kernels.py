@@ -80,7 +80,44 @@ def test_equals_torch_sgd(settings: dict) -> None:
             p.grad = g.clone()
         opt.step()
         sgd(params, grads[t], bufs, lrs=[0.05] * 3, **settings)
-    assert all(torch.equal(a, b.detach()) for a, b in zip(params, twins, strict=True))
+    if settings["momentum"] == 0.0 or settings["dampening"] != 0.0:
+        assert all(torch.equal(a, b.detach()) for a, b in zip(params, twins, strict=True))
+    else:  # the CPU's one-pass momentum (fused multiply-add) rounds once where torch rounds twice
+        for a, b in zip(params, twins, strict=True):
+            torch.testing.assert_close(a, b.detach(), rtol=1e-6, atol=1e-7)
+
+
+def test_cpu_momentum_is_one_pass_and_close_to_torch() -> None:
+    """With dampening 0 the buffer is written once per step (``torch.add(..., out=buf)``), and
+    stays within float32 rounding of torch's two-step ``mul_().add_()`` over many steps."""
+    params, grads = _tensors(torch.float32)
+    ours = [p.clone() for p in params]
+    bufs: list[torch.Tensor | None] = [None] * 3
+    calls: list[str] = []
+    real_add = torch.add
+
+    def counting_add(*args, **kwargs):
+        calls.append("out" if "out" in kwargs else "plain")
+        return real_add(*args, **kwargs)
+
+    torch.add = counting_add
+    try:
+        for t in range(4):
+            sgd(ours, grads[t], bufs, lrs=[0.05, 0.1, 0.2], momentum=0.9)
+    finally:
+        torch.add = real_add
+    assert calls.count("out") == 3 * 3  # every step after the first, one pass per tensor
+    twins = [p.clone().requires_grad_(True) for p in params]
+    opt = torch.optim.SGD(twins, lr=0.05, momentum=0.9, foreach=False)
+    ours = [p.clone() for p in params]
+    bufs = [None] * 3
+    for t in range(4):
+        for p, g in zip(twins, grads[t], strict=True):
+            p.grad = g.clone()
+        opt.step()
+        sgd(ours, grads[t], bufs, lrs=[0.05] * 3, momentum=0.9)
+    for a, b in zip(ours, twins, strict=True):
+        torch.testing.assert_close(a, b.detach(), rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -342,3 +342,23 @@ def test_callback_without_horizon_leaves_the_optimizer_unscheduled(tiny_gpt2_dir
         trainer.train()
     assert optimizer.total_steps is None and optimizer.progress is None
     assert optimizer.dynamics()["summary"]["schedule"] == 1.0
+
+
+def test_stock_sft_trainer_on_prompt_completion_data_measures_no_policy_change(tiny_gpt2_dir, tmp_path):
+    """The policy probe (two extra forwards a step, and the RL KL prior it feeds) is for RL trainers:
+    a supervised fine-tune whose rows have a ``prompt`` column must not pay for it or be steered by it."""
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    model, tokenizer, _, args = _sft_parts(tiny_gpt2_dir, tmp_path)
+    args.remove_unused_columns = False  # keeps the prompt column visible to the callback, as a custom collator would
+    rows = Dataset.from_list([{"prompt": p, "completion": " value of the object is returned."} for p in PROMPTS] * 4)
+    optimizer = OnlineAdamW(model.parameters(), lr=1e-3)
+    callback = AdaptiveCallback(print_console=False)
+    sft = SFTTrainer(model=model, args=args, train_dataset=rows, processing_class=tokenizer,
+                     optimizers=(optimizer, None), callbacks=[callback])
+    with pytest.warns(UserWarning, match="stock trainer"):
+        sft.train()
+    assert optimizer.signals.loss.count == 2
+    assert "policy_kl" not in optimizer.signals.signals or optimizer.signals["policy_kl"].count == 0
+    assert all("policy_kl" not in row for row in callback.history)

@@ -38,7 +38,8 @@ gradients, before ``optimizer.step()``), every target gets one
   ``frac_reward_zero_std`` (TRL's per-batch records; on a stock trainer, from its logs as for
   the loss). On a stock GRPO/RLOO trainer, whose sampled batches no public hook shows,
   ``policy_kl`` is measured at the prefixes of the first 8 training prompts (when they are plain
-  text) instead: two no-grad forwards of 8 short rows per step.
+  text) instead: two no-grad forwards of 8 short rows per step. Only RL trainers get it
+  (:func:`is_rl_config`): a supervised run, on prompt/completion rows too, pays nothing for it.
 * **horizon**: ``set_total_steps(state.max_steps)`` at train begin (also on resume), for
   targets that have it.
 
@@ -293,7 +294,8 @@ class AdaptiveCallback(TrainerCallback):
             if callable(getattr(target, "set_total_steps", None)):
                 target.set_total_steps(int(state.max_steps))
         self._pending, self._from_logs, self._probe, self._policy = {}, {}, None, {}
-        self._text_probe = _prompt_probe(kwargs.get("train_dataloader"), kwargs.get("processing_class"))
+        self._text_probe = (_prompt_probe(kwargs.get("train_dataloader"), kwargs.get("processing_class"))
+                            if is_rl_config(args) else None)
         self._resume_history(args, state)
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
@@ -398,6 +400,13 @@ class AdaptiveCallback(TrainerCallback):
                                     and r["step"] <= state.global_step]
                     break
         _write_rows(out / self.history_file, self.history)
+
+
+def is_rl_config(args: Any) -> bool:
+    """Whether ``args`` configure an RL trainer that samples completions (TRL's ``GRPOConfig`` /
+    ``RLOOConfig``: they carry ``num_generations``). Only those get the policy-change probe: a
+    supervised run, prompt/completion rows included, pays nothing for it and gets no KL prior."""
+    return getattr(args, "num_generations", None) is not None
 
 
 def _prompt_probe(dataloader: Any, tokenizer: Any) -> dict[str, Any] | None:
