@@ -110,3 +110,24 @@ def test_online_optimizer_follows_the_kl_prior(kls, expected):
 def test_kl_raise_searches_until_the_kl_first_reaches_half_the_target():
     assert kl_raise(1e-4, 0.01, searching=True) == KL_SEARCH_FACTOR == 2.0
     assert kl_raise(1e-4, 0.01, searching=False) == 1.0
+
+
+def test_the_kl_search_state_survives_a_save_and_old_states_do_not_search_again():
+    import torch
+
+    from adaptiverl.optim import OnlineAdamW
+
+    model = torch.nn.Linear(4, 2)
+    opt = OnlineAdamW(model.parameters(), lr=1e-3, controller="fresh")
+    for kl in (1e-4, 1e-4):
+        model(torch.randn(3, 4)).pow(2).mean().backward()
+        opt.step()
+        opt.observe(loss=1.0, policy_kl=kl)
+    ctl = opt.online_controller
+    saved = ctl.state_dict()
+    assert saved["ctl"]["kl_reached"] is False  # still searching: every KL was below half the target
+    ctl.load_state_dict(saved)
+    assert ctl.state.kl_reached is False
+    del saved["ctl"]["kl_reached"]  # a state saved before the search existed, after KL measurements
+    ctl.load_state_dict(saved)
+    assert ctl.state.kl_reached is True
