@@ -101,6 +101,19 @@ def _set_rules(variant: str) -> None:
     policy_rules.CLIMB_TSTAT = float(variant.split("_climb")[1]) if "_climb" in variant else 1.0
     online.KL_TARGET = float(variant.removeprefix("online_kl")) if variant.startswith("online_kl") \
         else policy_rules.KL_TARGET
+    # the KL prior's raise below half the target: online_search1.5 (search at 1.5x instead of 2x),
+    # online_up1.5 (1.5x on every low KL), online_upsqrt2 (at most sqrt(target / 2 / KL), at most 2x)
+    raise_ = policy_rules.kl_raise
+    if "_search" in variant:
+        factor = float(variant.split("_search")[1])
+        raise_ = lambda kl, target, searching: factor if searching else 1.0  # noqa: E731
+    elif "_upsqrt" in variant:
+        cap = float(variant.split("_upsqrt")[1])
+        raise_ = lambda kl, target, searching: min(cap, math.sqrt(policy_rules.KL_LOW * target / max(kl, 1e-12)))  # noqa: E731
+    elif "_up" in variant:
+        factor = float(variant.split("_up")[1])
+        raise_ = lambda kl, target, searching: factor  # noqa: E731
+    online.kl_raise = raise_
 
 
 def _hint_class() -> Any:

@@ -7,7 +7,13 @@ import random
 
 import pytest
 
-from adaptiverl.controllers.policy_rules import KL_FACTOR, anneal_advances, kl_adaptive_factor
+from adaptiverl.controllers.policy_rules import (
+    KL_FACTOR,
+    KL_SEARCH_FACTOR,
+    anneal_advances,
+    kl_adaptive_factor,
+    kl_raise,
+)
 from adaptiverl.signals import ScalarSignal
 
 
@@ -72,7 +78,7 @@ def test_online_optimizer_anneals_only_when_the_reward_stops_climbing():
     assert progress[-1] - progress[99] > 0.35  # and released once it was flat
 
 
-def _noise_scales(kl: float | None) -> list[float]:
+def _noise_scales(kls: list[float | None]) -> list[float]:
     import torch
 
     from adaptiverl.optim import OnlineAdamW
@@ -80,7 +86,7 @@ def _noise_scales(kl: float | None) -> list[float]:
     torch.manual_seed(0)
     model = torch.nn.Linear(16, 4)
     opt = OnlineAdamW(model.parameters(), lr=1e-3, controller="fresh", meta_lr=0.0, explore_std=0.0)
-    for _ in range(11):  # the first step has no measurement yet (it comes after a step)
+    for kl in [None, *kls]:  # the first step has no measurement yet (it comes after a step)
         loss = (model(torch.randn(8, 16)) * torch.randn(8, 4)).mean()
         opt.zero_grad()
         loss.backward()
@@ -89,9 +95,39 @@ def _noise_scales(kl: float | None) -> list[float]:
     return [t["delta_scale"] for t in opt.dynamics()["tensors"]]
 
 
-@pytest.mark.parametrize("kl, expected", [(1e-4, 1.1 ** 10), (0.01, 1.0), (0.5, 1.5 ** -10)])
-def test_online_optimizer_follows_the_kl_prior(kl, expected):
-    """A measured policy change far below / at / far above the target moves every scale by
-    1.1x up / not at all / 1.5x down per step, against the same run without the measurement."""
-    ratios = [a / b for a, b in zip(_noise_scales(kl), _noise_scales(None), strict=True)]
+# a measurement after step k moves step k + 1's scale: the last one is not in the reported scales
+@pytest.mark.parametrize("kls, expected", [([1e-4] * 5 + [0.01] + [1e-4] * 4, 2.0 ** 5 * 1.1 ** 3),
+                                           ([0.01] * 10, 1.0), ([0.5] * 10, 1.5 ** -9),
+                                           ([0.01] + [1e-4] * 9, 1.1 ** 8)])
+def test_online_optimizer_follows_the_kl_prior(kls, expected):
+    """A measured policy change far below / at / far above the target moves every scale up / not
+    at all / 1.5x down per step, against the same run without the measurement. Up is 2x per step
+    while the controller searches (no KL has reached half the target yet), then 1.1x."""
+    ratios = [a / b for a, b in zip(_noise_scales(kls), _noise_scales([None] * len(kls)), strict=True)]
     assert ratios == pytest.approx([expected] * 2, rel=0.1)  # the bias row also moves on its own
+
+
+def test_kl_raise_searches_until_the_kl_first_reaches_half_the_target():
+    assert kl_raise(1e-4, 0.01, searching=True) == KL_SEARCH_FACTOR == 2.0
+    assert kl_raise(1e-4, 0.01, searching=False) == 1.0
+
+
+def test_the_kl_search_state_survives_a_save_and_old_states_do_not_search_again():
+    import torch
+
+    from adaptiverl.optim import OnlineAdamW
+
+    model = torch.nn.Linear(4, 2)
+    opt = OnlineAdamW(model.parameters(), lr=1e-3, controller="fresh")
+    for kl in (1e-4, 1e-4):
+        model(torch.randn(3, 4)).pow(2).mean().backward()
+        opt.step()
+        opt.observe(loss=1.0, policy_kl=kl)
+    ctl = opt.online_controller
+    saved = ctl.state_dict()
+    assert saved["ctl"]["kl_reached"] is False  # still searching: every KL was below half the target
+    ctl.load_state_dict(saved)
+    assert ctl.state.kl_reached is False
+    del saved["ctl"]["kl_reached"]  # a state saved before the search existed, after KL measurements
+    ctl.load_state_dict(saved)
+    assert ctl.state.kl_reached is True

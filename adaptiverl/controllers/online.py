@@ -43,7 +43,13 @@ from adaptiverl.controllers.base import (
     bounded_log_update,
 )
 from adaptiverl.controllers.gru import GRUController
-from adaptiverl.controllers.policy_rules import KL_TARGET, anneal_advances, kl_adaptive_factor
+from adaptiverl.controllers.policy_rules import (
+    KL_LOW,
+    KL_TARGET,
+    anneal_advances,
+    kl_adaptive_factor,
+    kl_raise,
+)
 from adaptiverl.signals.stats import Signals
 from adaptiverl.signals.tensor_stats import (
     EPS,
@@ -183,6 +189,7 @@ class ControllerState:
     #: reward climbed (:func:`~adaptiverl.controllers.policy_rules.anneal_advances`)
     anneal_steps: float = 0.0
     last_kl_count: int = 0                # policy_kl values seen (the KL prior acts on new ones)
+    kl_reached: bool = False              # a measured policy_kl has reached half the target (search over)
     knob_values: list[list[float]] | None = None
     scales: list[float] | None = None     # the step scales the last step used (schedule included)
 
@@ -205,6 +212,7 @@ class ControllerState:
         rest = {k: move(v) for k, v in data.items() if k != "rows"}
         rest["layout"] = [tuple(x) for x in rest["layout"]]
         rest.setdefault("anneal_steps", float(rest["steps"]))  # saved before the anneal gate: all counted
+        rest.setdefault("kl_reached", rest.get("last_kl_count", 0) > 0)  # saved before the KL search: no new search
         return cls(rows=rows, **rest)
 
 
@@ -217,6 +225,7 @@ class LearningSignal:
     gate: Tensor            # (T,) in [0, 1]
     reward_step: Tensor     # (T,) the reward path's change of log s (0 without rewards)
     brake: Tensor           # (T,) in [0, 1]: strength of the immediate cut
+    lift: Tensor            # (T,) >= 0: an immediate raise of log s beyond the step cap (the KL prior)
     signal: Tensor          # (T,) ~ dL / d log s for the previous step's scale
     stats: dict[str, Tensor] = field(default_factory=dict)  # the updated running sums
 
@@ -358,6 +367,7 @@ class OnlineController(Controller):
             new.seen[:state.num_rows] = state.seen
             new.last_reward_count, new.steps = state.last_reward_count, state.steps
             new.anneal_steps, new.last_kl_count = state.anneal_steps, state.last_kl_count
+            new.kl_reached = state.kl_reached
         self.network.to(device)
         self.state = new
         self._sampler = RowSampler(layout, width)
@@ -409,7 +419,7 @@ class OnlineController(Controller):
         return {"rows": dataclasses.replace(ctl.rows), "knob_log_mult": ctl.knob_log_mult,
                 "drift_ema": ctl.drift_ema, "steps": ctl.steps, "last_reward_count": ctl.last_reward_count,
                 "anneal_steps": ctl.anneal_steps, "last_kl_count": ctl.last_kl_count,
-                "seen": list(ctl.seen), "generator": self.generator.get_state(),
+                "kl_reached": ctl.kl_reached, "seen": list(ctl.seen), "generator": self.generator.get_state(),
                 "weights": [w.detach().clone() for w in self.network.parameters()]}
 
     def restore(self, snapshot: dict[str, Any]) -> None:
@@ -420,6 +430,7 @@ class OnlineController(Controller):
         ctl.knob_log_mult, ctl.drift_ema = snapshot["knob_log_mult"], snapshot["drift_ema"]
         ctl.steps, ctl.last_reward_count = snapshot["steps"], snapshot["last_reward_count"]
         ctl.anneal_steps, ctl.last_kl_count = snapshot["anneal_steps"], snapshot["last_kl_count"]
+        ctl.kl_reached = snapshot["kl_reached"]
         ctl.seen = snapshot["seen"]
         self.generator.set_state(snapshot["generator"])
         with torch.no_grad():
@@ -538,28 +549,34 @@ class OnlineController(Controller):
         reward_step = (self.network.max_log_step * tunables["reward_weight"]
                        * torch.tanh(t_reward / TSTAT_SCALE) * gate(t_reward, self.snr_threshold))
         brake = self.brake(signals, feats, has_prev, tunables)
-        reward_step, brake = self.kl_prior(signals, reward_step, brake)
+        reward_step, brake, lift = self.kl_prior(signals, reward_step, brake)
         return LearningSignal(tstat_fast=t_fast, tstat_slow=t_slow, gate=open_, reward_step=reward_step,
-                              brake=brake, signal=signal, stats=stats)
+                              brake=brake, lift=lift, signal=signal, stats=stats)
 
-    def kl_prior(self, signals: Signals, step: Tensor, brake: Tensor) -> tuple[Tensor, Tensor]:
+    def kl_prior(self, signals: Signals, step: Tensor, brake: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """rsl_rl's KL-adaptive rule on a newly measured policy change (``observe(policy_kl=)``).
 
-        Below half of ``KL_TARGET`` every row's change gets the network's largest step up (1.1x);
-        above twice it the brake cuts every row by 1.5 at once. Nothing without a new measurement
+        Below half of ``KL_TARGET`` every row's change gets the network's largest step up (1.1x)
+        and, while the controller still searches (no measured KL has reached half the target
+        yet), a lift beyond that step cap up to :func:`kl_raise`'s factor (2x); above twice the
+        target the brake cuts every row by 1.5 at once. Nothing without a new measurement
         (supervised runs), so the rest of the controller is unchanged there.
+        Returns ``(step, brake, lift)`` (``lift``: an immediate raise of log s, >= 0).
         """
         ctl = self.state
+        lift = torch.zeros_like(step)
         kl = signals.signals.get("policy_kl")
         if ctl is None or kl is None or kl.count <= ctl.last_kl_count or kl.last is None:
-            return step, brake
+            return step, brake, lift
         ctl.last_kl_count = kl.count
+        ctl.kl_reached = ctl.kl_reached or kl.last >= KL_LOW * KL_TARGET
         factor = kl_adaptive_factor(kl.last, KL_TARGET)
         if factor > 1.0:
-            return step + self.network.max_log_step, brake
+            extra = math.log(kl_raise(kl.last, KL_TARGET, searching=not ctl.kl_reached)) - self.network.max_log_step
+            return step + self.network.max_log_step, brake, lift + max(0.0, extra)
         if factor < 1.0:
-            return step, brake.clamp(min=math.log(1.0 / factor) / math.log(BRAKE_FACTOR))
-        return step, brake
+            return step, brake.clamp(min=math.log(1.0 / factor) / math.log(BRAKE_FACTOR)), lift
+        return step, brake, lift
 
     def brake(self, signals: Signals, feats: TensorFeatures, has_prev: Tensor, tunables: dict[str, Tensor]) -> Tensor:
         """Strength in [0, 1] of the immediate cut: a strong reversal of a row, or a loss spike (all rows)."""
@@ -635,7 +652,7 @@ class OnlineController(Controller):
                 seen[r] = True
 
         log_scale, h_new = self.network.advance(x, prev.hidden, prev.log_scale, sig.gate, sig.reward_step,
-                                                sig.brake * math.log(BRAKE_FACTOR))
+                                                sig.brake * math.log(BRAKE_FACTOR) - sig.lift)
         k = x.shape[0]
         if signals.reward.count > 0:
             # one draw shared by every tensor: a per-tensor draw would split the reward's
