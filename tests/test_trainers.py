@@ -223,8 +223,9 @@ def test_stock_grpo_trainer_with_callbacks_list(tiny_gpt2_dir, tmp_path):
     assert optimizer.total_steps == 3
     assert list(optimizer.signals["entropy"].values) == pytest.approx(_logged(trainer, "entropy")[:2])
     assert list(optimizer.signals["reward_std"].values) == pytest.approx(_logged(trainer, "reward_std")[:2])
-    # the policy change, measured at the training prompts' own prefixes (no hook shows the batch)
-    assert optimizer.signals["policy_kl"].count == 2 and min(optimizer.signals["policy_kl"].values) > 0
+    # the policy change, measured at the training prompts' own prefixes (no hook shows the batch),
+    # fed right after each of the 3 steps (so a checkpoint of a step holds that step's change)
+    assert optimizer.signals["policy_kl"].count == 3 and min(optimizer.signals["policy_kl"].values) > 0
 
 
 def test_adaptive_grpo_trainer_feeds_trls_reward_every_step(tiny_gpt2_dir, tmp_path):
@@ -253,10 +254,11 @@ def test_adaptive_grpo_trainer_feeds_trls_reward_every_step(tiny_gpt2_dir, tmp_p
     # And the reward logged at step 2 is the mean of the two steps it covers.
     assert _logged(trainer, "reward") == pytest.approx([(fed[0] + fed[1]) / 2])
     assert optimizer.signals.loss.count == 3 and optimizer.total_steps == 3
-    # RL signals: the policy change of each step, fed with the next step's signals
+    # RL signals: the policy change of each step, fed right after it, logged in the next step's row
     history = trainer.adaptive_callback.history
     assert "policy_kl" not in history[0] and all(r["policy_kl"] > 0 for r in history[1:])
-    assert optimizer.signals["policy_kl"].count == 2 and optimizer.signals["entropy"].count == 2
+    assert optimizer.signals["policy_kl"].count == 3 and optimizer.signals["entropy"].count == 3
+    assert list(optimizer.signals["policy_kl"].values)[:2] == pytest.approx([r["policy_kl"] for r in history[1:]])
     assert optimizer.signals["reward_std"].count == 3 and optimizer.signals["frac_reward_zero_std"].count == 3
 
 

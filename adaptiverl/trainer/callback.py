@@ -33,8 +33,8 @@ gradients, before ``optimizer.step()``), every target gets one
   norm is passed on: the Online optimizers skip that step.
 * **RL signals** (GRPO/RLOO), as further keywords of ``observe``: ``policy_kl`` (the KL between
   the policy before and after the previous optimizer step on that step's sampled tokens, from
-  the ``Adaptive*Trainer``'s :class:`~adaptiverl.signals.policy.PolicyProbe`, measured in
-  ``on_optimizer_step`` and fed with the next step's signals), ``entropy``, ``reward_std`` and
+  the ``Adaptive*Trainer``'s :class:`~adaptiverl.signals.policy.PolicyProbe`, measured and fed in
+  ``on_optimizer_step``, so a checkpoint of that step holds it; logged in the next step's row), ``entropy``, ``reward_std`` and
   ``frac_reward_zero_std`` (TRL's per-batch records; on a stock trainer, from its logs as for
   the loss). On a stock GRPO/RLOO trainer, whose sampled batches no public hook shows,
   ``policy_kl`` is measured at the prefixes of the first 8 training prompts (when they are plain
@@ -251,7 +251,7 @@ class AdaptiveCallback(TrainerCallback):
         window; the values are fed to the targets in the following ``on_pre_optimizer_step``.
         ``signals`` are further scalars by name (:data:`RL_SIGNALS`); ``policy_probe`` (a
         :class:`~adaptiverl.signals.policy.PolicyProbe`) is read after the optimizer step and its
-        ``policy_kl`` and ``entropy`` are fed with the next step's signals.
+        ``policy_kl`` and ``entropy`` are fed then (logged with the next step's signals).
         """
         unknown = set(signals) - set(RL_SIGNALS)
         if unknown:
@@ -312,24 +312,33 @@ class AdaptiveCallback(TrainerCallback):
             if self._text_probe is not None and model is not None:  # measured after the step
                 self._probe = PolicyProbe(model, self._text_probe,
                                           temperature=float(getattr(args, "temperature", 1.0) or 1.0))
-        signals = {**signals, **{k: v for k, v in self._policy.items() if v is not None}}
-        self._policy = {}
+        policy, self._policy = {k: v for k, v in self._policy.items() if v is not None}, {}
         loss, reward, grad_norm = signals.get("loss"), signals.get("reward"), signals.get("grad_norm")
-        extra = {k: signals[k] for k in RL_SIGNALS if signals.get(k) is not None}
+        extra = {k: signals[k] for k in RL_SIGNALS if signals.get(k) is not None and k not in policy}
         if reward is not None:
             self.reward_signal.update(reward)
         for target in self.targets:
             feed(target, loss, reward, grad_norm, **extra)
-        self._last = {"loss": loss, "reward": reward, "grad_norm": grad_norm, **extra}
+        # the previous step's policy change was fed when it was measured; it is logged in this row
+        self._last = {"loss": loss, "reward": reward, "grad_norm": grad_norm, **extra, **policy}
 
     def on_optimizer_step(self, args, state, control, **kwargs):
-        """The step is taken: measure how far it moved the policy (fed with the next step's signals)."""
+        """The step is taken: measure how far it moved the policy and feed it to the targets now.
+
+        Fed here, not with the next step's signals, so a checkpoint written after this step holds
+        it in the optimizer's state: a resumed run steps on it exactly as the uninterrupted one.
+        The controller acts on it at its next step either way; a scheduler target (rsl_rl's rule)
+        sets the next step's lr from it. It is logged in the next step's history row.
+        """
         probe, self._probe = self._probe, None
         if probe is not None and self.targets:
             measured = probe.after()
             if not self.fed_by_trainer:  # prompt prefixes: the change, not the policy's own entropy
                 measured = {"policy_kl": measured["policy_kl"]}
             self._policy = {k: _finite(v) for k, v in measured.items()}
+            values = {k: v for k, v in self._policy.items() if v is not None}
+            for target in self.targets if values else ():
+                feed(target, None, None, None, **values)
 
     def on_step_end(self, args, state, control, lr_scheduler=None, **kwargs):
         summary: dict[str, float] = {}
