@@ -114,6 +114,8 @@ def _set_rules(variant: str) -> None:
         factor = float(variant.split("_up")[1])
         raise_ = lambda kl, target, searching: factor  # noqa: E731
     online.kl_raise = raise_
+    # online_med3: the KL prior on the median of the last 3 measured KLs (the shipped value is KL_MEDIAN_OF)
+    online.KL_MEDIAN_OF = int(variant.split("_med")[1]) if "_med" in variant else policy_rules.KL_MEDIAN_OF
 
 
 def _hint_class() -> Any:

@@ -9,10 +9,12 @@ import pytest
 
 from adaptiverl.controllers.policy_rules import (
     KL_FACTOR,
+    KL_MEDIAN_OF,
     KL_SEARCH_FACTOR,
     anneal_advances,
     kl_adaptive_factor,
     kl_raise,
+    recent_kl,
 )
 from adaptiverl.signals import ScalarSignal
 
@@ -105,6 +107,14 @@ def test_online_optimizer_follows_the_kl_prior(kls, expected):
     while the controller searches (no KL has reached half the target yet), then 1.1x."""
     ratios = [a / b for a, b in zip(_noise_scales(kls), _noise_scales([None] * len(kls)), strict=True)]
     assert ratios == pytest.approx([expected] * 2, rel=0.1)  # the bias row also moves on its own
+
+
+def test_recent_kl_is_the_last_value_by_default_or_the_median_of_a_window():
+    values = (0.004, 0.2, 0.006, 0.005)
+    assert KL_MEDIAN_OF == 1 and recent_kl(values) == 0.005  # the shipped prior acts on the last one
+    assert recent_kl(values, 3) == 0.006  # a lone spike (0.2) does not count in a window of 3
+    assert recent_kl((0.2, 0.3), 3) == pytest.approx(0.25)  # fewer values than the window: their median
+    assert recent_kl((0.01,), 3) == 0.01
 
 
 def test_kl_raise_searches_until_the_kl_first_reaches_half_the_target():

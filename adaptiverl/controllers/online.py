@@ -45,10 +45,12 @@ from adaptiverl.controllers.base import (
 from adaptiverl.controllers.gru import GRUController
 from adaptiverl.controllers.policy_rules import (
     KL_LOW,
+    KL_MEDIAN_OF,
     KL_TARGET,
     anneal_advances,
     kl_adaptive_factor,
     kl_raise,
+    recent_kl,
 )
 from adaptiverl.signals.stats import Signals
 from adaptiverl.signals.tensor_stats import (
@@ -569,10 +571,11 @@ class OnlineController(Controller):
         if ctl is None or kl is None or kl.count <= ctl.last_kl_count or kl.last is None:
             return step, brake, lift
         ctl.last_kl_count = kl.count
-        ctl.kl_reached = ctl.kl_reached or kl.last >= KL_LOW * KL_TARGET
-        factor = kl_adaptive_factor(kl.last, KL_TARGET)
+        value = recent_kl(kl.values, KL_MEDIAN_OF)
+        ctl.kl_reached = ctl.kl_reached or value >= KL_LOW * KL_TARGET
+        factor = kl_adaptive_factor(value, KL_TARGET)
         if factor > 1.0:
-            extra = math.log(kl_raise(kl.last, KL_TARGET, searching=not ctl.kl_reached)) - self.network.max_log_step
+            extra = math.log(kl_raise(value, KL_TARGET, searching=not ctl.kl_reached)) - self.network.max_log_step
             return step + self.network.max_log_step, brake, lift + max(0.0, extra)
         if factor < 1.0:
             return step, brake.clamp(min=math.log(1.0 / factor) / math.log(BRAKE_FACTOR)), lift

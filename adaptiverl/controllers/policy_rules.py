@@ -37,6 +37,10 @@ KL_TARGET = 0.01
 #: and over a raise proportional to sqrt(target / KL) on the benchmark-disjoint GRPO task of
 #: ``scripts/rl_dev.py`` (docs/online.md).
 KL_SEARCH_FACTOR = 2.0
+#: The KL prior acts on the median of the last ``KL_MEDIAN_OF`` measured policy changes (1: the
+#: last one). A per-micro-batch KL estimate is heavy-tailed, and the rule answers a spike above
+#: twice the target with a 1.5x cut but a low value with a 1.1x raise, so lone spikes walk the lr down.
+KL_MEDIAN_OF = 1
 #: A reward trend with a t-statistic above this is climbing: the anneal waits.
 CLIMB_TSTAT = 1.0
 #: A tensor that looks pretrained starts at ``lr <= PRETRAINED_START_RMS * rms(theta)`` (an AdamW
@@ -56,6 +60,13 @@ def kl_adaptive_factor(kl: float, target: float) -> float:
     if kl > KL_HIGH * target:
         return 1.0 / KL_FACTOR
     return 1.0
+
+
+def recent_kl(values: Sequence[float], count: int = KL_MEDIAN_OF) -> float:
+    """The median of the last ``count`` measured policy changes (the last one for ``count=1``)."""
+    window = sorted(values[-count:])
+    mid = len(window) // 2
+    return window[mid] if len(window) % 2 else 0.5 * (window[mid - 1] + window[mid])
 
 
 def kl_raise(kl: float, target: float, searching: bool) -> float:
