@@ -123,13 +123,6 @@ def _timed_step(opt: torch.optim.Optimizer, step: int) -> float:
     return time.perf_counter() - start
 
 
-def time_steps(opt: torch.optim.Optimizer, steps: int, warmup: int) -> float:
-    """Median seconds per ``step()`` over ``steps`` timed steps after ``warmup`` ones."""
-    for i in range(warmup):
-        _timed_step(opt, i)
-    return statistics.median(_timed_step(opt, warmup + i) for i in range(steps))
-
-
 def time_pair(opt: torch.optim.Optimizer, baseline: torch.optim.Optimizer, rounds: int,
               warmup: int) -> tuple[list[float], list[float]]:
     """Seconds per ``step()`` of ``opt`` and of ``baseline``, interleaved: ``warmup`` untimed steps

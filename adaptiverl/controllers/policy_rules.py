@@ -19,6 +19,7 @@ the Online controller and the benchmarks' anchors share one definition:
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 
 from torch import Tensor
@@ -64,9 +65,7 @@ def kl_adaptive_factor(kl: float, target: float) -> float:
 
 def recent_kl(values: Sequence[float], count: int = KL_MEDIAN_OF) -> float:
     """The median of the last ``count`` measured policy changes (the last one for ``count=1``)."""
-    window = sorted(values[-count:])
-    mid = len(window) // 2
-    return window[mid] if len(window) % 2 else 0.5 * (window[mid - 1] + window[mid])
+    return statistics.median(values[-count:])
 
 
 def kl_raise(kl: float, target: float, searching: bool) -> float:

@@ -119,16 +119,14 @@ def sgd_multi_tensor(params: list[Tensor], grads: list[Tensor], momentum_buffers
             d_ps = torch._foreach_add(d_ps, ps, alpha=weight_decay)
         if momentum != 0:
             bufs = [momentum_buffers[i] for i in index]
-            if any(buf is None for buf in bufs):
+            # per tensor on the first step, and on the CPU (whose foreach ops loop over tensors anyway)
+            if any(buf is None for buf in bufs) or _one_pass(bufs[0], dampening):
                 for k, (i, d_p) in enumerate(zip(index, d_ps, strict=True)):
                     buf = bufs[k]
                     if buf is None:
                         bufs[k] = momentum_buffers[i] = torch.clone(d_p).detach()
                     else:
                         _momentum_(buf, d_p, momentum, dampening)
-            elif _one_pass(bufs[0], dampening):  # the CPU's foreach ops are a loop over tensors anyway
-                for buf, d_p in zip(bufs, d_ps, strict=True):
-                    torch.add(d_p, buf, alpha=momentum, out=buf)
             else:
                 torch._foreach_mul_(bufs, momentum)
                 torch._foreach_add_(bufs, d_ps, alpha=1 - dampening)

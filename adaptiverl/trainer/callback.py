@@ -223,7 +223,7 @@ class AdaptiveCallback(TrainerCallback):
         self._from_logs: dict[str, float | None] = {}
         self._probe: Any = None
         self._text_probe: dict[str, Any] | None = None  # stock trainers: the prompts' own prefixes
-        self._policy: dict[str, float | None] = {}
+        self._policy: dict[str, float] = {}
         self._warned_logs_only = False
         self._last: dict[str, Any] = {}
 
@@ -312,7 +312,7 @@ class AdaptiveCallback(TrainerCallback):
             if self._text_probe is not None and model is not None:  # measured after the step
                 self._probe = PolicyProbe(model, self._text_probe,
                                           temperature=float(getattr(args, "temperature", 1.0) or 1.0))
-        policy, self._policy = {k: v for k, v in self._policy.items() if v is not None}, {}
+        policy, self._policy = self._policy, {}
         loss, reward, grad_norm = signals.get("loss"), signals.get("reward"), signals.get("grad_norm")
         extra = {k: signals[k] for k in RL_SIGNALS if signals.get(k) is not None and k not in policy}
         if reward is not None:
@@ -335,10 +335,10 @@ class AdaptiveCallback(TrainerCallback):
             measured = probe.after()
             if not self.fed_by_trainer:  # prompt prefixes: the change, not the policy's own entropy
                 measured = {"policy_kl": measured["policy_kl"]}
-            self._policy = {k: _finite(v) for k, v in measured.items()}
-            values = {k: v for k, v in self._policy.items() if v is not None}
-            for target in self.targets if values else ():
-                feed(target, None, None, None, **values)
+            finite = {k: _finite(v) for k, v in measured.items()}
+            self._policy = {k: v for k, v in finite.items() if v is not None}
+            for target in self.targets if self._policy else ():
+                feed(target, None, None, None, **self._policy)
 
     def on_step_end(self, args, state, control, lr_scheduler=None, **kwargs):
         summary: dict[str, float] = {}
