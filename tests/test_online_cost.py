@@ -58,3 +58,34 @@ def test_plain_loop_with_adaptation_off_syncs_once_for_the_check(cls, monkeypatc
     monkeypatch.setattr(torch.Tensor, "item", counting)
     opt.step()
     assert calls["n"] == 1
+
+
+def test_full_finite_check_reads_cpu_gradients_with_blas_dots(monkeypatch):
+    """On the CPU the plain loop's check is one multi-threaded ``dot`` per float tensor, not
+    ``_foreach_norm`` (one thread per tensor there); its verdict is the old one: the float32 sum
+    of squares is finite."""
+    from adaptiverl.signals.tensor_stats import squared_norm
+
+    grads = [torch.randn(64, 33), torch.randn(17, dtype=torch.float64), torch.randn(9).bfloat16()]
+    dots, norms = {"n": 0}, {"n": 0}
+    real_dot, real_norm = torch.dot, torch._foreach_norm
+
+    def dot(*args, **kwargs):
+        dots["n"] += 1
+        return real_dot(*args, **kwargs)
+
+    def foreach_norm(tensors, *args, **kwargs):
+        norms["n"] += len(tensors)
+        return real_norm(tensors, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "dot", dot)
+    monkeypatch.setattr(torch, "_foreach_norm", foreach_norm)
+    value = squared_norm(grads, torch.device("cpu"))
+    assert dots["n"] == 2 and norms["n"] == 1  # bfloat16 keeps _foreach_norm (a float32 accumulator)
+    expected = sum(float(g.double().square().sum()) for g in grads)
+    assert value.dtype == torch.float32 and value.item() == pytest.approx(expected, rel=1e-4)  # bf16 norm rounding
+    for bad in (float("nan"), float("inf"), 2e19):  # 2e19 ** 2 overflows float32: skipped as before
+        broken = [g.clone() for g in grads]
+        broken[0][3, 5] = bad
+        assert not torch.isfinite(squared_norm(broken, torch.device("cpu")))
+    assert torch.isfinite(squared_norm([torch.full((4,), 1e18)], torch.device("cpu")))

@@ -37,7 +37,7 @@ from adaptiverl.controllers.policy_rules import pretrained_start_scales
 from adaptiverl.optim._kernels import KERNELS, apply_update
 from adaptiverl.optim._online_args import Adaptation
 from adaptiverl.signals.stats import Signals, to_float
-from adaptiverl.signals.tensor_stats import any_rank, is_sharded, local
+from adaptiverl.signals.tensor_stats import any_rank, is_sharded, local, squared_norm
 
 
 class OnlineOptimizer(Optimizer):
@@ -319,11 +319,11 @@ class OnlineOptimizer(Optimizer):
         non-finite gradient on any rank, read with the step's one host sync.
 
         ``auto``: the observed grad norm when one was given for this step (free: the caller
-        already reduced every element), else ``full``: one read of every gradient, the per-tensor
-        norms (``torch._foreach_norm``) summed in float32 as the trainer's clip norm is, so a step
-        is taken exactly when the total gradient norm is finite (a non-finite element, or a norm
-        beyond ~1.8e19 whose square overflows, skips it: such a step would overflow the momentum
-        and the controller's statistics); ``sample``: the feature sample only."""
+        already reduced every element), else ``full``: one read of every gradient
+        (:func:`squared_norm`), so a step is taken exactly when the total squared gradient norm
+        is finite in float32 (a non-finite element, or a norm beyond ~1.8e19 whose square
+        overflows, skips it: such a step would overflow the momentum and the controller's
+        statistics); ``sample``: the feature sample only."""
         mode = self.finite_check
         if mode == "off":
             return True
@@ -334,8 +334,7 @@ class OnlineOptimizer(Optimizer):
         grads = batch["local_grads"]
         device = grads[0].device
         if mode == "full":
-            norms = torch.stack([n.to(device) for n in torch._foreach_norm(grads)]).float()
-            found = ~torch.isfinite(norms.square().sum())
+            found = ~torch.isfinite(squared_norm(grads, device))
         else:
             sample = self._prepare_controller(device).sample_gradients(grads, batch["rows"], device)
             batch["G_sample"] = sample

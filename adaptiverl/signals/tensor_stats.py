@@ -14,6 +14,7 @@ parameter tensor (``T`` rows):
   and knob cosines, the update-to-parameter ratio and the gradient-scale drift of one step.
 * :func:`ema_tstat`: EMAs of ``x`` and ``x^2`` and the t-statistic of their mean.
 * :func:`any_rank`: a per-rank flag combined over the shards (``MAX``).
+* :func:`squared_norm`: ``sum_i ||g_i||^2`` of a list of tensors in float32 (the finite check).
 
 Everything runs on the device without a host sync.
 """
@@ -218,3 +219,27 @@ def tensor_features(G: Tensor, P: Tensor, M: Tensor, signs: Tensor, *, P_prev: T
                           memory_cos=cosine(sums, "g_m", "g_g", "m_m"), update_ratio=unit(update_ratio, 1.0),
                           drift=torch.nan_to_num(drift).clamp(-DRIFT_MAX, DRIFT_MAX), grad_sq=torch.nan_to_num(grad_sq),
                           counts=count.float(), knob_cos=knob_cos)
+
+
+def squared_norm(tensors: list[Tensor], device: torch.device) -> Tensor:
+    """``sum_i ||t_i||^2`` in float32 as a 0-d tensor on ``device``: non-finite exactly when an
+    element is NaN or +-inf or the sum overflows float32 (a norm beyond ~1.8e19).
+
+    One read of every element. On the CPU a float32 / float64 tensor is one BLAS ``dot`` with
+    itself, which runs on every intra-op thread (``torch._foreach_norm`` reads each tensor on one
+    thread on the CPU: 21-22 ms against 17 ms for GPT-2-small's gradients on 2 threads); other
+    devices and dtypes use ``torch._foreach_norm`` (one fused launch per device and dtype on CUDA).
+    """
+    squares = []
+    rest = []
+    for t in tensors:
+        if t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and t.numel() > 0:
+            flat = t.reshape(-1)
+            squares.append(torch.dot(flat, flat).float())
+        else:
+            rest.append(t)
+    if rest:
+        squares += [n.float().square() for n in torch._foreach_norm(rest)]
+    if not squares:
+        return torch.zeros((), device=device)
+    return torch.stack([q.to(device) for q in squares]).sum()
