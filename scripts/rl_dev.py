@@ -72,16 +72,21 @@ def grpo_run(job: tuple[str, float, str, str, int, int]) -> dict[str, Any]:
     model, tokenizer = load_model_and_tokenizer(c)
     dataset = load_dataset_for(c, tokenizer)
     optimizer = _dev_optimizer(variant, model, c)
-    trainer = build_trainer(c, model, tokenizer, dataset, optimizer)
+    if variant.endswith("_stock"):  # the default path: a stock trl.GRPOTrainer + AdaptiveCallback()
+        from benchmarks.grpo_reward import _stock_trainer
+
+        trainer = _stock_trainer(c, model, tokenizer, dataset, optimizer)
+    else:
+        trainer = build_trainer(c, model, tokenizer, dataset, optimizer)
+        trainer.add_callback(AdaptiveCallback(print_console=False, history_file=None, require_targets=False,
+                                              horizon=variant != "online_nohorizon"))
     for cb in (ProgressCallback, PrinterCallback):
         trainer.remove_callback(cb)
-    trainer.add_callback(AdaptiveCallback(print_console=False, history_file=None, require_targets=False,
-                                          horizon=variant != "online_nohorizon"))
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.train()
     rewards = [r["reward"] for r in trainer.state.log_history if "reward" in r]
-    history = trainer.adaptive_callback.history
+    history = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, AdaptiveCallback)).history
     kls = [h["policy_kl"] for h in history if "policy_kl" in h]
     lrs = [h.get("lr", math.nan) for h in history]
     return {"task": "grpo", "variant": variant, "factor": factor, "seed": seed,
@@ -116,6 +121,29 @@ def _set_rules(variant: str) -> None:
     online.kl_raise = raise_
     # online_med3: the KL prior on the median of the last 3 measured KLs (the shipped value is KL_MEDIAN_OF)
     online.KL_MEDIAN_OF = int(variant.split("_med")[1]) if "_med" in variant else policy_rules.KL_MEDIAN_OF
+    # the KL the prior acts on, robust to a lone spike of a per-micro-batch estimate: online_mean2 (mean of
+    # the last 2), online_gmean2 (their geometric mean), online_confirm (a cut needs the last two above
+    # twice the target, or the last above 8x it)
+    online.recent_kl = _recent_kl(variant)
+
+
+def _recent_kl(variant: str) -> Any:
+    from adaptiverl.controllers import policy_rules
+
+    if "_gmean" in variant:
+        n = int(variant.split("_gmean")[1])
+        return lambda values, count: math.exp(statistics.fmean(math.log(max(v, 1e-12)) for v in values[-n:]))
+    if "_mean" in variant:
+        n = int(variant.split("_mean")[1])
+        return lambda values, count: statistics.fmean(values[-n:])
+    if variant.endswith("_confirm"):
+        def confirmed(values: Any, count: int) -> float:
+            last, target = values[-1], policy_rules.KL_TARGET
+            if policy_rules.KL_HIGH * target < last <= 8 * target:
+                return min(values[-2:])
+            return last
+        return confirmed
+    return policy_rules.recent_kl
 
 
 def _hint_class() -> Any:
