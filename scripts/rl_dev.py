@@ -7,6 +7,9 @@ never on ``benchmarks/``:
   ``werkzeug`` (the benchmark's quickstart prompts come from the standard library), rewarded for a
   12-word completion and for using "and" / "or" / "not" (the benchmark's reward adds a cosine
   similarity to a reference and a different regex). ``python scripts/rl_dev.py grpo``.
+* ``grpo_cosine``: the same task with a cosine similarity to each paragraph's next 16 words added
+  to the rewards (all-MiniLM-L6-v2, offline), the benchmark reward's shape on other text.
+  ``python scripts/rl_dev.py grpo_cosine``.
 * ``finetune``: the MiniLM fine-tune of ``benchmarks.finetune_pretrained`` on other libraries'
   docstrings (``datasets``, ``accelerate``, ``huggingface_hub``, ``pygments``), 60 steps.
   ``python scripts/rl_dev.py finetune``.
@@ -39,26 +42,32 @@ DEV_FT_LIBRARIES = ("datasets", "accelerate", "huggingface_hub", "pygments")
 BASE_LR = 2e-3
 
 
+#: ``grpo_cosine``: the dev rewards plus a cosine similarity to the paragraph's next 16 words (the
+#: benchmark's reward has this shape on other text); a task whose sampled-completion KL may be heavier-tailed
+DEV_REWARDS_COSINE = [*DEV_REWARDS, {"type": "cosine", "reference_column": "reference", "weight": 1.0}]
+
+
 def _prompts(path: Path, count: int = 96) -> Path:
     from benchmarks.finetune_pretrained import docstring_paragraphs
 
     rows = []
     for lib in DEV_PROMPT_LIBRARIES:
         for text in docstring_paragraphs(lib)[: count // len(DEV_PROMPT_LIBRARIES)]:
-            rows.append({"prompt": " ".join(text.split()[:6])})
+            words = text.split()
+            rows.append({"prompt": " ".join(words[:6]), "reference": " ".join(words[6:22]) or " ".join(words)})
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
 
-def grpo_run(job: tuple[str, float, str, str, int, int]) -> dict[str, Any]:
-    """One dev GRPO run ``(variant, lr factor, model dir, prompts file, steps, seed)``."""
+def grpo_run(job: tuple[str, float, str, str, int, int, bool]) -> dict[str, Any]:
+    """One dev GRPO run ``(variant, lr factor, model dir, prompts file, steps, seed, cosine)``."""
     from transformers import PrinterCallback, ProgressCallback, set_seed
 
     from adaptiverl.trainer.callback import AdaptiveCallback
     from adaptiverl.trainer.config import parse_config
     from adaptiverl.trainer.run import build_trainer, load_dataset_for, load_model_and_tokenizer
 
-    variant, factor, model_dir, prompts, steps, seed = job
+    variant, factor, model_dir, prompts, steps, seed, cosine = job
     import transformers
 
     transformers.utils.logging.set_verbosity_error()
@@ -67,7 +76,7 @@ def grpo_run(job: tuple[str, float, str, str, int, int]) -> dict[str, Any]:
                       "OPTIM": "adamw", "LRATE": BASE_LR * factor, "BATCH_SIZE": 8, "NUM_GENERATIONS": 4,
                       "MAX_COMPLETION_LENGTH": 20, "MAXSEQ": 48, "STEPS": steps, "SAVE_STEPS": 0,
                       "LOGGING_STEPS": 1, "REPORT_TO": [], "SEED": seed, "CPU_THREADS": 1, "PLOT": False,
-                      "REWARDS": DEV_REWARDS})
+                      "REWARDS": DEV_REWARDS_COSINE if cosine else DEV_REWARDS})
     set_seed(seed)
     model, tokenizer = load_model_and_tokenizer(c)
     dataset = load_dataset_for(c, tokenizer)
@@ -89,9 +98,10 @@ def grpo_run(job: tuple[str, float, str, str, int, int]) -> dict[str, Any]:
     history = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, AdaptiveCallback)).history
     kls = [h["policy_kl"] for h in history if "policy_kl" in h]
     lrs = [h.get("lr", math.nan) for h in history]
-    return {"task": "grpo", "variant": variant, "factor": factor, "seed": seed,
+    return {"task": "grpo_cosine" if cosine else "grpo", "variant": variant, "factor": factor, "seed": seed,
             "start": statistics.fmean(rewards[:5]), "final": statistics.fmean(rewards[-5:]),
             "kl_median": statistics.median(kls) if kls else math.nan,
+            "kl_mean": statistics.fmean(kls) if kls else math.nan,
             "lr_first": lrs[0] if lrs else math.nan, "lr_last": lrs[-1] if lrs else math.nan,
             "lr_max": max((x for x in lrs if math.isfinite(x)), default=math.nan)}
 
@@ -273,7 +283,7 @@ def _dev_optimizer(variant: str, model: Any, c: Any) -> Any:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("task", choices=["grpo", "finetune", "scratch"])
+    parser.add_argument("task", choices=["grpo", "grpo_cosine", "finetune", "scratch"])
     parser.add_argument("--designs", nargs="+", default=["adamw_linear", "online"])
     parser.add_argument("--lrs", nargs="+", type=float, default=[1e-3, 5e-5])
     parser.add_argument("--variants", nargs="+", default=["adamw", "online"])
@@ -304,8 +314,8 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="rl-dev-") as tmp:
         model_dir = str(build_tiny_gpt2(Path(tmp) / "tiny"))
         prompts = str(_prompts(Path(tmp) / "prompts.jsonl"))
-        jobs = [(v, f, model_dir, prompts, args.steps, s) for f in args.factors for v in args.variants
-                for s in args.seeds]
+        jobs = [(v, f, model_dir, prompts, args.steps, s, args.task == "grpo_cosine") for f in args.factors
+                for v in args.variants for s in args.seeds]
         for record in run_parallel(grpo_run, jobs, args.workers):
             print(json.dumps(record), flush=True)
 
