@@ -112,6 +112,8 @@ def _set_rules(variant: str) -> None:
 
     online.anneal_advances = (lambda *_: True) if variant == "online_nogate" else policy_rules.anneal_advances
     online.kl_adaptive_factor = (lambda *_: 1.0) if variant.startswith("online_nokl") else policy_rules.kl_adaptive_factor
+    if variant.startswith("online_cutonly"):  # the KL prior's cut above 2x the target, never its raise
+        online.kl_adaptive_factor = lambda *a: min(1.0, policy_rules.kl_adaptive_factor(*a))
     # e.g. online_nokl_climb0: the anneal gate's threshold (the shipped value is CLIMB_TSTAT = 1)
     policy_rules.CLIMB_TSTAT = float(variant.split("_climb")[1]) if "_climb" in variant else 1.0
     online.KL_TARGET = float(variant.removeprefix("online_kl")) if variant.startswith("online_kl") \
