@@ -87,6 +87,10 @@ def grpo_run(job: tuple[str, float, str, str, int, int, bool]) -> dict[str, Any]
         trainer = _stock_trainer(c, model, tokenizer, dataset, optimizer)
     else:
         trainer = build_trainer(c, model, tokenizer, dataset, optimizer)
+        if variant == "anchor":  # AdamW + rsl_rl's KL-adaptive lr, as the benchmark's anchor row
+            from benchmarks.grpo_reward import KLAdaptiveLR
+
+            trainer.lr_scheduler = KLAdaptiveLR(optimizer)
         trainer.add_callback(AdaptiveCallback(print_console=False, history_file=None, require_targets=False,
                                               horizon=variant != "online_nohorizon"))
     for cb in (ProgressCallback, PrinterCallback):
@@ -97,7 +101,7 @@ def grpo_run(job: tuple[str, float, str, str, int, int, bool]) -> dict[str, Any]
     rewards = [r["reward"] for r in trainer.state.log_history if "reward" in r]
     history = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, AdaptiveCallback)).history
     kls = [h["policy_kl"] for h in history if "policy_kl" in h]
-    lrs = [h.get("lr", math.nan) for h in history]
+    lrs = [h.get("lr", h.get("scheduler_lr", math.nan)) for h in history]
     return {"task": "grpo_cosine" if cosine else "grpo", "variant": variant, "factor": factor, "seed": seed,
             "start": statistics.fmean(rewards[:5]), "final": statistics.fmean(rewards[-5:]),
             "kl_median": statistics.median(kls) if kls else math.nan,
@@ -131,6 +135,24 @@ def _set_rules(variant: str) -> None:
         factor = float(variant.split("_up")[1])
         raise_ = lambda kl, target, searching: factor  # noqa: E731
     online.kl_raise = raise_
+    # when the raise acts once the search is over: shipped, only while the reward is not climbing;
+    # online_rall (on every low KL, the rule before 2026-12-06), online_rnone (never: the search's
+    # raise, then cuts only), online_rflat0 (only while the reward trend's t <= 0)
+    online.kl_raises = policy_rules.kl_raises
+    if "_rall" in variant:
+        online.kl_raises = lambda searching, tstat: True
+    elif "_rnone" in variant:
+        online.kl_raises = lambda searching, tstat: searching
+    elif "_rflat0" in variant:
+        online.kl_raises = lambda searching, tstat: searching or tstat <= 0.0
+    # the schedule's remaining rise folded into the scale when the search ends: shipped;
+    # online_nofold (not, the rule before 2026-12-06). online_prev = online_nofold_rall, the rule before.
+    # online_now: after the search a low KL raises at once (a development switch, not shipped)
+    if variant.startswith("online_prev"):
+        online.kl_raises = lambda searching, tstat: True
+    online.KL_FOLD_SCHEDULE = policy_rules.KL_FOLD_SCHEDULE and "_nofold" not in variant \
+        and not variant.startswith("online_prev")
+    online.KL_RAISE_IMMEDIATE = "_now" in variant
     # the KL the prior acts on, robust to a lone spike of a per-micro-batch estimate: online_med3 (median
     # of the last 3; the shipped window is KL_MEDIAN_OF), online_mean2 (mean of the last 2), online_gmean2
     # (their geometric mean), online_confirm (a cut needs the last two above twice the target, or the
@@ -278,7 +300,7 @@ def _dev_optimizer(variant: str, model: Any, c: Any) -> Any:
 
     _set_rules(variant)
     groups = decay_parameter_groups(model, 0.0)
-    if variant == "adamw":
+    if variant in ("adamw", "anchor"):
         return torch.optim.AdamW(groups, lr=c.LRATE)
     if variant.startswith("online"):  # online_nohorizon: the callback does not tell it the horizon
         return OnlineAdamW(groups, lr=c.LRATE)

@@ -141,3 +141,67 @@ def test_the_kl_search_state_survives_a_save_and_old_states_do_not_search_again(
     del saved["ctl"]["kl_reached"]  # a state saved before the search existed, after KL measurements
     ctl.load_state_dict(saved)
     assert ctl.state.kl_reached is True
+
+
+def _warmup_lrs(kls: list[float | None], total: int = 200) -> list[float]:
+    import torch
+
+    from adaptiverl.optim import OnlineAdamW
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(16, 4)
+    opt = OnlineAdamW(model.parameters(), lr=1e-3, total_steps=total, controller="fresh", meta_lr=0.0,
+                      explore_std=0.0)
+    lrs = []
+    for kl in [None, *kls]:
+        loss = (model(torch.randn(8, 16)) * torch.randn(8, 4)).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        lrs.append(opt.effective_lr())
+        opt.observe(loss=loss, **({} if kl is None else {"policy_kl": kl}))
+    return lrs
+
+
+def test_the_search_ends_by_aiming_the_warm_up_at_the_level_it_found():
+    """The horizon's warm-up (the first 5% of 200 steps) would carry the lr on past the level where
+    the KL search reached the band (5x further here); when the search ends, the schedule's rise
+    still ahead comes off the scale at once, so the rest of the warm-up ends at that level."""
+    plain = _warmup_lrs([None] * 20)
+    # measured after step k, acts at step k + 1: two low KLs (2x each), then one in the band
+    found = _warmup_lrs([None, 1e-4, 1e-4, 0.01] + [0.01] * 16)
+    level = found[4]  # the lr whose step measured in the band
+    assert plain[16] / plain[4] > 3.5  # the warm-up's rise still ahead at step 4
+    assert level / plain[4] == pytest.approx(4.0, rel=0.1)  # the search: 2x per low KL
+    assert found[5] < level  # the fold: the rise ahead taken off at once ...
+    assert all(x <= level * 1.35 for x in found[5:])  # ... never past the level (+ one warm-up step)
+    assert found[-1] == pytest.approx(level * plain[5] / plain[4], rel=0.1)
+
+
+def _rewarded_scales(kls: list[float | None], rewards: list[float]) -> list[float]:
+    import torch
+
+    from adaptiverl.optim import OnlineAdamW
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(16, 4)
+    opt = OnlineAdamW(model.parameters(), lr=1e-3, controller="fresh", meta_lr=0.0, explore_std=0.0)
+    for kl, reward in zip([None, *kls], rewards, strict=True):
+        loss = (model(torch.randn(8, 16)) * torch.randn(8, 4)).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        opt.observe(loss=loss, reward=reward, **({} if kl is None else {"policy_kl": kl}))
+    return [t["delta_scale"] for t in opt.dynamics()["tensors"]]
+
+
+@pytest.mark.parametrize("climbing, expected", [(True, 1.0), (False, 1.1 ** 8)])
+def test_after_the_search_a_low_kl_raises_only_while_the_reward_is_not_climbing(climbing, expected):
+    """Once a KL has reached half the target, a low one raises the lr only when the reward trend is
+    not climbing: an lr under which the reward climbs is left where it is."""
+    rng = random.Random(0)
+    rewards = [(0.05 * t if climbing else 0.5) + rng.gauss(0, 0.01) for t in range(11)]
+    kls = [0.01] + [1e-4] * 9  # the first reaches the band (search over), then low ones
+    ratios = [a / b for a, b in zip(_rewarded_scales(kls, rewards), _rewarded_scales([None] * 10, rewards),
+                                    strict=True)]
+    assert ratios == pytest.approx([expected] * 2, rel=0.1)

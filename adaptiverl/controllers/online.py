@@ -44,12 +44,15 @@ from adaptiverl.controllers.base import (
 )
 from adaptiverl.controllers.gru import GRUController
 from adaptiverl.controllers.policy_rules import (
+    KL_FOLD_SCHEDULE,
     KL_LOW,
     KL_MEDIAN_OF,
+    KL_RAISE_IMMEDIATE,
     KL_TARGET,
     anneal_advances,
     kl_adaptive_factor,
     kl_raise,
+    kl_raises,
     recent_kl,
 )
 from adaptiverl.signals.stats import Signals
@@ -227,7 +230,7 @@ class LearningSignal:
     gate: Tensor            # (T,) in [0, 1]
     reward_step: Tensor     # (T,) the reward path's change of log s (0 without rewards)
     brake: Tensor           # (T,) in [0, 1]: strength of the immediate cut
-    lift: Tensor            # (T,) >= 0: an immediate raise of log s beyond the step cap (the KL prior)
+    lift: Tensor            # (T,) an immediate change of log s beyond the step cap (the KL prior; < 0: a cut)
     signal: Tensor          # (T,) ~ dL / d log s for the previous step's scale
     stats: dict[str, Tensor] = field(default_factory=dict)  # the updated running sums
 
@@ -551,19 +554,24 @@ class OnlineController(Controller):
         reward_step = (self.network.max_log_step * tunables["reward_weight"]
                        * torch.tanh(t_reward / TSTAT_SCALE) * gate(t_reward, self.snr_threshold))
         brake = self.brake(signals, feats, has_prev, tunables)
-        reward_step, brake, lift = self.kl_prior(signals, reward_step, brake)
+        reward_step, brake, lift = self.kl_prior(signals, reward_step, brake, progress)
         return LearningSignal(tstat_fast=t_fast, tstat_slow=t_slow, gate=open_, reward_step=reward_step,
                               brake=brake, lift=lift, signal=signal, stats=stats)
 
-    def kl_prior(self, signals: Signals, step: Tensor, brake: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def kl_prior(self, signals: Signals, step: Tensor, brake: Tensor,
+                 progress: float | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """rsl_rl's KL-adaptive rule on a newly measured policy change (``observe(policy_kl=)``).
 
         Below half of ``KL_TARGET`` every row's change gets the network's largest step up (1.1x)
         and, while the controller still searches (no measured KL has reached half the target
-        yet), a lift beyond that step cap up to :func:`kl_raise`'s factor (2x); above twice the
-        target the brake cuts every row by 1.5 at once. Nothing without a new measurement
-        (supervised runs), so the rest of the controller is unchanged there.
-        Returns ``(step, brake, lift)`` (``lift``: an immediate raise of log s, >= 0).
+        yet), a lift beyond that step cap up to :func:`kl_raise`'s factor (2x); once the search is
+        over, only while the reward is not climbing (:func:`kl_raises`). Above twice the target the
+        brake cuts every row by 1.5 at once. When the search ends with the horizon known, the
+        schedule's rise still ahead (the warm-up's) comes off every row at once
+        (``KL_FOLD_SCHEDULE``): the warm-up then ends at the level the search found. Nothing
+        without a new measurement (supervised runs), so the rest of the controller is unchanged there.
+        Returns ``(step, brake, lift)`` (``lift``: an immediate change of log s beyond the step
+        cap: > 0 raises, < 0 cuts).
         """
         ctl = self.state
         lift = torch.zeros_like(step)
@@ -572,10 +580,18 @@ class OnlineController(Controller):
             return step, brake, lift
         ctl.last_kl_count = kl.count
         value = recent_kl(kl.values, KL_MEDIAN_OF)
+        was_searching = not ctl.kl_reached
         ctl.kl_reached = ctl.kl_reached or value >= KL_LOW * KL_TARGET
+        if KL_FOLD_SCHEDULE and was_searching and ctl.kl_reached and progress is not None:
+            # the search found the level: the schedule's rise still ahead would carry the lr past it
+            lift = lift - (max(self.network.schedule_values()) - self.network.schedule(progress))
         factor = kl_adaptive_factor(value, KL_TARGET)
         if factor > 1.0:
+            if not kl_raises(not ctl.kl_reached, signals.reward.trend_tstat):
+                return step, brake, lift
             extra = math.log(kl_raise(value, KL_TARGET, searching=not ctl.kl_reached)) - self.network.max_log_step
+            if KL_RAISE_IMMEDIATE and ctl.kl_reached:
+                return step, brake, lift + self.network.max_log_step
             return step + self.network.max_log_step, brake, lift + max(0.0, extra)
         if factor < 1.0:
             return step, brake.clamp(min=math.log(1.0 / factor) / math.log(BRAKE_FACTOR)), lift

@@ -42,6 +42,14 @@ KL_SEARCH_FACTOR = 2.0
 #: last one). A per-micro-batch KL estimate is heavy-tailed, and the rule answers a spike above
 #: twice the target with a 1.5x cut but a low value with a 1.1x raise, so lone spikes walk the lr down.
 KL_MEDIAN_OF = 1
+#: When the KL search ends, the horizon schedule's rise still ahead comes off every scale at once,
+#: so the rest of the warm-up ends at the level the search found instead of carrying the lr past
+#: it (5-7.5x the base lr at 1x on the development GRPO tasks). Chosen on both GRPO tasks of
+#: ``scripts/rl_dev.py`` at 150 steps (docs/online.md); ``False``: the rule before.
+KL_FOLD_SCHEDULE = True
+#: Development switch (``scripts/rl_dev.py``'s ``_now`` variants, not shipped): after the search a
+#: low KL raises every scale by the step cap at once instead of through the network's bounded change.
+KL_RAISE_IMMEDIATE = False
 #: A reward trend with a t-statistic above this is climbing: the anneal waits.
 CLIMB_TSTAT = 1.0
 #: A tensor that looks pretrained starts at ``lr <= PRETRAINED_START_RMS * rms(theta)`` (an AdamW
@@ -72,6 +80,18 @@ def kl_raise(kl: float, target: float, searching: bool) -> float:
     """The Online controller's raise on a measured KL below half the target: ``KL_SEARCH_FACTOR``
     while it searches, else 1 (the controller's own largest step, 1.1x, applies in both cases)."""
     return KL_SEARCH_FACTOR if searching else 1.0
+
+
+def kl_raises(searching: bool, reward_tstat: float) -> bool:
+    """Whether a measured KL below half the target raises the lr (the KL prior's raise).
+
+    Always while the controller searches (no KL has reached half the target yet). After that, only
+    while the reward is not climbing (``reward_tstat <= CLIMB_TSTAT``, the anneal gate's evidence):
+    an lr under which the reward climbs is not pushed further because one KL read low (a
+    per-micro-batch KL is heavy-tailed: most readings sit below its mean). Chosen on both GRPO
+    tasks of ``scripts/rl_dev.py`` at 150 steps (docs/online.md).
+    """
+    return searching or reward_tstat <= CLIMB_TSTAT
 
 
 def anneal_advances(progress: float | None, reward_tstat: float, rewarded: bool) -> bool:
