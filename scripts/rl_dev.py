@@ -135,23 +135,19 @@ def _set_rules(variant: str) -> None:
         factor = float(variant.split("_up")[1])
         raise_ = lambda kl, target, searching: factor  # noqa: E731
     online.kl_raise = raise_
-    # when the raise acts once the search is over: shipped, only while the reward is not climbing;
-    # online_rall (on every low KL, the rule before 2026-12-06), online_rnone (never: the search's
-    # raise, then cuts only), online_rflat0 (only while the reward trend's t <= 0)
+    # when the raise acts once the search is over: shipped, on every low KL; online_rnone (never: the
+    # search's raise, then cuts only), online_rflat (only while the reward is not climbing, t <=
+    # CLIMB_TSTAT: policy_rules.kl_raises_while_flat), online_rflat0 (t <= 0)
     online.kl_raises = policy_rules.kl_raises
-    if "_rall" in variant:
-        online.kl_raises = lambda searching, tstat: True
-    elif "_rnone" in variant:
+    if variant.startswith("online_rnone"):
         online.kl_raises = lambda searching, tstat: searching
-    elif "_rflat0" in variant:
+    elif variant.startswith("online_rflat0"):
         online.kl_raises = lambda searching, tstat: searching or tstat <= 0.0
-    # the schedule's remaining rise folded into the scale when the search ends: shipped;
-    # online_nofold (not, the rule before 2026-12-06). online_prev = online_nofold_rall, the rule before.
-    # online_now: after the search a low KL raises at once (a development switch, not shipped)
-    if variant.startswith("online_prev"):
-        online.kl_raises = lambda searching, tstat: True
-    online.KL_FOLD_SCHEDULE = policy_rules.KL_FOLD_SCHEDULE and "_nofold" not in variant \
-        and not variant.startswith("online_prev")
+    elif variant.startswith("online_rflat"):
+        online.kl_raises = policy_rules.kl_raises_while_flat
+    # online_fold: the schedule's remaining rise folded into the scale when the search ends;
+    # online_now: after the search a low KL raises at once (both combine, e.g. online_rflat_fold)
+    online.KL_FOLD_SCHEDULE = "_fold" in variant
     online.KL_RAISE_IMMEDIATE = "_now" in variant
     # the KL the prior acts on, robust to a lone spike of a per-micro-batch estimate: online_med3 (median
     # of the last 3; the shipped window is KL_MEDIAN_OF), online_mean2 (mean of the last 2), online_gmean2

@@ -163,16 +163,23 @@ def _warmup_lrs(kls: list[float | None], total: int = 200) -> list[float]:
     return lrs
 
 
-def test_the_search_ends_by_aiming_the_warm_up_at_the_level_it_found():
-    """The horizon's warm-up (the first 5% of 200 steps) would carry the lr on past the level where
-    the KL search reached the band (5x further here); when the search ends, the schedule's rise
-    still ahead comes off the scale at once, so the rest of the warm-up ends at that level."""
+def test_the_fold_switch_ends_the_warm_up_at_the_level_the_search_found(monkeypatch):
+    """Shipped: the horizon's warm-up (the first 5% of 200 steps) carries the lr on past the level
+    where the KL search reached the band (~4x further here). With the development switch
+    ``KL_FOLD_SCHEDULE`` the schedule's rise still ahead comes off the scale when the search ends,
+    so the rest of the warm-up ends at that level."""
+    from adaptiverl.controllers import online
+
     plain = _warmup_lrs([None] * 20)
     # measured after step k, acts at step k + 1: two low KLs (2x each), then one in the band
-    found = _warmup_lrs([None, 1e-4, 1e-4, 0.01] + [0.01] * 16)
+    kls = [None, 1e-4, 1e-4, 0.01] + [0.01] * 16
+    shipped = _warmup_lrs(kls)
+    monkeypatch.setattr(online, "KL_FOLD_SCHEDULE", True)
+    found = _warmup_lrs(kls)
     level = found[4]  # the lr whose step measured in the band
     assert plain[16] / plain[4] > 3.5  # the warm-up's rise still ahead at step 4
-    assert level / plain[4] == pytest.approx(4.0, rel=0.1)  # the search: 2x per low KL
+    assert level / plain[4] == pytest.approx(4.0, rel=0.1) and shipped[4] == pytest.approx(level)  # 2x per low KL
+    assert shipped[-1] == pytest.approx(level * plain[16] / plain[4], rel=0.1)  # shipped: carried past
     assert found[5] < level  # the fold: the rise ahead taken off at once ...
     assert all(x <= level * 1.35 for x in found[5:])  # ... never past the level (+ one warm-up step)
     assert found[-1] == pytest.approx(level * plain[5] / plain[4], rel=0.1)
@@ -195,12 +202,19 @@ def _rewarded_scales(kls: list[float | None], rewards: list[float]) -> list[floa
     return [t["delta_scale"] for t in opt.dynamics()["tensors"]]
 
 
-@pytest.mark.parametrize("climbing, expected", [(True, 1.0), (False, 1.1 ** 8)])
-def test_after_the_search_a_low_kl_raises_only_while_the_reward_is_not_climbing(climbing, expected):
-    """Once a KL has reached half the target, a low one raises the lr only when the reward trend is
-    not climbing: an lr under which the reward climbs is left where it is."""
+@pytest.mark.parametrize("rule, climbing, expected", [("shipped", True, 1.1 ** 8), ("shipped", False, 1.1 ** 8),
+                                                      ("while_flat", True, 1.0), ("while_flat", False, 1.1 ** 8)])
+def test_after_the_search_a_low_kl_raises_and_the_flat_variant_waits_for_a_flat_reward(
+        rule, climbing, expected, monkeypatch):
+    """Once a KL has reached half the target, a low one raises the lr by 1.1x per step (shipped);
+    the development rule ``kl_raises_while_flat`` raises only when the reward trend is not
+    climbing, leaving an lr under which the reward climbs where it is."""
+    from adaptiverl.controllers import online, policy_rules
+
+    if rule == "while_flat":
+        monkeypatch.setattr(online, "kl_raises", policy_rules.kl_raises_while_flat)
     rng = random.Random(0)
-    rewards = [(0.05 * t if climbing else 0.5) + rng.gauss(0, 0.01) for t in range(11)]
+    rewards = [(0.05 * t + rng.gauss(0, 0.01)) if climbing else 0.5 for t in range(11)]
     kls = [0.01] + [1e-4] * 9  # the first reaches the band (search over), then low ones
     ratios = [a / b for a, b in zip(_rewarded_scales(kls, rewards), _rewarded_scales([None] * 10, rewards),
                                     strict=True)]

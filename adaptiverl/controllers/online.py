@@ -564,11 +564,10 @@ class OnlineController(Controller):
 
         Below half of ``KL_TARGET`` every row's change gets the network's largest step up (1.1x)
         and, while the controller still searches (no measured KL has reached half the target
-        yet), a lift beyond that step cap up to :func:`kl_raise`'s factor (2x); once the search is
-        over, only while the reward is not climbing (:func:`kl_raises`). Above twice the target the
-        brake cuts every row by 1.5 at once. When the search ends with the horizon known, the
-        schedule's rise still ahead (the warm-up's) comes off every row at once
-        (``KL_FOLD_SCHEDULE``): the warm-up then ends at the level the search found. Nothing
+        yet), a lift beyond that step cap up to :func:`kl_raise`'s factor (2x) (:func:`kl_raises` may
+        hold a raise: development variants). Above twice the target the brake cuts every row by 1.5
+        at once. With ``KL_FOLD_SCHEDULE`` (a development switch, off), when the search ends with the
+        horizon known the schedule's rise still ahead comes off every row at once. Nothing
         without a new measurement (supervised runs), so the rest of the controller is unchanged there.
         Returns ``(step, brake, lift)`` (``lift``: an immediate change of log s beyond the step
         cap: > 0 raises, < 0 cuts).

@@ -42,13 +42,13 @@ KL_SEARCH_FACTOR = 2.0
 #: last one). A per-micro-batch KL estimate is heavy-tailed, and the rule answers a spike above
 #: twice the target with a 1.5x cut but a low value with a 1.1x raise, so lone spikes walk the lr down.
 KL_MEDIAN_OF = 1
-#: When the KL search ends, the horizon schedule's rise still ahead comes off every scale at once,
-#: so the rest of the warm-up ends at the level the search found instead of carrying the lr past
-#: it (5-7.5x the base lr at 1x on the development GRPO tasks). Chosen on both GRPO tasks of
-#: ``scripts/rl_dev.py`` at 150 steps (docs/online.md); ``False``: the rule before.
-KL_FOLD_SCHEDULE = True
-#: Development switch (``scripts/rl_dev.py``'s ``_now`` variants, not shipped): after the search a
-#: low KL raises every scale by the step cap at once instead of through the network's bounded change.
+#: Development switches of the KL prior (``scripts/rl_dev.py``), off in the shipped rule.
+#: ``KL_FOLD_SCHEDULE``: when the search ends, the horizon schedule's rise still ahead comes off every
+#: scale at once, so the warm-up ends at the level the search found. ``KL_RAISE_IMMEDIATE``: after
+#: the search a low KL raises every scale by the step cap at once, not through the network's
+#: bounded change. The fold, with :func:`kl_raises_while_flat`, was chosen on the trainer path of
+#: both development GRPO tasks and then lost on the benchmark's default path (docs/online.md): off.
+KL_FOLD_SCHEDULE = False
 KL_RAISE_IMMEDIATE = False
 #: A reward trend with a t-statistic above this is climbing: the anneal waits.
 CLIMB_TSTAT = 1.0
@@ -83,14 +83,14 @@ def kl_raise(kl: float, target: float, searching: bool) -> float:
 
 
 def kl_raises(searching: bool, reward_tstat: float) -> bool:
-    """Whether a measured KL below half the target raises the lr (the KL prior's raise).
+    """Whether a measured KL below half the target raises the lr (the KL prior's raise): always."""
+    return True
 
-    Always while the controller searches (no KL has reached half the target yet). After that, only
-    while the reward is not climbing (``reward_tstat <= CLIMB_TSTAT``, the anneal gate's evidence):
-    an lr under which the reward climbs is not pushed further because one KL read low (a
-    per-micro-batch KL is heavy-tailed: most readings sit below its mean). Chosen on both GRPO
-    tasks of ``scripts/rl_dev.py`` at 150 steps (docs/online.md).
-    """
+
+def kl_raises_while_flat(searching: bool, reward_tstat: float) -> bool:
+    """A development alternative to :func:`kl_raises` (``scripts/rl_dev.py``'s ``online_rflat``):
+    always while the controller searches, after that only while the reward is not climbing
+    (``reward_tstat <= CLIMB_TSTAT``, the anneal gate's evidence). Not shipped (docs/online.md)."""
     return searching or reward_tstat <= CLIMB_TSTAT
 
 
