@@ -140,9 +140,9 @@ def _set_rules(variant: str) -> None:
     # CLIMB_TSTAT: policy_rules.kl_raises_while_flat), online_rflat0 (t <= 0)
     online.kl_raises = policy_rules.kl_raises
     if variant.startswith("online_rnone"):
-        online.kl_raises = lambda searching, tstat: searching
+        online.kl_raises = lambda searching, reward: searching
     elif variant.startswith("online_rflat0"):
-        online.kl_raises = lambda searching, tstat: searching or tstat <= 0.0
+        online.kl_raises = lambda searching, reward: searching or reward.trend_tstat <= 0.0
     elif variant.startswith("online_rflat"):
         online.kl_raises = policy_rules.kl_raises_while_flat
     # online_fold: the schedule's remaining rise folded into the scale when the search ends;

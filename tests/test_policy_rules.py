@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from typing import Any
 
 import pytest
 
@@ -80,20 +81,32 @@ def test_online_optimizer_anneals_only_when_the_reward_stops_climbing():
     assert progress[-1] - progress[99] > 0.35  # and released once it was flat
 
 
-def _noise_scales(kls: list[float | None]) -> list[float]:
+def _fed_run(kls: list[float | None], rewards: list[float] | None = None,
+             total_steps: int | None = None) -> tuple[Any, list[float]]:
+    """A fresh, non-learning OnlineAdamW on a toy layer fed ``kls`` (and ``rewards``) after each
+    step but the first; returns the optimizer and the effective lr of every step."""
     import torch
 
     from adaptiverl.optim import OnlineAdamW
 
     torch.manual_seed(0)
     model = torch.nn.Linear(16, 4)
-    opt = OnlineAdamW(model.parameters(), lr=1e-3, controller="fresh", meta_lr=0.0, explore_std=0.0)
-    for kl in [None, *kls]:  # the first step has no measurement yet (it comes after a step)
+    opt = OnlineAdamW(model.parameters(), lr=1e-3, total_steps=total_steps, controller="fresh", meta_lr=0.0,
+                      explore_std=0.0)
+    lrs = []
+    for i, kl in enumerate([None, *kls]):  # the first step has no measurement yet (it comes after a step)
         loss = (model(torch.randn(8, 16)) * torch.randn(8, 4)).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
-        opt.observe(loss=loss, **({} if kl is None else {"policy_kl": kl}))
+        lrs.append(opt.effective_lr())
+        fed = ({} if kl is None else {"policy_kl": kl}) | ({} if rewards is None else {"reward": rewards[i]})
+        opt.observe(loss=loss, **fed)
+    return opt, lrs
+
+
+def _noise_scales(kls: list[float | None], rewards: list[float] | None = None) -> list[float]:
+    opt, _ = _fed_run(kls, rewards)
     return [t["delta_scale"] for t in opt.dynamics()["tensors"]]
 
 
@@ -144,23 +157,7 @@ def test_the_kl_search_state_survives_a_save_and_old_states_do_not_search_again(
 
 
 def _warmup_lrs(kls: list[float | None], total: int = 200) -> list[float]:
-    import torch
-
-    from adaptiverl.optim import OnlineAdamW
-
-    torch.manual_seed(0)
-    model = torch.nn.Linear(16, 4)
-    opt = OnlineAdamW(model.parameters(), lr=1e-3, total_steps=total, controller="fresh", meta_lr=0.0,
-                      explore_std=0.0)
-    lrs = []
-    for kl in [None, *kls]:
-        loss = (model(torch.randn(8, 16)) * torch.randn(8, 4)).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        lrs.append(opt.effective_lr())
-        opt.observe(loss=loss, **({} if kl is None else {"policy_kl": kl}))
-    return lrs
+    return _fed_run(kls, total_steps=total)[1]
 
 
 def test_the_fold_switch_ends_the_warm_up_at_the_level_the_search_found(monkeypatch):
@@ -185,23 +182,6 @@ def test_the_fold_switch_ends_the_warm_up_at_the_level_the_search_found(monkeypa
     assert found[-1] == pytest.approx(level * plain[5] / plain[4], rel=0.1)
 
 
-def _rewarded_scales(kls: list[float | None], rewards: list[float]) -> list[float]:
-    import torch
-
-    from adaptiverl.optim import OnlineAdamW
-
-    torch.manual_seed(0)
-    model = torch.nn.Linear(16, 4)
-    opt = OnlineAdamW(model.parameters(), lr=1e-3, controller="fresh", meta_lr=0.0, explore_std=0.0)
-    for kl, reward in zip([None, *kls], rewards, strict=True):
-        loss = (model(torch.randn(8, 16)) * torch.randn(8, 4)).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        opt.observe(loss=loss, reward=reward, **({} if kl is None else {"policy_kl": kl}))
-    return [t["delta_scale"] for t in opt.dynamics()["tensors"]]
-
-
 @pytest.mark.parametrize("rule, climbing, expected", [("shipped", True, 1.1 ** 8), ("shipped", False, 1.1 ** 8),
                                                       ("while_flat", True, 1.0), ("while_flat", False, 1.1 ** 8)])
 def test_after_the_search_a_low_kl_raises_and_the_flat_variant_waits_for_a_flat_reward(
@@ -216,6 +196,6 @@ def test_after_the_search_a_low_kl_raises_and_the_flat_variant_waits_for_a_flat_
     rng = random.Random(0)
     rewards = [(0.05 * t + rng.gauss(0, 0.01)) if climbing else 0.5 for t in range(11)]
     kls = [0.01] + [1e-4] * 9  # the first reaches the band (search over), then low ones
-    ratios = [a / b for a, b in zip(_rewarded_scales(kls, rewards), _rewarded_scales([None] * 10, rewards),
+    ratios = [a / b for a, b in zip(_noise_scales(kls, rewards), _noise_scales([None] * 10, rewards),
                                     strict=True)]
     assert ratios == pytest.approx([expected] * 2, rel=0.1)

@@ -579,18 +579,19 @@ class OnlineController(Controller):
             return step, brake, lift
         ctl.last_kl_count = kl.count
         value = recent_kl(kl.values, KL_MEDIAN_OF)
-        was_searching = not ctl.kl_reached
-        ctl.kl_reached = ctl.kl_reached or value >= KL_LOW * KL_TARGET
-        if KL_FOLD_SCHEDULE and was_searching and ctl.kl_reached and progress is not None:
+        search_ends = not ctl.kl_reached and value >= KL_LOW * KL_TARGET
+        ctl.kl_reached = ctl.kl_reached or search_ends
+        searching = not ctl.kl_reached
+        if KL_FOLD_SCHEDULE and search_ends and progress is not None:
             # the search found the level: the schedule's rise still ahead would carry the lr past it
             lift = lift - (max(self.network.schedule_values()) - self.network.schedule(progress))
         factor = kl_adaptive_factor(value, KL_TARGET)
         if factor > 1.0:
-            if not kl_raises(not ctl.kl_reached, signals.reward.trend_tstat):
+            if not kl_raises(searching, signals.reward):
                 return step, brake, lift
-            extra = math.log(kl_raise(value, KL_TARGET, searching=not ctl.kl_reached)) - self.network.max_log_step
-            if KL_RAISE_IMMEDIATE and ctl.kl_reached:
+            if KL_RAISE_IMMEDIATE and not searching:
                 return step, brake, lift + self.network.max_log_step
+            extra = math.log(kl_raise(value, KL_TARGET, searching=searching)) - self.network.max_log_step
             return step + self.network.max_log_step, brake, lift + max(0.0, extra)
         if factor < 1.0:
             return step, brake.clamp(min=math.log(1.0 / factor) / math.log(BRAKE_FACTOR)), lift

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
+from adaptiverl.signals.stats import ScalarSignal
 from adaptiverl.signals.weights import trained_tensors, weight_rms
 
 #: The rsl_rl rule's factor and thresholds (relative to the target).
@@ -82,16 +83,17 @@ def kl_raise(kl: float, target: float, searching: bool) -> float:
     return KL_SEARCH_FACTOR if searching else 1.0
 
 
-def kl_raises(searching: bool, reward_tstat: float) -> bool:
-    """Whether a measured KL below half the target raises the lr (the KL prior's raise): always."""
+def kl_raises(searching: bool, reward: ScalarSignal) -> bool:
+    """Whether a measured KL below half the target raises the lr (the KL prior's raise): always.
+    ``reward`` is the reward signal, for development variants that read it."""
     return True
 
 
-def kl_raises_while_flat(searching: bool, reward_tstat: float) -> bool:
+def kl_raises_while_flat(searching: bool, reward: ScalarSignal) -> bool:
     """A development alternative to :func:`kl_raises` (``scripts/rl_dev.py``'s ``online_rflat``):
     always while the controller searches, after that only while the reward is not climbing
-    (``reward_tstat <= CLIMB_TSTAT``, the anneal gate's evidence). Not shipped (docs/online.md)."""
-    return searching or reward_tstat <= CLIMB_TSTAT
+    (``reward.trend_tstat <= CLIMB_TSTAT``, the anneal gate's evidence). Not shipped (docs/online.md)."""
+    return searching or reward.trend_tstat <= CLIMB_TSTAT
 
 
 def anneal_advances(progress: float | None, reward_tstat: float, rewarded: bool) -> bool:
