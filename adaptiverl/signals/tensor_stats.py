@@ -137,7 +137,9 @@ class RowSampler:
 def row_sums(G: Tensor, U: Tensor, M: Tensor, P: Tensor, M_prev: Tensor, D_prev: Tensor, P_prev: Tensor,
              counts: Tensor) -> Tensor:
     """``(T, len(SUM_NAMES))`` float64 row sums (float64: no overflow for any finite float32 input)."""
-    X = torch.stack([G, U, M, P, M_prev, D_prev, P_prev], dim=1).double()  # (T, 7, W)
+    X = torch.empty(G.shape[0], 7, G.shape[1], dtype=torch.float64, device=G.device)  # (T, 7, W)
+    for k, matrix in enumerate((G, U, M, P, M_prev, D_prev, P_prev)):
+        X[:, k].copy_(matrix)  # straight into float64: no float32 stack to convert
     gram = torch.bmm(X, X.transpose(1, 2))  # (T, 7, 7): every pair's dot product in one call
     return torch.cat([gram[:, _PAIR_A, _PAIR_B], counts.double().unsqueeze(1)], dim=1)
 
