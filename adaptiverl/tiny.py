@@ -12,9 +12,13 @@ causal-LM pre-training on the same text (``adaptiverl build-tiny PATH`` runs it)
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
+import importlib.util
 import inspect
+import sys
 import warnings
 from pathlib import Path
+from types import ModuleType
 
 # Standard-library modules whose docstrings make the corpus: prose written by
 # the CPython authors, present on every Python install, stable across runs.
@@ -34,12 +38,64 @@ CORPUS_MODULES = (
 SPECIAL_TOKEN = "<|endoftext|>"
 
 
+def _in_stdlib(path: str | None) -> bool:
+    """``path`` lies in the interpreter's own library (under ``sys.base_prefix``, outside site-packages)."""
+    if not path:
+        return False
+    resolved = Path(path).resolve()
+    roots = {Path(sys.base_prefix).resolve(), Path(sys.base_exec_prefix).resolve()}
+    return any(resolved.is_relative_to(root) for root in roots) and \
+        not {"site-packages", "dist-packages"} & set(resolved.parts)
+
+
+def _stdlib_module(name: str) -> ModuleType | None:
+    """The standard library's module ``name`` whatever ``sys.path`` holds (``None``: not in this build).
+
+    Imported by name, a file called like it earlier on ``sys.path`` (the running script's folder, the
+    working directory, ``PYTHONPATH``: a scratch ``trace.py``) would stand in for it and change the
+    corpus, the BPE merges and every tiny model built on them. So the import runs with ``sys.path``
+    cut to the interpreter's library folders; where a module of that name from elsewhere is already
+    imported, the library's own file is read into a private copy beside it.
+    """
+    module = sys.modules.get(name)
+    if module is not None and (getattr(module, "__file__", None) is None or _in_stdlib(module.__file__)):
+        return module  # builtin and frozen modules have no file: those are the interpreter's own
+    here = Path.cwd().resolve()
+    stdlib_path = [p for p in sys.path if p and _in_stdlib(p) and Path(p).resolve() != here]
+    try:
+        if module is None:
+            saved = sys.path[:]
+            sys.path[:] = stdlib_path
+            try:
+                return importlib.import_module(name)
+            finally:
+                sys.path[:] = saved
+        spec = importlib.machinery.PathFinder.find_spec(name, stdlib_path)
+        if spec is None or spec.loader is None:
+            return None
+        copy = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(copy)
+        return copy
+    except Exception:  # a module missing from a trimmed Python build (turtle without tkinter)
+        if module is not None:
+            warnings.warn(f"python_corpus: {name!r} is imported from {module.__file__}, not the standard "
+                          f"library, and the library's own could not be read beside it; the corpus leaves "
+                          f"it out (a tiny tokenizer built here differs from one built elsewhere)",
+                          RuntimeWarning, stacklevel=3)
+        return None
+
+
 def python_corpus(min_chars: int = 40) -> list[str]:
     """Docstrings of the modules in :data:`CORPUS_MODULES` and their public members.
 
     Returns paragraphs (split on blank lines) of at least ``min_chars``
-    characters, in a deterministic order, without duplicates.
+    characters, in a deterministic order, without duplicates. The modules are the standard
+    library's whatever ``sys.path`` holds (:func:`_stdlib_module`), read with torch imported (it
+    replaces ``inspect.getfile``, whose docstring then leaves the corpus), so every process builds
+    the same corpus: a benchmark job run alone reads the full run's tokenizer.
     """
+    import torch  # noqa: F401  (imported by every caller of the package; here the corpus does not depend on it)
+
     seen: set[str] = set()
     paragraphs: list[str] = []
 
@@ -55,9 +111,8 @@ def python_corpus(min_chars: int = 40) -> list[str]:
     with warnings.catch_warnings():  # reading deprecated members (typing.io, typing.re) warns
         warnings.simplefilter("ignore", DeprecationWarning)
         for name in CORPUS_MODULES:
-            try:
-                module = importlib.import_module(name)
-            except Exception:  # a module missing from a trimmed Python build
+            module = _stdlib_module(name)
+            if module is None:
                 continue
             add(module.__doc__)
             for attr in sorted(vars(module)):

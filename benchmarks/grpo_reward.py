@@ -169,8 +169,22 @@ def _stock_trainer(c: Any, model: Any, tokenizer: Any, dataset: Any, optimizer: 
 def run_one(job: tuple[str, float, Path, Path, int, int]) -> dict[str, Any]:
     """One GRPO run ``(method, lr factor, model_dir, work_dir, steps, seed)``: per-step records.
 
-    Errors are returned (``"error"``), not raised, so one broken optimizer cannot stop the others.
+    The job runs on one torch intra-op thread, as in :func:`run`'s workers (the caller's count is
+    restored afterwards): the thread count changes the float reduction order, so a run far enough
+    from the start samples other completions (AdamW KL-adaptive at 100x, seed 2, on 2 threads left
+    the report's rewards at step 81). With ``model_dir`` from ``build_tiny_gpt2``, a job run alone
+    reads the same rewards as inside :func:`run`. Errors are returned (``"error"``), not raised, so
+    one broken optimizer cannot stop the others.
     """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _run_one(job)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_one(job: tuple[str, float, Path, Path, int, int]) -> dict[str, Any]:
     from transformers import PrinterCallback, ProgressCallback, set_seed
 
     from adaptiverl.trainer.callback import AdaptiveCallback
