@@ -99,6 +99,7 @@ def grpo_run(job: tuple[str, float, str, str, int, int, bool]) -> dict[str, Any]
         warnings.simplefilter("ignore")
         trainer.train()
     rewards = [r["reward"] for r in trainer.state.log_history if "reward" in r]
+    entropy = [r["entropy"] for r in trainer.state.log_history if math.isfinite(r.get("entropy", math.nan))]
     history = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, AdaptiveCallback)).history
     kls = [h["policy_kl"] for h in history if "policy_kl" in h]
     lrs = [h.get("lr", h.get("scheduler_lr", math.nan)) for h in history]
@@ -107,7 +108,11 @@ def grpo_run(job: tuple[str, float, str, str, int, int, bool]) -> dict[str, Any]
             "kl_median": statistics.median(kls) if kls else math.nan,
             "kl_mean": statistics.fmean(kls) if kls else math.nan,
             "lr_first": lrs[0] if lrs else math.nan, "lr_last": lrs[-1] if lrs else math.nan,
-            "lr_max": max((x for x in lrs if math.isfinite(x)), default=math.nan)}
+            "lr_max": max((x for x in lrs if math.isfinite(x)), default=math.nan),
+            # the benchmark's entropy collapse: the last 5 steps' mean below 0.2x the first 5 steps'
+            "entropy_start": statistics.fmean(entropy[:5]) if entropy else math.nan,
+            "entropy_final": statistics.fmean(entropy[-5:]) if entropy else math.nan,
+            "lrs": lrs, "entropy": entropy, "rewards": rewards}
 
 
 def _set_rules(variant: str) -> None:
