@@ -10,6 +10,10 @@ never on ``benchmarks/``:
 * ``grpo_cosine``: the same task with a cosine similarity to each paragraph's next 16 words added
   to the rewards (all-MiniLM-L6-v2, offline), the benchmark reward's shape on other text.
   ``python scripts/rl_dev.py grpo_cosine``.
+* ``grpo_terse``: further from both (added 2026-12-06): prompts from ``click`` and ``markdown``
+  docstrings, groups of 8 completions of at most 12 tokens, rewarded for a 5-word completion, for
+  containing "the" or "a" (substring) and for ending on a full stop (regex), with no cosine term.
+  ``python scripts/rl_dev.py grpo_terse``.
 * ``finetune``: the MiniLM fine-tune of ``benchmarks.finetune_pretrained`` on other libraries'
   docstrings (``datasets``, ``accelerate``, ``huggingface_hub``, ``pygments``), 60 steps.
   ``python scripts/rl_dev.py finetune``.
@@ -47,27 +51,41 @@ BASE_LR = 2e-3
 DEV_REWARDS_COSINE = [*DEV_REWARDS, {"type": "cosine", "reference_column": "reference", "weight": 1.0}]
 
 
-def _prompts(path: Path, count: int = 96) -> Path:
+#: ``grpo_terse``: other prose, another reward shape, larger groups, shorter completions
+TERSE_PROMPT_LIBRARIES = ("click", "markdown")
+TERSE_REWARDS = [{"type": "length", "target": 5, "unit": "words", "weight": 1.0},
+                 {"type": "substring", "substrings": [" the ", " a "], "weight": 0.5},
+                 {"type": "regex", "pattern": "\\.\\s*$", "weight": 0.5}]
+#: per GRPO dev task: prompt libraries, rewards and the config keys that differ from the others'
+GRPO_TASKS: dict[str, dict[str, Any]] = {
+    "grpo": {"libraries": DEV_PROMPT_LIBRARIES, "rewards": DEV_REWARDS, "config": {}},
+    "grpo_cosine": {"libraries": DEV_PROMPT_LIBRARIES, "rewards": DEV_REWARDS_COSINE, "config": {}},
+    "grpo_terse": {"libraries": TERSE_PROMPT_LIBRARIES, "rewards": TERSE_REWARDS,
+                   "config": {"BATCH_SIZE": 16, "NUM_GENERATIONS": 8, "MAX_COMPLETION_LENGTH": 12}},
+}
+
+
+def _prompts(path: Path, libraries: tuple[str, ...] = DEV_PROMPT_LIBRARIES, count: int = 96) -> Path:
     from benchmarks.finetune_pretrained import docstring_paragraphs
 
     rows = []
-    for lib in DEV_PROMPT_LIBRARIES:
-        for text in docstring_paragraphs(lib)[: count // len(DEV_PROMPT_LIBRARIES)]:
+    for lib in libraries:
+        for text in docstring_paragraphs(lib)[: count // len(libraries)]:
             words = text.split()
             rows.append({"prompt": " ".join(words[:6]), "reference": " ".join(words[6:22]) or " ".join(words)})
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
 
-def grpo_run(job: tuple[str, float, str, str, int, int, bool]) -> dict[str, Any]:
-    """One dev GRPO run ``(variant, lr factor, model dir, prompts file, steps, seed, cosine)``."""
+def grpo_run(job: tuple[str, float, str, str, int, int, str]) -> dict[str, Any]:
+    """One dev GRPO run ``(variant, lr factor, model dir, prompts file, steps, seed, task)``."""
     from transformers import PrinterCallback, ProgressCallback, set_seed
 
     from adaptiverl.trainer.callback import AdaptiveCallback
     from adaptiverl.trainer.config import parse_config
     from adaptiverl.trainer.run import build_trainer, load_dataset_for, load_model_and_tokenizer
 
-    variant, factor, model_dir, prompts, steps, seed, cosine = job
+    variant, factor, model_dir, prompts, steps, seed, task = job
     import transformers
 
     transformers.utils.logging.set_verbosity_error()
@@ -76,7 +94,7 @@ def grpo_run(job: tuple[str, float, str, str, int, int, bool]) -> dict[str, Any]
                       "OPTIM": "adamw", "LRATE": BASE_LR * factor, "BATCH_SIZE": 8, "NUM_GENERATIONS": 4,
                       "MAX_COMPLETION_LENGTH": 20, "MAXSEQ": 48, "STEPS": steps, "SAVE_STEPS": 0,
                       "LOGGING_STEPS": 1, "REPORT_TO": [], "SEED": seed, "CPU_THREADS": 1, "PLOT": False,
-                      "REWARDS": DEV_REWARDS_COSINE if cosine else DEV_REWARDS})
+                      "REWARDS": GRPO_TASKS[task]["rewards"], **GRPO_TASKS[task]["config"]})
     set_seed(seed)
     model, tokenizer = load_model_and_tokenizer(c)
     dataset = load_dataset_for(c, tokenizer)
@@ -103,7 +121,7 @@ def grpo_run(job: tuple[str, float, str, str, int, int, bool]) -> dict[str, Any]
     history = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, AdaptiveCallback)).history
     kls = [h["policy_kl"] for h in history if "policy_kl" in h]
     lrs = [h.get("lr", h.get("scheduler_lr", math.nan)) for h in history]
-    return {"task": "grpo_cosine" if cosine else "grpo", "variant": variant, "factor": factor, "seed": seed,
+    return {"task": task, "variant": variant, "factor": factor, "seed": seed,
             "start": statistics.fmean(rewards[:5]), "final": statistics.fmean(rewards[-5:]),
             "kl_median": statistics.median(kls) if kls else math.nan,
             "kl_mean": statistics.fmean(kls) if kls else math.nan,
@@ -310,7 +328,7 @@ def _dev_optimizer(variant: str, model: Any, c: Any) -> Any:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("task", choices=["grpo", "grpo_cosine", "finetune", "scratch"])
+    parser.add_argument("task", choices=[*GRPO_TASKS, "finetune", "scratch"])
     parser.add_argument("--designs", nargs="+", default=["adamw_linear", "online"])
     parser.add_argument("--lrs", nargs="+", type=float, default=[1e-3, 5e-5])
     parser.add_argument("--variants", nargs="+", default=["adamw", "online"])
@@ -340,8 +358,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     with tempfile.TemporaryDirectory(prefix="rl-dev-") as tmp:
         model_dir = str(build_tiny_gpt2(Path(tmp) / "tiny"))
-        prompts = str(_prompts(Path(tmp) / "prompts.jsonl"))
-        jobs = [(v, f, model_dir, prompts, args.steps, s, args.task == "grpo_cosine") for f in args.factors
+        prompts = str(_prompts(Path(tmp) / "prompts.jsonl", GRPO_TASKS[args.task]["libraries"]))
+        jobs = [(v, f, model_dir, prompts, args.steps, s, args.task) for f in args.factors
                 for v in args.variants for s in args.seeds]
         for record in run_parallel(grpo_run, jobs, args.workers):
             print(json.dumps(record), flush=True)

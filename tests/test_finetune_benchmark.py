@@ -63,6 +63,8 @@ def test_the_development_tasks_share_nothing_with_the_benchmarks():
     rl_dev = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(rl_dev)
     assert not set(rl_dev.DEV_FT_LIBRARIES) & set(ft.LIBRARIES)
-    assert not set(rl_dev.DEV_PROMPT_LIBRARIES) & sys.stdlib_module_names  # quickstart's prompts are stdlib's
     quickstart = json.loads((root / "configs" / "quickstart.json").read_text())["REWARDS"]
-    assert not [r for r in rl_dev.DEV_REWARDS if r in quickstart]
+    for name, task in rl_dev.GRPO_TASKS.items():
+        assert not set(task["libraries"]) & sys.stdlib_module_names, name  # quickstart's prompts are stdlib's
+        assert not set(task["libraries"]) & set(ft.LIBRARIES), name
+        assert not [r for r in task["rewards"] if r in quickstart], name
