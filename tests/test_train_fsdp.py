@@ -113,6 +113,9 @@ def _worker(kind: str, mode: str, model_dir: str, out_dir: str) -> None:
              "sharded": type(model.transformer.wte.weight).__name__}
     torch.save(state, Path(out_dir) / f"{mode}-rank{rank}.pt")
     if world > 1:
+        # both ranks done before gloo tears down: one fresh-clone CI run saw rank 0 abort at exit
+        # ("terminate called without an active exception") while rank 1 was still finishing
+        dist.barrier()
         dist.destroy_process_group()
 
 
