@@ -48,20 +48,26 @@ def _in_stdlib(path: str | None) -> bool:
         not {"site-packages", "dist-packages"} & set(resolved.parts)
 
 
-def _stdlib_module(name: str) -> ModuleType | None:
+def _stdlib_path() -> list[str]:
+    """The entries of ``sys.path`` in the interpreter's own library (never the working directory)."""
+    here = Path.cwd().resolve()
+    return [p for p in sys.path if p and _in_stdlib(p) and Path(p).resolve() != here]
+
+
+def _stdlib_module(name: str, stdlib_path: list[str] | None = None) -> ModuleType | None:
     """The standard library's module ``name`` whatever ``sys.path`` holds (``None``: not in this build).
 
     Imported by name, a file called like it earlier on ``sys.path`` (the running script's folder, the
     working directory, ``PYTHONPATH``: a scratch ``trace.py``) would stand in for it and change the
     corpus, the BPE merges and every tiny model built on them. So the import runs with ``sys.path``
     cut to the interpreter's library folders; where a module of that name from elsewhere is already
-    imported, the library's own file is read into a private copy beside it.
+    imported, the library's own file is read into a private copy beside it. ``stdlib_path``:
+    :func:`_stdlib_path`, computed once by a caller that reads many modules.
     """
     module = sys.modules.get(name)
     if module is not None and (getattr(module, "__file__", None) is None or _in_stdlib(module.__file__)):
         return module  # builtin and frozen modules have no file: those are the interpreter's own
-    here = Path.cwd().resolve()
-    stdlib_path = [p for p in sys.path if p and _in_stdlib(p) and Path(p).resolve() != here]
+    stdlib_path = _stdlib_path() if stdlib_path is None else stdlib_path
     try:
         if module is None:
             saved = sys.path[:]
@@ -110,8 +116,9 @@ def python_corpus(min_chars: int = 40) -> list[str]:
 
     with warnings.catch_warnings():  # reading deprecated members (typing.io, typing.re) warns
         warnings.simplefilter("ignore", DeprecationWarning)
+        stdlib_path = _stdlib_path()
         for name in CORPUS_MODULES:
-            module = _stdlib_module(name)
+            module = _stdlib_module(name, stdlib_path)
             if module is None:
                 continue
             add(module.__doc__)

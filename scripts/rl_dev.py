@@ -121,15 +121,18 @@ def grpo_run(job: tuple[str, float, str, str, int, int, str]) -> dict[str, Any]:
     history = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, AdaptiveCallback)).history
     kls = [h["policy_kl"] for h in history if "policy_kl" in h]
     lrs = [h.get("lr", h.get("scheduler_lr", math.nan)) for h in history]
+    from benchmarks.grpo_reward import SMOOTH, collapsed
+
     return {"task": task, "variant": variant, "factor": factor, "seed": seed,
             "start": statistics.fmean(rewards[:5]), "final": statistics.fmean(rewards[-5:]),
             "kl_median": statistics.median(kls) if kls else math.nan,
             "kl_mean": statistics.fmean(kls) if kls else math.nan,
             "lr_first": lrs[0] if lrs else math.nan, "lr_last": lrs[-1] if lrs else math.nan,
             "lr_max": max((x for x in lrs if math.isfinite(x)), default=math.nan),
-            # the benchmark's entropy collapse: the last 5 steps' mean below 0.2x the first 5 steps'
-            "entropy_start": statistics.fmean(entropy[:5]) if entropy else math.nan,
-            "entropy_final": statistics.fmean(entropy[-5:]) if entropy else math.nan,
+            "entropy_start": statistics.fmean(entropy[:SMOOTH]) if entropy else math.nan,
+            "entropy_final": statistics.fmean(entropy[-SMOOTH:]) if entropy else math.nan,
+            # the benchmark's own flag: reward below its start, or entropy below 0.2x its start
+            "collapsed": collapsed({"rewards": rewards, "entropy": entropy}),
             "lrs": lrs, "entropy": entropy, "rewards": rewards}
 
 
