@@ -28,6 +28,7 @@ import contextlib
 import io
 import json
 import math
+import re
 import statistics
 import sys
 import tempfile
@@ -133,7 +134,7 @@ def grpo_run(job: tuple[str, float, str, str, int, int, str]) -> dict[str, Any]:
             "entropy_final": statistics.fmean(entropy[-SMOOTH:]) if entropy else math.nan,
             # the benchmark's own flag: reward below its start, or entropy below 0.2x its start
             "collapsed": collapsed({"rewards": rewards, "entropy": entropy}),
-            "lrs": lrs, "entropy": entropy, "rewards": rewards}
+            "lrs": lrs, "entropy": entropy, "rewards": rewards, "kls": kls}
 
 
 def _set_rules(variant: str) -> None:
@@ -149,18 +150,22 @@ def _set_rules(variant: str) -> None:
     online.KL_TARGET = float(variant.removeprefix("online_kl")) if variant.startswith("online_kl") \
         else policy_rules.KL_TARGET
     # the KL prior's raise below half the target: online_search1.5 (search at 1.5x instead of 2x),
-    # online_up1.5 (1.5x on every low KL), online_upsqrt2 (at most sqrt(target / 2 / KL), at most 2x)
+    # online_up1.5 (1.5x on every low KL), online_after1.5 (the 2x search, then 1.5x), online_upsqrt2 (at most sqrt(target / 2 / KL), at most 2x)
     raise_ = policy_rules.kl_raise
-    if "_search" in variant:
-        factor = float(variant.split("_search")[1])
+    if (factor := _number(variant, "_search")) is not None:
         raise_ = lambda kl, target, searching: factor if searching else 1.0  # noqa: E731
-    elif "_upsqrt" in variant:
-        cap = float(variant.split("_upsqrt")[1])
+    elif (cap := _number(variant, "_upsqrt")) is not None:
         raise_ = lambda kl, target, searching: min(cap, math.sqrt(policy_rules.KL_LOW * target / max(kl, 1e-12)))  # noqa: E731
-    elif "_up" in variant:
-        factor = float(variant.split("_up")[1])
-        raise_ = lambda kl, target, searching: factor  # noqa: E731
+    elif (up := _number(variant, "_up")) is not None:
+        raise_ = lambda kl, target, searching: up  # noqa: E731
+    elif (after := _number(variant, "_after")) is not None:  # the shipped search, then ``after`` on a low KL
+        raise_ = lambda kl, target, searching: policy_rules.KL_SEARCH_FACTOR if searching else after  # noqa: E731
     online.kl_raise = raise_
+    # the KL prior's cut above twice the target: online_cut1.1 (1.1x, as large as the raise after the
+    # search: zero expected log-step when as many readings fall above the band as below it)
+    cut = _number(variant, "_cut")
+    online.kl_adaptive_factor = (lambda kl, target: _with_cut(policy_rules.kl_adaptive_factor(kl, target), cut)) \
+        if cut is not None else online.kl_adaptive_factor
     # when the raise acts once the search is over: shipped, on every low KL; online_rnone (never: the
     # search's raise, then cuts only), online_rflat (only while the reward is not climbing, t <=
     # CLIMB_TSTAT: policy_rules.kl_raises_while_flat), online_rflat0 (t <= 0)
@@ -180,6 +185,16 @@ def _set_rules(variant: str) -> None:
     # (their geometric mean), online_confirm (a cut needs the last two above twice the target, or the
     # last above 8x it)
     online.recent_kl = _recent_kl(variant)
+
+
+def _number(variant: str, tag: str) -> float | None:
+    """The number after ``tag`` in a variant name (``online_up1.5_stock``, ``_up`` -> 1.5), else None."""
+    match = re.search(re.escape(tag) + r"([0-9.]+)(?:_|$)", variant)
+    return float(match.group(1)) if match else None
+
+
+def _with_cut(factor: float, cut: float) -> float:
+    return 1.0 / cut if factor < 1.0 else factor
 
 
 def _recent_kl(variant: str) -> Any:
