@@ -149,6 +149,8 @@ def _set_rules(variant: str) -> None:
     policy_rules.CLIMB_TSTAT = float(variant.split("_climb")[1]) if "_climb" in variant else 1.0
     online.KL_TARGET = float(variant.removeprefix("online_kl")) if variant.startswith("online_kl") \
         else policy_rules.KL_TARGET
+    if (target := _number(variant, "_target")) is not None:  # combines: online_after1.5_target0.005_stock
+        online.KL_TARGET = target
     # the KL prior's raise below half the target: online_search1.5 (search at 1.5x instead of 2x),
     # online_up1.5 (1.5x on every low KL), online_after1.5 (the 2x search, then 1.5x), online_upsqrt2 (at most sqrt(target / 2 / KL), at most 2x)
     raise_ = policy_rules.kl_raise
