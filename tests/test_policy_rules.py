@@ -111,13 +111,15 @@ def _noise_scales(kls: list[float | None], rewards: list[float] | None = None) -
 
 
 # a measurement after step k moves step k + 1's scale: the last one is not in the reported scales
-@pytest.mark.parametrize("kls, expected", [([1e-4] * 5 + [0.01] + [1e-4] * 4, 2.0 ** 5 * 1.1 ** 3),
+@pytest.mark.parametrize("kls, expected", [([1e-4] * 5 + [0.01] + [1e-4] * 4, 2.0 ** 5 * 1.5 ** 3),
                                            ([0.01] * 10, 1.0), ([0.5] * 10, 1.5 ** -9),
-                                           ([0.01] + [1e-4] * 9, 1.1 ** 8)])
+                                           ([0.01] + [1e-4] * 9, 1.5 ** 8),
+                                           ([0.01] + [1e-4, 0.5] * 4 + [1e-4], 1.0)])
 def test_online_optimizer_follows_the_kl_prior(kls, expected):
     """A measured policy change far below / at / far above the target moves every scale up / not
     at all / 1.5x down per step, against the same run without the measurement. Up is 2x per step
-    while the controller searches (no KL has reached half the target yet), then 1.1x."""
+    while the controller searches (no KL has reached half the target yet), then 1.5x, as large as
+    the cut: readings alternating below and above the band leave the scale where it was."""
     ratios = [a / b for a, b in zip(_noise_scales(kls), _noise_scales([None] * len(kls)), strict=True)]
     assert ratios == pytest.approx([expected] * 2, rel=0.1)  # the bias row also moves on its own
 
@@ -132,7 +134,7 @@ def test_recent_kl_is_the_last_value_by_default_or_the_median_of_a_window():
 
 def test_kl_raise_searches_until_the_kl_first_reaches_half_the_target():
     assert kl_raise(1e-4, 0.01, searching=True) == KL_SEARCH_FACTOR == 2.0
-    assert kl_raise(1e-4, 0.01, searching=False) == 1.0
+    assert kl_raise(1e-4, 0.01, searching=False) == KL_FACTOR == 1.5  # then as large as the cut
 
 
 def test_the_kl_search_state_survives_a_save_and_old_states_do_not_search_again():
@@ -182,11 +184,11 @@ def test_the_fold_switch_ends_the_warm_up_at_the_level_the_search_found(monkeypa
     assert found[-1] == pytest.approx(level * plain[5] / plain[4], rel=0.1)
 
 
-@pytest.mark.parametrize("rule, climbing, expected", [("shipped", True, 1.1 ** 8), ("shipped", False, 1.1 ** 8),
-                                                      ("while_flat", True, 1.0), ("while_flat", False, 1.1 ** 8)])
+@pytest.mark.parametrize("rule, climbing, expected", [("shipped", True, 1.5 ** 8), ("shipped", False, 1.5 ** 8),
+                                                      ("while_flat", True, 1.0), ("while_flat", False, 1.5 ** 8)])
 def test_after_the_search_a_low_kl_raises_and_the_flat_variant_waits_for_a_flat_reward(
         rule, climbing, expected, monkeypatch):
-    """Once a KL has reached half the target, a low one raises the lr by 1.1x per step (shipped);
+    """Once a KL has reached half the target, a low one raises the lr by 1.5x per step (shipped);
     the development rule ``kl_raises_while_flat`` raises only when the reward trend is not
     climbing, leaving an lr under which the reward climbs where it is."""
     from adaptiverl.controllers import online, policy_rules
