@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import statistics
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ from adaptiverl.controllers.policy_rules import (
     KL_FACTOR,
     KL_MEDIAN_OF,
     KL_SEARCH_FACTOR,
+    KL_TARGET,
     anneal_advances,
     kl_adaptive_factor,
     kl_raise,
@@ -122,6 +124,43 @@ def test_online_optimizer_follows_the_kl_prior(kls, expected):
     the cut: readings alternating below and above the band leave the scale where it was."""
     ratios = [a / b for a, b in zip(_noise_scales(kls), _noise_scales([None] * len(kls)), strict=True)]
     assert ratios == pytest.approx([expected] * 2, rel=0.1)  # the bias row also moves on its own
+
+
+def _closed_loop_kls(steps: int = 300, sigma: float = 1.5) -> list[float]:
+    """OnlineAdamW (fresh, non-learning) fed a heavy-tailed KL that grows as lr^2: median 0.005 at
+    lr 1e-2, log-normal noise of ``sigma`` (mean / median ~3 at 1.5, as the GRPO dev tasks read)."""
+    import torch
+
+    from adaptiverl.optim import OnlineAdamW
+
+    torch.manual_seed(0)
+    rng = random.Random(0)
+    model = torch.nn.Linear(16, 4)
+    opt = OnlineAdamW(model.parameters(), lr=1e-3, controller="fresh", meta_lr=0.0, explore_std=0.0)
+    kls = []
+    for _ in range(steps):
+        loss = (model(torch.randn(8, 16)) * torch.randn(8, 4)).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        kls.append(0.005 * (opt.effective_lr() / 1e-2) ** 2 * math.exp(sigma * rng.gauss(0.0, 1.0)))
+        opt.observe(loss=loss, policy_kl=kls[-1])
+    return kls
+
+
+def test_a_heavy_tailed_kl_settles_with_its_median_on_the_target_not_below_it(monkeypatch):
+    """Equal steps up and down (1.5x / 1.5x after the search) hold the median reading on the target;
+    the earlier 1.1x raise against the 1.5x cut let the lone high readings walk the lr down until
+    the median sat far below its target (more than one high reading per ~4.3 low ones drifts down)."""
+    from adaptiverl.controllers import online, policy_rules
+
+    settled = statistics.median(_closed_loop_kls()[100:])
+    assert KL_TARGET == 0.005 and 0.7 * KL_TARGET < settled < 1.4 * KL_TARGET
+    monkeypatch.setattr(online, "kl_raise", lambda kl, target, searching: KL_SEARCH_FACTOR if searching else 1.0)
+    monkeypatch.setattr(online, "KL_TARGET", 0.01)  # the rule shipped until 2026-12-06
+    old = statistics.median(_closed_loop_kls()[100:])
+    assert old < 0.5 * 0.01
+    assert policy_rules.kl_raise(1e-4, 0.01, searching=False) == KL_FACTOR  # the module's rule is untouched
 
 
 def test_recent_kl_is_the_last_value_by_default_or_the_median_of_a_window():
