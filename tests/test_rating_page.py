@@ -386,8 +386,12 @@ def test_rate_command_serves_the_queue(tmp_path, capsys):
     queue = tmp_path / "queue"
     queue_requests(queue, ["from the command"])
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    # Ctrl-C reaches a foreground command whose SIGINT is at its default. A job a shell starts in the
+    # background (a CI run launched with `&`) ignores SIGINT, exec keeps that, and Python then
+    # installs no KeyboardInterrupt: the child would ignore the test's Ctrl-C (seen once in CI)
     child = subprocess.Popen([sys.executable, "-m", "adaptiverl.cli", "rate", str(queue), "--port", "0"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         line = child.stdout.readline()
         url = line.rsplit(" ", 1)[-1].strip()
