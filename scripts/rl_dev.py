@@ -153,7 +153,8 @@ def _set_rules(variant: str) -> None:
         online.KL_TARGET = target
     # the KL prior's raise below half the target: online_search1.5 (search at 1.5x instead of 2x),
     # online_up1.5 (1.5x on every low KL), online_after1.5 (the 2x search, then 1.5x: shipped since
-    # 2026-12-06 with _target0.005; the rule before that is online_after1.1_target0.01), online_upsqrt2 (at most sqrt(target / 2 / KL), at most 2x)
+    # 2026-12-06 with _target0.005; the rule before that is online_after1.1_target0.01),
+    # online_upsqrt2 (at most sqrt(target / 2 / KL), at most 2x)
     raise_ = policy_rules.kl_raise
     if (factor := _number(variant, "_search")) is not None:
         raise_ = lambda kl, target, searching: factor if searching else 1.0  # noqa: E731

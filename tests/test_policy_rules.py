@@ -83,10 +83,9 @@ def test_online_optimizer_anneals_only_when_the_reward_stops_climbing():
     assert progress[-1] - progress[99] > 0.35  # and released once it was flat
 
 
-def _fed_run(kls: list[float | None], rewards: list[float] | None = None,
-             total_steps: int | None = None) -> tuple[Any, list[float]]:
-    """A fresh, non-learning OnlineAdamW on a toy layer fed ``kls`` (and ``rewards``) after each
-    step but the first; returns the optimizer and the effective lr of every step."""
+def _toy_optimizer(total_steps: int | None = None) -> tuple[Any, Any]:
+    """A fresh, non-learning OnlineAdamW on a toy layer, and a function that takes one step of it
+    on a random batch and returns that step's loss."""
     import torch
 
     from adaptiverl.optim import OnlineAdamW
@@ -95,12 +94,25 @@ def _fed_run(kls: list[float | None], rewards: list[float] | None = None,
     model = torch.nn.Linear(16, 4)
     opt = OnlineAdamW(model.parameters(), lr=1e-3, total_steps=total_steps, controller="fresh", meta_lr=0.0,
                       explore_std=0.0)
-    lrs = []
-    for i, kl in enumerate([None, *kls]):  # the first step has no measurement yet (it comes after a step)
+
+    def step() -> Any:
         loss = (model(torch.randn(8, 16)) * torch.randn(8, 4)).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
+        return loss
+
+    return opt, step
+
+
+def _fed_run(kls: list[float | None], rewards: list[float] | None = None,
+             total_steps: int | None = None) -> tuple[Any, list[float]]:
+    """A fresh, non-learning OnlineAdamW on a toy layer fed ``kls`` (and ``rewards``) after each
+    step but the first; returns the optimizer and the effective lr of every step."""
+    opt, step = _toy_optimizer(total_steps)
+    lrs = []
+    for i, kl in enumerate([None, *kls]):  # the first step has no measurement yet (it comes after a step)
+        loss = step()
         lrs.append(opt.effective_lr())
         fed = ({} if kl is None else {"policy_kl": kl}) | ({} if rewards is None else {"reward": rewards[i]})
         opt.observe(loss=loss, **fed)
@@ -129,20 +141,11 @@ def test_online_optimizer_follows_the_kl_prior(kls, expected):
 def _closed_loop_kls(steps: int = 300, sigma: float = 1.5) -> list[float]:
     """OnlineAdamW (fresh, non-learning) fed a heavy-tailed KL that grows as lr^2: median 0.005 at
     lr 1e-2, log-normal noise of ``sigma`` (mean / median ~3 at 1.5, as the GRPO dev tasks read)."""
-    import torch
-
-    from adaptiverl.optim import OnlineAdamW
-
-    torch.manual_seed(0)
+    opt, step = _toy_optimizer()
     rng = random.Random(0)
-    model = torch.nn.Linear(16, 4)
-    opt = OnlineAdamW(model.parameters(), lr=1e-3, controller="fresh", meta_lr=0.0, explore_std=0.0)
     kls = []
     for _ in range(steps):
-        loss = (model(torch.randn(8, 16)) * torch.randn(8, 4)).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        loss = step()
         kls.append(0.005 * (opt.effective_lr() / 1e-2) ** 2 * math.exp(sigma * rng.gauss(0.0, 1.0)))
         opt.observe(loss=loss, policy_kl=kls[-1])
     return kls

@@ -566,8 +566,9 @@ class OnlineController(Controller):
         and a lift beyond that step cap up to :func:`kl_raise`'s factor: 2x while the controller
         still searches (no measured KL has reached half the target yet), then 1.5x
         (:func:`kl_raises` may hold a raise: development variants). Above twice the target the brake
-        cuts every row by 1.5 at once, so up and down steps are the same size. With ``KL_FOLD_SCHEDULE`` (a development switch, off), when the search ends with the
-        horizon known the schedule's rise still ahead comes off every row at once. Nothing
+        cuts every row by 1.5 at once, so up and down steps are the same size. With
+        ``KL_FOLD_SCHEDULE`` (a development switch, off), when the search ends with the horizon
+        known the schedule's rise still ahead comes off every row at once. Nothing
         without a new measurement (supervised runs), so the rest of the controller is unchanged there.
         Returns ``(step, brake, lift)`` (``lift``: an immediate change of log s beyond the step
         cap: > 0 raises, < 0 cuts).
