@@ -189,6 +189,10 @@ def _set_rules(variant: str) -> None:
     # (their geometric mean), online_confirm (a cut needs the last two above twice the target, or the
     # last above 8x it)
     online.recent_kl = _recent_kl(variant)
+    # the KL target's power of the entropy (target * (H / H_max) ** p): online_hpow0.5; shipped since
+    # 2026-12-06: 1 (online_hpow1 = online); online_hpow0, a fixed target, is the rule before that
+    power = _number(variant, "_hpow")
+    online.KL_ENTROPY_POWER = policy_rules.KL_ENTROPY_POWER if power is None else power
 
 
 def _number(variant: str, tag: str) -> float | None:

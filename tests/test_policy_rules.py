@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from adaptiverl.controllers.policy_rules import (
+    KL_ENTROPY_POWER,
     KL_FACTOR,
     KL_MEDIAN_OF,
     KL_SEARCH_FACTOR,
@@ -17,6 +18,7 @@ from adaptiverl.controllers.policy_rules import (
     anneal_advances,
     kl_adaptive_factor,
     kl_raise,
+    kl_target,
     recent_kl,
 )
 from adaptiverl.signals import ScalarSignal
@@ -164,6 +166,47 @@ def test_a_heavy_tailed_kl_settles_with_its_median_on_the_target_not_below_it(mo
     old = statistics.median(_closed_loop_kls()[100:])
     assert old < 0.5 * 0.01
     assert policy_rules.kl_raise(1e-4, 0.01, searching=False) == KL_FACTOR  # the module's rule is untouched
+
+
+def test_kl_target_follows_the_entropy_relative_to_its_largest_reading():
+    assert kl_target(None, 0.0) == KL_TARGET  # no entropy fed (a supervised run): the fixed target
+    assert kl_target(3.0, 6.0, 0.005, power=1.0) == pytest.approx(0.0025)
+    assert kl_target(3.0, 6.0, 0.005, power=0.5) == pytest.approx(0.005 * math.sqrt(0.5))
+    assert kl_target(7.0, 6.0, 0.005, power=1.0) == 0.005  # never above the base
+    assert kl_target(-1.0, 6.0, 0.005, power=1.0) == 0.0
+    assert kl_target(float("nan"), 6.0, 0.005, power=1.0) == 0.005
+    assert kl_target(3.0, 6.0, 0.005, power=0.0) == 0.005
+    assert kl_target(3.0, 6.0, 0.005) == pytest.approx(0.005 * 0.5 ** KL_ENTROPY_POWER)  # the shipped power
+
+
+def _sharpening_lrs(steps: int = 400) -> list[float]:
+    """OnlineAdamW (fresh, non-learning) fed a KL that grows as lr^2 and shrinks with the entropy, as
+    a sharpening policy's does (median 0.005 at lr 1e-2 and the starting entropy; log-normal noise),
+    and an entropy falling 10x, from 6.9 to 0.69 nats; the effective lr of every step."""
+    opt, step = _toy_optimizer()
+    rng = random.Random(0)
+    lrs = []
+    for t in range(steps):
+        loss = step()
+        lrs.append(opt.effective_lr())
+        entropy = 6.9 * 0.1 ** (t / (steps - 1))
+        kl = 0.005 * (lrs[-1] / 1e-2) ** 2 * entropy / 6.9 * math.exp(1.5 * rng.gauss(0.0, 1.0))
+        opt.observe(loss=loss, policy_kl=kl, entropy=entropy)
+    return lrs
+
+
+def test_a_sharpening_policy_does_not_carry_the_lr_up_with_it(monkeypatch):
+    """The same parameter step moves a sharper policy less (a small logit change's KL is about half
+    its variance under the policy). With the target following the entropy the lr holds its level as
+    the entropy falls 10x; a fixed target lets it climb ~sqrt(10)x."""
+    from adaptiverl.controllers import online
+
+    def rise(lrs: list[float]) -> float:  # geometric mean of the last 80 steps / of steps 20-100
+        return math.exp(statistics.fmean(map(math.log, lrs[-80:])) - statistics.fmean(map(math.log, lrs[20:100])))
+
+    assert KL_ENTROPY_POWER == 1.0 and 0.6 < rise(_sharpening_lrs()) < 1.4  # 0.82
+    monkeypatch.setattr(online, "KL_ENTROPY_POWER", 0.0)  # a fixed target
+    assert rise(_sharpening_lrs()) > 1.6  # 2.03
 
 
 def test_recent_kl_is_the_last_value_by_default_or_the_median_of_a_window():

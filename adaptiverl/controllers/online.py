@@ -44,6 +44,7 @@ from adaptiverl.controllers.base import (
 )
 from adaptiverl.controllers.gru import GRUController
 from adaptiverl.controllers.policy_rules import (
+    KL_ENTROPY_POWER,
     KL_FOLD_SCHEDULE,
     KL_LOW,
     KL_MEDIAN_OF,
@@ -53,6 +54,7 @@ from adaptiverl.controllers.policy_rules import (
     kl_adaptive_factor,
     kl_raise,
     kl_raises,
+    kl_target,
     recent_kl,
 )
 from adaptiverl.signals.stats import Signals
@@ -195,6 +197,7 @@ class ControllerState:
     anneal_steps: float = 0.0
     last_kl_count: int = 0                # policy_kl values seen (the KL prior acts on new ones)
     kl_reached: bool = False              # a measured policy_kl has reached half the target (search over)
+    entropy_ref: float = 0.0              # the largest policy entropy fed so far (kl_target's reference)
     knob_values: list[list[float]] | None = None
     scales: list[float] | None = None     # the step scales the last step used (schedule included)
 
@@ -562,7 +565,9 @@ class OnlineController(Controller):
                  progress: float | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """rsl_rl's KL-adaptive rule on a newly measured policy change (``observe(policy_kl=)``).
 
-        Below half of ``KL_TARGET`` every row's change gets the network's largest step up (1.1x)
+        The target is ``KL_TARGET`` scaled by the policy's entropy relative to the largest fed so
+        far (:func:`kl_target`; fixed when no entropy is fed). Below half of it every row's change
+        gets the network's largest step up (1.1x)
         and a lift beyond that step cap up to :func:`kl_raise`'s factor: 2x while the controller
         still searches (no measured KL has reached half the target yet), then 1.5x
         (:func:`kl_raises` may hold a raise: development variants). Above twice the target the brake
@@ -580,19 +585,24 @@ class OnlineController(Controller):
             return step, brake, lift
         ctl.last_kl_count = kl.count
         value = recent_kl(kl.values, KL_MEDIAN_OF)
-        search_ends = not ctl.kl_reached and value >= KL_LOW * KL_TARGET
+        entropy = signals.signals.get("entropy")
+        entropy = None if entropy is None else entropy.last
+        if entropy is not None:
+            ctl.entropy_ref = max(ctl.entropy_ref, entropy)
+        target = kl_target(entropy, ctl.entropy_ref, KL_TARGET, KL_ENTROPY_POWER)
+        search_ends = not ctl.kl_reached and value >= KL_LOW * target
         ctl.kl_reached = ctl.kl_reached or search_ends
         searching = not ctl.kl_reached
         if KL_FOLD_SCHEDULE and search_ends and progress is not None:
             # the search found the level: the schedule's rise still ahead would carry the lr past it
             lift = lift - (max(self.network.schedule_values()) - self.network.schedule(progress))
-        factor = kl_adaptive_factor(value, KL_TARGET)
+        factor = kl_adaptive_factor(value, target)
         if factor > 1.0:
             if not kl_raises(searching, signals.reward):
                 return step, brake, lift
             if KL_RAISE_IMMEDIATE and not searching:
                 return step, brake, lift + self.network.max_log_step
-            extra = math.log(kl_raise(value, KL_TARGET, searching=searching)) - self.network.max_log_step
+            extra = math.log(kl_raise(value, target, searching=searching)) - self.network.max_log_step
             return step + self.network.max_log_step, brake, lift + max(0.0, extra)
         if factor < 1.0:
             return step, brake.clamp(min=math.log(1.0 / factor) / math.log(BRAKE_FACTOR)), lift

@@ -8,7 +8,8 @@ the Online controller and the benchmarks' anchors share one definition:
   is below half a target, divide by 1.5 above twice it. The Online controller uses it as a prior
   with :data:`KL_TARGET`: raise by :func:`kl_raise`'s factor while the policy barely moves (2x until
   a KL first reaches half the target, then the rule's own 1.5x), cut by 1.5 at once (through its
-  brake) while it moves too far.
+  brake) while it moves too far. :func:`kl_target` lowers the target as the policy sharpens: in
+  proportion to its entropy, relative to the largest entropy fed so far.
 * :func:`anneal_advances`: lets a horizon anneal advance only on steps where the reward is not
   significantly climbing (the window slope's t-statistic at most ``CLIMB_TSTAT``).
 * :func:`pretrained_start_scales`: the given lr as a hint for pretrained weights: a tensor that
@@ -55,6 +56,13 @@ KL_MEDIAN_OF = 1
 #: both development GRPO tasks and then lost on the benchmark's default path (docs/online.md): off.
 KL_FOLD_SCHEDULE = False
 KL_RAISE_IMMEDIATE = False
+#: The KL target follows the policy's entropy: ``KL_TARGET * (H / H_max) ** KL_ENTROPY_POWER``
+#: (:func:`kl_target`; ``H_max``: the largest entropy fed so far). A sharpening policy moves less per
+#: parameter step (the per-token KL of a small logit change is about half its variance under the
+#: policy, which shrinks with the entropy), so a fixed target lets the lr climb as the policy
+#: sharpens (about as sqrt(H_max / H)). 1 was chosen over 0 (a fixed target) and 0.5 on the three
+#: GRPO tasks of ``scripts/rl_dev.py``, both paths (docs/online.md); no entropy fed: a fixed target.
+KL_ENTROPY_POWER = 1.0
 #: A reward trend with a t-statistic above this is climbing: the anneal waits.
 CLIMB_TSTAT = 1.0
 #: A tensor that looks pretrained starts at ``lr <= PRETRAINED_START_RMS * rms(theta)`` (an AdamW
@@ -74,6 +82,15 @@ def kl_adaptive_factor(kl: float, target: float) -> float:
     if kl > KL_HIGH * target:
         return 1.0 / KL_FACTOR
     return 1.0
+
+
+def kl_target(entropy: float | None, entropy_ref: float, base: float = KL_TARGET,
+              power: float = KL_ENTROPY_POWER) -> float:
+    """The KL the prior steers to: ``base * min(1, entropy / entropy_ref) ** power``; ``base``
+    without a finite entropy reading or a positive reference (the largest entropy fed so far)."""
+    if power == 0.0 or entropy is None or not (entropy_ref > 0 and math.isfinite(entropy)):
+        return base
+    return base * min(1.0, max(entropy, 0.0) / entropy_ref) ** power
 
 
 def recent_kl(values: Sequence[float], count: int = KL_MEDIAN_OF) -> float:
