@@ -193,6 +193,9 @@ def _set_rules(variant: str) -> None:
     # 2026-12-06: 1 (online_hpow1 = online); online_hpow0, a fixed target, is the rule before that
     power = _number(variant, "_hpow")
     online.KL_ENTROPY_POWER = policy_rules.KL_ENTROPY_POWER if power is None else power
+    # the anneal also waits while the entropy is above x times its largest (ANNEAL_ENTROPY_HOLD):
+    # online_hold0.8_stock; not shipped
+    online.ANNEAL_ENTROPY_HOLD = _number(variant, "_hold")
 
 
 def _number(variant: str, tag: str) -> float | None:
@@ -208,14 +211,14 @@ def _with_cut(factor: float, cut: float) -> float:
 def _recent_kl(variant: str) -> Any:
     from adaptiverl.controllers import policy_rules
 
-    if "_med" in variant:
-        n = int(variant.split("_med")[1])
+    if (med := _number(variant, "_med")) is not None:
+        n = int(med)
         return lambda values, count: policy_rules.recent_kl(values, n)
-    if "_gmean" in variant:
-        n = int(variant.split("_gmean")[1])
+    if (gmean := _number(variant, "_gmean")) is not None:
+        n = int(gmean)
         return lambda values, count: math.exp(statistics.fmean(math.log(max(v, 1e-12)) for v in values[-n:]))
-    if "_mean" in variant:
-        n = int(variant.split("_mean")[1])
+    if (mean := _number(variant, "_mean")) is not None:
+        n = int(mean)
         return lambda values, count: statistics.fmean(values[-n:])
     if variant.endswith("_confirm"):
         def confirmed(values: Any, count: int) -> float:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from adaptiverl.controllers.policy_rules import (
+    ANNEAL_ENTROPY_HOLD,
     KL_ENTROPY_POWER,
     KL_FACTOR,
     KL_MEDIAN_OF,
@@ -54,6 +55,17 @@ def test_anneal_gate_holds_while_reward_climbs_and_releases_when_flat():
     assert progress[-1] - progress[99] > 0.35
     # a supervised run (no reward) and an unknown horizon always advance
     assert anneal_advances(0.5, 5.0, rewarded=False) and anneal_advances(None, 5.0, rewarded=True)
+
+
+def test_anneal_entropy_hold_is_a_development_switch_off_by_default():
+    assert ANNEAL_ENTROPY_HOLD is None  # shipped: the reward trend alone gates the anneal
+    # a flat reward: advances whatever the entropy, unless the switch holds an unsharpened policy
+    assert anneal_advances(0.5, 0.0, True, entropy_fraction=0.95)
+    assert not anneal_advances(0.5, 0.0, True, entropy_fraction=0.95, hold=0.8)
+    assert anneal_advances(0.5, 0.0, True, entropy_fraction=0.5, hold=0.8)
+    assert anneal_advances(0.5, 0.0, True, entropy_fraction=None, hold=0.8)  # no entropy fed
+    assert anneal_advances(0.01, 0.0, True, entropy_fraction=0.95, hold=0.8)  # the warm-up always advances
+    assert not anneal_advances(0.5, 5.0, True, entropy_fraction=0.5, hold=0.8)  # a climbing reward waits
 
 
 def _online_progress(rewards: list[float], total: int = 200) -> list[float]:

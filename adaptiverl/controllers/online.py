@@ -44,6 +44,7 @@ from adaptiverl.controllers.base import (
 )
 from adaptiverl.controllers.gru import GRUController
 from adaptiverl.controllers.policy_rules import (
+    ANNEAL_ENTROPY_HOLD,
     KL_ENTROPY_POWER,
     KL_FOLD_SCHEDULE,
     KL_LOW,
@@ -405,7 +406,11 @@ class OnlineController(Controller):
         ctl.rows.put(rows, new_rows)
         ctl.steps += 1
         reward = signals.reward
-        ctl.anneal_steps += float(anneal_advances(inputs.progress, reward.trend_tstat, reward.count > 0))
+        entropy = signals.signals.get("entropy")
+        fraction = None if entropy is None or entropy.last is None or not ctl.entropy_ref > 0 \
+            else entropy.last / max(ctl.entropy_ref, entropy.last)
+        ctl.anneal_steps += float(anneal_advances(inputs.progress, reward.trend_tstat, reward.count > 0,
+                                                  fraction, ANNEAL_ENTROPY_HOLD))
         finite = self.network.is_finite() & torch.isfinite(new_rows.hidden).all() \
             & torch.isfinite(new_rows.log_scale).all() & torch.isfinite(used).all()
         return StepOutput(log_scales=used, knobs=knobs, finite=finite)

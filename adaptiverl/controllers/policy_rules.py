@@ -71,6 +71,11 @@ CLIMB_TSTAT = 1.0
 PRETRAINED_START_RMS = 2.5e-3
 #: The warm-up of the horizon schedule (its first knot after 0), which always advances.
 ANNEAL_WARMUP = 0.05
+#: Development switch (``scripts/rl_dev.py``'s ``_hold{x}``), off (``None``) in the shipped rule: with
+#: an entropy fed, the anneal also waits while the policy's entropy is above ``x`` times the largest
+#: fed so far (a policy that has not sharpened has learned nothing an anneal could keep). Tried at 0.8
+#: on the development GRPO tasks: -0.032 over 60 paired runs, stuck runs 6 -> 8 (docs/online.md).
+ANNEAL_ENTROPY_HOLD: float | None = None
 
 
 def kl_adaptive_factor(kl: float, target: float) -> float:
@@ -124,16 +129,21 @@ def kl_raises_while_flat(searching: bool, reward: ScalarSignal) -> bool:
     return searching or reward.trend_tstat <= CLIMB_TSTAT
 
 
-def anneal_advances(progress: float | None, reward_tstat: float, rewarded: bool) -> bool:
+def anneal_advances(progress: float | None, reward_tstat: float, rewarded: bool,
+                    entropy_fraction: float | None = None, hold: float | None = None) -> bool:
     """Whether a horizon anneal may advance by this step.
 
     Without rewards (a supervised run) always: progress is the plain fraction of steps done. With
     rewards, only while the reward trend is not climbing (``reward_tstat <= CLIMB_TSTAT``): the
     default path must not anneal away a reward that is still rising. The warm-up part of a
     schedule (``progress < ANNEAL_WARMUP``) always advances, so a too-large lr is still eased in.
+    With ``hold`` (:data:`ANNEAL_ENTROPY_HOLD`, a development switch) it also waits while
+    ``entropy_fraction`` (the entropy over the largest fed so far) is above ``hold``.
     """
     if progress is None or progress < ANNEAL_WARMUP or not rewarded:
         return True
+    if hold is not None and entropy_fraction is not None and entropy_fraction > hold:
+        return False
     return not (math.isfinite(reward_tstat) and reward_tstat > CLIMB_TSTAT)
 
 
