@@ -196,6 +196,10 @@ def _set_rules(variant: str) -> None:
     # the anneal also waits while the entropy is above x times its largest (ANNEAL_ENTROPY_HOLD):
     # online_hold0.8_stock; not shipped
     online.ANNEAL_ENTROPY_HOLD = _number(variant, "_hold")
+    # every tensor's log scale within log c of the mean: online_spread1_stock (one shared scale)
+    online.SCALE_SPREAD = _number(variant, "_spread")
+    # the per-tensor changes in RL, as before 2026-12-07 (SHARE_CHANGE_IN_RL off): online_pertensor_stock
+    online.SHARE_CHANGE_IN_RL = "_pertensor" not in variant
 
 
 def _number(variant: str, tag: str) -> float | None:

@@ -250,3 +250,40 @@ def test_gru_controller_change_is_bounded_and_learns_the_signal_direction():
         ctl.learn(feats, hidden, gate, torch.full((10,), 1.0))
     delta = ctl.delta(ctl(feats, hidden)[0], gate)
     assert torch.all(delta < 0) and torch.all(ctl.integrate(log_s, delta) < math.log(4.0))  # back down
+
+
+def _row_log_offsets(opt: torch.optim.Optimizer) -> list[float]:
+    scales = [t["delta_scale"] for t in opt.dynamics()["tensors"]]
+    return [math.log(s) - math.log(scales[0]) for s in scales]
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_with_rewards_every_tensor_takes_the_same_change_and_keeps_its_offset(monkeypatch, share):
+    """In RL (rewards fed) the rows' log scales move together (SHARE_CHANGE_IN_RL): the offsets the
+    rows had when the rewards started stay; without rewards, or with the switch off, they move apart."""
+    from adaptiverl.controllers import online as online_controller
+
+    monkeypatch.setattr(online_controller, "SHARE_CHANGE_IN_RL", share)
+    x, y = _regression()
+    model = _deep_linear()
+    opt = OnlineAdamW(model.parameters(), lr=3e-3)
+
+    def steps(n: int, reward: bool) -> None:
+        for _ in range(n):
+            opt.zero_grad()
+            loss = ((model(x) - y) ** 2).mean()
+            loss.backward()
+            opt.observe(loss=loss, reward=-loss.item() if reward else None)
+            opt.step()
+
+    steps(25, reward=False)  # supervised: the rows' scales part
+    before = _row_log_offsets(opt)
+    assert max(before) - min(before) > 1e-3
+    steps(25, reward=True)
+    after = _row_log_offsets(opt)
+    moved = max(abs(a - b) for a, b in zip(after, before, strict=True))
+    if share:
+        assert moved < 1e-4
+    else:
+        assert moved > 1e-3
+    assert opt.dynamics()["summary"]["delta_scale_mean"] != 1.0

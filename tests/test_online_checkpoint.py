@@ -7,6 +7,11 @@ loads the state dict and must reach the same parameters and dynamics: bit for bi
 OnlineRMSProp and OnlineAdamW; OnlineSGD's update with per-tensor lrs now runs in place
 (``p.add_(d, alpha=-lr)``, as torch's SGD and the reference kernel do) instead of through a scaled
 copy, which rounds the last bit differently (differences ~1e-8 relative after 5 steps).
+
+The run feeds rewards, and since 2026-12-07 every tensor takes the same change of its scale once
+rewards are fed (``SHARE_CHANGE_IN_RL``): the exact continuation is checked under the rule the
+checkpoint was written with (the switch off), and the shipped rule is checked to load the same
+state and continue from it.
 """
 
 from __future__ import annotations
@@ -26,7 +31,10 @@ _spec.loader.exec_module(old)
 
 
 @pytest.mark.parametrize("cls", [OnlineSGD, OnlineRMSProp, OnlineAdamW], ids=lambda c: c.__name__)
-def test_old_checkpoint_loads_and_continues_exactly(cls):
+def test_old_checkpoint_loads_and_continues_exactly(cls, monkeypatch):
+    from adaptiverl.controllers import online as online_controller
+
+    monkeypatch.setattr(online_controller, "SHARE_CHANGE_IN_RL", False)  # the rule it was written under
     entry = torch.load(DATA / "online_checkpoint_v1.pt", weights_only=True)[cls.__name__]
     net = old.model()
     net.load_state_dict(entry["model"])
@@ -42,3 +50,20 @@ def test_old_checkpoint_loads_and_continues_exactly(cls):
     summary = opt.dynamics()["summary"]
     for key, value in entry["expected_summary"].items():
         assert summary[key] == (value if exact else pytest.approx(value, rel=1e-6, abs=1e-9)), key
+
+
+@pytest.mark.parametrize("cls", [OnlineSGD, OnlineRMSProp, OnlineAdamW], ids=lambda c: c.__name__)
+def test_old_checkpoint_continues_under_the_shared_change_in_rl(cls):
+    """The shipped rule loads the same state; from there every tensor's scale takes the same change."""
+    entry = torch.load(DATA / "online_checkpoint_v1.pt", weights_only=True)[cls.__name__]
+    net = old.model()
+    net.load_state_dict(entry["model"])
+    opt = old.make(cls, net.parameters())
+    opt.load_state_dict(entry["optimizer"])
+    before = [t["delta_scale"] for t in opt.dynamics()["tensors"]]
+    old.run(net, opt, old.SAVED_AT, old.SAVED_AT + old.CONTINUE)
+    after = [t["delta_scale"] for t in opt.dynamics()["tensors"]]
+    assert all(torch.isfinite(p).all() for p in net.parameters())
+    ratios = [a / b for a, b in zip(after, before, strict=True)]
+    assert max(ratios) / min(ratios) == pytest.approx(1.0, rel=1e-4)  # one change for every tensor
+    assert ratios[0] != 1.0

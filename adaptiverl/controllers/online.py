@@ -101,6 +101,18 @@ BRAKE_COS, BRAKE_NOISE, BRAKE_FACTOR = 0.5, 4.0, 2.0
 BRAKE_SPIKE_Z, BRAKE_SPIKE_RATIO = 4.0, 2.0
 #: After this fraction of training the feedback gate is multiplied by the schedule's a(p) / max a.
 ANNEAL_FREEZE_FROM = 0.1
+#: In RL (once rewards are fed) every tensor takes the same change of its log scale each step: the
+#: mean of the rows' changes. A policy-gradient loss is a surrogate near zero, so the per-tensor
+#: hypergradients are noise there, and the rows' scales random-walked apart (the quickstart's GRPO
+#: run: 0.013x to 21x of the base lr after 200 steps). Offsets the rows already have (the pretrained
+#: guard's start scales) are kept. Chosen on the GRPO tasks of ``scripts/rl_dev.py`` (docs/online.md);
+#: ``scripts/rl_dev.py``'s ``_pertensor`` turns it off. Supervised runs are untouched.
+SHARE_CHANGE_IN_RL = True
+#: Development switch (``_spread{c}``), off (``None``): every row's log scale is kept within ``log c``
+#: of the rows' mean after each step (``c = 1``: one level shared by every tensor). ``_spread1`` is
+#: how the shared change above was first measured (the same on a fresh model, where every row starts
+#: at 1); ``_spread3`` did nothing (docs/online.md).
+SCALE_SPREAD: float | None = None
 
 
 def gate(evidence: Tensor, tau: float) -> Tensor:
@@ -688,6 +700,11 @@ class OnlineController(Controller):
 
         log_scale, h_new = self.network.advance(x, prev.hidden, prev.log_scale, sig.gate, sig.reward_step,
                                                 sig.brake * math.log(BRAKE_FACTOR) - sig.lift)
+        if SHARE_CHANGE_IN_RL and signals.reward.count > 0:
+            log_scale = self.network.clamp_log_scale(prev.log_scale + (log_scale - prev.log_scale).mean())
+        if SCALE_SPREAD is not None:
+            centre, width = log_scale.mean(), math.log(SCALE_SPREAD)
+            log_scale = log_scale.clamp(centre - width, centre + width)
         k = x.shape[0]
         if signals.reward.count > 0:
             # one draw shared by every tensor: a per-tensor draw would split the reward's
