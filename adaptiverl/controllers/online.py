@@ -103,9 +103,9 @@ BRAKE_SPIKE_Z, BRAKE_SPIKE_RATIO = 4.0, 2.0
 ANNEAL_FREEZE_FROM = 0.1
 #: In RL (once rewards are fed) every tensor takes the same change of its log scale each step: the
 #: mean of the rows' changes. A policy-gradient loss is a surrogate near zero, so the per-tensor
-#: hypergradients are noise there, and the rows' scales random-walked apart (the quickstart's GRPO
-#: run: 0.013x to 21x of the base lr after 200 steps). Offsets the rows already have (the pretrained
-#: guard's start scales) are kept. Chosen on the GRPO tasks of ``scripts/rl_dev.py`` (docs/online.md);
+#: hypergradients are noise there, and per-tensor changes pushed the rows' scales apart (the
+#: quickstart's GRPO run: from the pretrained guard's 80x spread at step 1 to 1600x at step 200).
+#: Offsets the rows already have (the pretrained guard's start scales) are kept. Chosen on the GRPO tasks of ``scripts/rl_dev.py`` (docs/online.md);
 #: ``scripts/rl_dev.py``'s ``_pertensor`` turns it off. Supervised runs are untouched.
 SHARE_CHANGE_IN_RL = True
 #: Development switch (``_spread{c}``), off (``None``): every row's log scale is kept within ``log c``
