@@ -52,6 +52,7 @@ from adaptiverl.controllers.policy_rules import (
     KL_RAISE_IMMEDIATE,
     KL_TARGET,
     anneal_advances,
+    entropy_fraction,
     kl_adaptive_factor,
     kl_raise,
     kl_raises,
@@ -105,8 +106,9 @@ ANNEAL_FREEZE_FROM = 0.1
 #: mean of the rows' changes. A policy-gradient loss is a surrogate near zero, so the per-tensor
 #: hypergradients are noise there, and per-tensor changes pushed the rows' scales apart (the
 #: quickstart's GRPO run: from the pretrained guard's 80x spread at step 1 to 1600x at step 200).
-#: Offsets the rows already have (the pretrained guard's start scales) are kept. Chosen on the GRPO tasks of ``scripts/rl_dev.py`` (docs/online.md);
-#: ``scripts/rl_dev.py``'s ``_pertensor`` turns it off. Supervised runs are untouched.
+#: Offsets the rows already have (the pretrained guard's start scales) are kept. Chosen on the GRPO
+#: tasks of ``scripts/rl_dev.py`` (docs/online.md); its ``_pertensor`` turns it off. Supervised runs
+#: are untouched.
 SHARE_CHANGE_IN_RL = True
 #: Development switch (``_spread{c}``), off (``None``): every row's log scale is kept within ``log c``
 #: of the rows' mean after each step (``c = 1``: one level shared by every tensor). ``_spread1`` is
@@ -418,9 +420,10 @@ class OnlineController(Controller):
         ctl.rows.put(rows, new_rows)
         ctl.steps += 1
         reward = signals.reward
-        entropy = signals.signals.get("entropy")
-        fraction = None if entropy is None or entropy.last is None or not ctl.entropy_ref > 0 \
-            else entropy.last / max(ctl.entropy_ref, entropy.last)
+        fraction = None
+        if ANNEAL_ENTROPY_HOLD is not None:  # a development switch: no entropy read on the shipped path
+            entropy = signals.signals.get("entropy")
+            fraction = entropy_fraction(None if entropy is None else entropy.last, ctl.entropy_ref)
         ctl.anneal_steps += float(anneal_advances(inputs.progress, reward.trend_tstat, reward.count > 0,
                                                   fraction, ANNEAL_ENTROPY_HOLD))
         finite = self.network.is_finite() & torch.isfinite(new_rows.hidden).all() \
@@ -700,13 +703,14 @@ class OnlineController(Controller):
 
         log_scale, h_new = self.network.advance(x, prev.hidden, prev.log_scale, sig.gate, sig.reward_step,
                                                 sig.brake * math.log(BRAKE_FACTOR) - sig.lift)
-        if SHARE_CHANGE_IN_RL and signals.reward.count > 0:
+        rewarded = signals.reward.count > 0
+        if SHARE_CHANGE_IN_RL and rewarded:
             log_scale = self.network.clamp_log_scale(prev.log_scale + (log_scale - prev.log_scale).mean())
         if SCALE_SPREAD is not None:
             centre, width = log_scale.mean(), math.log(SCALE_SPREAD)
             log_scale = log_scale.clamp(centre - width, centre + width)
         k = x.shape[0]
-        if signals.reward.count > 0:
+        if rewarded:
             # one draw shared by every tensor: a per-tensor draw would split the reward's
             # finite difference over T tensors and drown it in noise (its SNR falls as 1/sqrt(T))
             noise = torch.randn(1, generator=self.generator).to(device).expand(k).clone()

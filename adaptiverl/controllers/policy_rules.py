@@ -89,13 +89,22 @@ def kl_adaptive_factor(kl: float, target: float) -> float:
     return 1.0
 
 
+def entropy_fraction(entropy: float | None, entropy_ref: float) -> float | None:
+    """``min(1, entropy / entropy_ref)`` (the policy's entropy over the largest fed so far); ``None``
+    without a finite entropy reading or a positive reference."""
+    if entropy is None or not (entropy_ref > 0 and math.isfinite(entropy)):
+        return None
+    return min(1.0, max(entropy, 0.0) / entropy_ref)
+
+
 def kl_target(entropy: float | None, entropy_ref: float, base: float = KL_TARGET,
               power: float = KL_ENTROPY_POWER) -> float:
-    """The KL the prior steers to: ``base * min(1, entropy / entropy_ref) ** power``; ``base``
-    without a finite entropy reading or a positive reference (the largest entropy fed so far)."""
-    if power == 0.0 or entropy is None or not (entropy_ref > 0 and math.isfinite(entropy)):
+    """The KL the prior steers to: ``base * entropy_fraction(entropy, entropy_ref) ** power``;
+    ``base`` when :func:`entropy_fraction` has no reading."""
+    fraction = entropy_fraction(entropy, entropy_ref)
+    if power == 0.0 or fraction is None:
         return base
-    return base * min(1.0, max(entropy, 0.0) / entropy_ref) ** power
+    return base * fraction ** power
 
 
 def recent_kl(values: Sequence[float], count: int = KL_MEDIAN_OF) -> float:
