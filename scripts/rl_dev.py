@@ -14,6 +14,10 @@ never on ``benchmarks/``:
   docstrings, groups of 8 completions of at most 12 tokens, rewarded for a 5-word completion, for
   containing "the" or "a" (substring) and for ending on a full stop (regex), with no cosine term.
   ``python scripts/rl_dev.py grpo_terse``.
+* ``lm``: supervised, a fresh 2-layer GPT-2 (the benchmark LM's shape) trained for 600 steps on
+  next-token prediction over the docstrings of eight third-party libraries (:data:`DEV_LM_LIBRARIES`;
+  the benchmark's LM reads the standard library's), held-out cross-entropy on the last 10%. Added
+  2026-12-07 for the long-horizon LM plateau. ``python scripts/rl_dev.py lm --variants online adamw_cosine``.
 * ``finetune``: the MiniLM fine-tune of ``benchmarks.finetune_pretrained`` on other libraries'
   docstrings (``datasets``, ``accelerate``, ``huggingface_hub``, ``pygments``), 60 steps.
   ``python scripts/rl_dev.py finetune``.
@@ -45,6 +49,9 @@ DEV_REWARDS = [{"type": "length", "target": 12, "unit": "words", "weight": 1.0},
                 "score_match": 0.33, "weight": 0.5}]
 DEV_FT_LIBRARIES = ("datasets", "accelerate", "huggingface_hub", "pygments")
 BASE_LR = 2e-3
+#: ``lm``: the dev LM's text (every library's docstrings that rl_dev's other tasks read, none a benchmark's)
+DEV_LM_LIBRARIES = ("jinja2", "werkzeug", "click", "markdown", "datasets", "accelerate", "huggingface_hub",
+                    "pygments")
 
 
 #: ``grpo_cosine``: the dev rewards plus a cosine similarity to the paragraph's next 16 words (the
@@ -137,6 +144,10 @@ def grpo_run(job: tuple[str, float, str, str, int, int, str]) -> dict[str, Any]:
             "lrs": lrs, "entropy": entropy, "rewards": rewards, "kls": kls}
 
 
+#: the shipped values of module switches that a variant overwrites, read before the first one does
+_SHIPPED: dict[str, Any] = {}
+
+
 def _set_rules(variant: str) -> None:
     """Switch the controller's policy rules for this process (ablations of the shipped defaults)."""
     from adaptiverl.controllers import online, policy_rules
@@ -193,11 +204,27 @@ def _set_rules(variant: str) -> None:
     # 2026-12-06: 1 (online_hpow1 = online); online_hpow0, a fixed target, is the rule before that
     power = _number(variant, "_hpow")
     online.KL_ENTROPY_POWER = policy_rules.KL_ENTROPY_POWER if power is None else power
+    # twice the KL target while the policy has not sharpened (entropy above x times the largest fed):
+    # online_boost0.9_stock, a reason to move for a run whose reward stays flat; not shipped
+    online.kl_target = policy_rules.kl_target
+    if (boost := _number(variant, "_boost")) is not None:
+        def boosted(entropy: float | None, entropy_ref: float, base: float, power: float) -> float:
+            fraction = policy_rules.entropy_fraction(entropy, entropy_ref)
+            return policy_rules.kl_target(entropy, entropy_ref, base, power) * (
+                2.0 if fraction is not None and fraction > boost else 1.0)
+        online.kl_target = boosted
     # the anneal also waits while the entropy is above x times its largest (ANNEAL_ENTROPY_HOLD):
     # online_hold0.8_stock; not shipped
     online.ANNEAL_ENTROPY_HOLD = _number(variant, "_hold")
     # every tensor's log scale within log c of the mean: online_spread1_stock (one shared scale)
     online.SCALE_SPREAD = _number(variant, "_spread")
+    # the per-matrix ceiling on rms(update) / rms(weight) in supervised runs (UPDATE_RATIO_MAX, shipped
+    # 2026-12-07 at 0.05): online_trust0.1 sets it, online_notrust turns it off, online_trustrl also
+    # applies it once rewards are fed
+    trust = _number(variant, "_trust")
+    shipped = _SHIPPED.setdefault("UPDATE_RATIO_MAX", online.UPDATE_RATIO_MAX)  # before any variant set it
+    online.UPDATE_RATIO_MAX = None if "_notrust" in variant else (shipped if trust is None else trust)
+    online.UPDATE_RATIO_IN_RL = "_trustrl" in variant
     # the per-tensor changes in RL, as before 2026-12-07 (SHARE_CHANGE_IN_RL off): online_pertensor_stock
     online.SHARE_CHANGE_IN_RL = "_pertensor" not in variant
 
@@ -299,10 +326,13 @@ def finetune_run(job: tuple[str, float, str, int, int]) -> dict[str, Any]:
 
     design, lr, data_path, steps, seed = job
     task = make_task(torch.load(data_path, weights_only=True), steps, name="dev_finetune")
+    # a design of HINT_DESIGNS runs under the shipped rules; any other name is a rules variant of the
+    # shipped optimizer (e.g. online_trust0.1); a worker process runs many jobs
+    _set_rules("online" if design in HINT_DESIGNS or design == "adamw_linear" else design)
     if design == "adamw_linear":
         method = METHODS["adamw_linear"]
     else:
-        options = HINT_DESIGNS[design]
+        options = HINT_DESIGNS.get(design, {})
 
         def build(params: Any, lr: float, total: int) -> Driver:
             opt = _hint_class()(params, lr=lr, weight_decay=0.0, total_steps=total, **options)
@@ -316,32 +346,118 @@ def finetune_run(job: tuple[str, float, str, int, int]) -> dict[str, Any]:
             "lr_10": result.lrs[min(9, len(result.lrs) - 1)], "lr_last": result.lrs[-1]}
 
 
-def scratch_run(job: tuple[str, int]) -> dict[str, Any]:
-    """One from-scratch run of the meta-training family (OnlineAdamW at 1e-3, the default lr), design
-    ``job[0]``, task seed ``job[1]``: what an lr-hint design costs where no pretrained weights exist."""
+def scratch_run(job: tuple[str, int, float]) -> dict[str, Any]:
+    """One from-scratch run of the meta-training family (OnlineAdamW at ``job[2]``, default 1e-3),
+    design ``job[0]`` (an lr-hint design of :data:`HINT_DESIGNS`, or a rules variant as for the GRPO
+    tasks, e.g. ``online_trust0.1``), task seed ``job[1]``: what a design costs where no pretrained
+    weights exist."""
     import torch
+
+    from adaptiverl.optim import OnlineAdamW
 
     sys.path.insert(0, str(ROOT / "scripts"))
     from meta_train import make_task
 
-    design, seed = job
+    design, seed, lr = job
     gen = torch.Generator().manual_seed(10_000 + seed)  # meta-training's own seeds are drawn elsewhere
     kind = ("blobs_classifier", "illcond_logreg", "char_lm", "deep_linear", "autoencoder")[seed % 5]
     steps = 150
     task = make_task(kind, gen, steps)
-    opt = _hint_class()(task.model.parameters(), lr=1e-3, weight_decay=0.01, total_steps=steps,
-                        **HINT_DESIGNS[design])
+    # the shipped rules unless the design is a rules variant: a worker process runs many jobs
+    _set_rules("online" if design in HINT_DESIGNS else design)
+    if design in HINT_DESIGNS:
+        opt = _hint_class()(task.model.parameters(), lr=lr, weight_decay=0.01, total_steps=steps,
+                            **HINT_DESIGNS[design])
+    else:
+        opt = OnlineAdamW(task.model.parameters(), lr=lr, weight_decay=0.01, total_steps=steps)
     for _ in range(steps):
         loss = task.loss(task.model, next(task.batches))
         if not math.isfinite(loss.item()):
-            return {"task": "scratch", "design": design, "seed": seed, "kind": kind, "eval_loss": math.inf}
+            return {"task": "scratch", "design": design, "seed": seed, "lr": lr, "kind": kind, "eval_loss": math.inf}
         opt.zero_grad()
         loss.backward()
         opt.observe(loss=loss)
         opt.step()
     with torch.no_grad():
         final = task.eval_loss(task.model)
-    return {"task": "scratch", "design": design, "seed": seed, "kind": kind, "eval_loss": final}
+    return {"task": "scratch", "design": design, "seed": seed, "lr": lr, "kind": kind, "eval_loss": final}
+
+
+def _lm_data(path: Path) -> Path:
+    """Tokenised dev LM text, saved once for every worker: (train ids, held-out ids, vocab size)."""
+    import torch
+
+    from adaptiverl.tiny import train_tokenizer
+    from benchmarks.finetune_pretrained import docstring_paragraphs
+    from benchmarks.tasks import LM_VOCAB
+
+    texts = [t for lib in DEV_LM_LIBRARIES for t in docstring_paragraphs(lib, max_chars=2000)]
+    tokenizer = train_tokenizer(texts, vocab_size=LM_VOCAB)
+    ids = torch.tensor(tokenizer(tokenizer.eos_token.join(texts))["input_ids"], dtype=torch.long)
+    cut = int(0.9 * len(ids))
+    torch.save({"train": ids[:cut], "held_out": ids[cut:], "vocab": len(tokenizer)}, path)
+    return path
+
+
+def lm_run(job: tuple[str, float, str, int, int]) -> dict[str, Any]:
+    """One dev LM run ``(variant, lr, data file, steps, seed)``: ``adamw_cosine`` (fused AdamW, wd 0.01,
+    5% warm-up, cosine to 0), or an OnlineAdamW variant at its defaults, told the horizon and fed the loss (the
+    benchmark suite's driver). Final held-out loss and the effective lr every 50 steps."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers.utils import logging as hf_logging
+
+    from adaptiverl.optim import OnlineAdamW
+    from benchmarks.registry import warmup_cosine
+    from benchmarks.tasks import (
+        LM_BATCH,
+        LM_BLOCK,
+        LM_EVAL_BLOCKS,
+        Driver,
+        Method,
+        Task,
+        _lm_loss,
+        train,
+    )
+
+    variant, lr, data_path, steps, seed = job
+    data = torch.load(data_path, weights_only=True)
+    train_ids, held_out = data["train"], data["held_out"]
+    hf_logging.set_verbosity_error()
+
+    def build_model(model_seed: int) -> Any:
+        config = GPT2Config(vocab_size=data["vocab"], n_positions=LM_BLOCK, n_embd=64, n_layer=2, n_head=2,
+                            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                            bos_token_id=None, eos_token_id=None, pad_token_id=None)
+        torch.manual_seed(model_seed)
+        return GPT2LMHeadModel(config)
+
+    def batches(batch_seed: int) -> Any:
+        gen = torch.Generator().manual_seed(batch_seed)
+        offsets = torch.arange(LM_BLOCK + 1)
+        while True:
+            starts = torch.randint(0, len(train_ids) - LM_BLOCK - 1, (LM_BATCH,), generator=gen)
+            yield train_ids[starts[:, None] + offsets]
+
+    stride = (len(held_out) - LM_BLOCK - 1) // LM_EVAL_BLOCKS
+    eval_blocks = held_out[(torch.arange(LM_EVAL_BLOCKS) * stride)[:, None] + torch.arange(LM_BLOCK + 1)]
+    task = Task("dev_lm", steps, build_model, batches, _lm_loss, lambda m: _lm_loss(m, eval_blocks).item())
+    if variant == "adamw_cosine":
+        def build(params: Any, lr: float, total: int) -> Driver:
+            opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, fused=True)
+            return Driver(opt, scheduler=warmup_cosine(opt, total))  # the benchmark suite's baseline
+    else:
+        _set_rules(variant)
+        controller = "fresh" if "_fresh" in variant else "pretrained"
+
+        def build(params: Any, lr: float, total: int) -> Driver:
+            opt = OnlineAdamW(params, lr=lr, total_steps=total, controller=controller)
+            return Driver(opt, on_loss=lambda loss: opt.observe(loss=loss), lr_fn=opt.effective_lr)
+    with contextlib.redirect_stdout(io.StringIO()):
+        result = train(task, Method(variant, lr, build), lr, seed)
+    return {"task": "lm", "variant": variant, "lr": lr, "seed": seed, "eval_loss": result.final_eval_loss,
+            "train_last50": statistics.fmean(result.losses[-50:]),
+            "lrs": [result.lrs[i] for i in range(0, len(result.lrs), 50)]}
 
 
 def _dev_optimizer(variant: str, model: Any, c: Any) -> Any:
@@ -361,7 +477,7 @@ def _dev_optimizer(variant: str, model: Any, c: Any) -> Any:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("task", choices=[*GRPO_TASKS, "finetune", "scratch"])
+    parser.add_argument("task", choices=[*GRPO_TASKS, "finetune", "scratch", "lm"])
     parser.add_argument("--designs", nargs="+", default=["adamw_linear", "online"])
     parser.add_argument("--lrs", nargs="+", type=float, default=[1e-3, 5e-5])
     parser.add_argument("--variants", nargs="+", default=["adamw", "online"])
@@ -374,8 +490,17 @@ def main(argv: list[str] | None = None) -> None:
     from benchmarks.tasks import run_parallel
 
     if args.task == "scratch":
-        for record in run_parallel(scratch_run, [(d, s) for s in range(10) for d in args.designs], args.workers):
+        lrs = [1e-3] if args.lrs == parser.get_default("lrs") else args.lrs
+        jobs = [(d, s, lr) for lr in lrs for s in range(10) for d in args.designs]
+        for record in run_parallel(scratch_run, jobs, args.workers):
             print(json.dumps(record), flush=True)
+        return
+    if args.task == "lm":
+        with tempfile.TemporaryDirectory(prefix="lm-dev-") as tmp:
+            data_path = str(_lm_data(Path(tmp) / "lm.pt"))
+            jobs = [(v, lr, data_path, args.steps, s) for lr in args.lrs for v in args.variants for s in args.seeds]
+            for record in run_parallel(lm_run, jobs, args.workers):
+                print(json.dumps(record), flush=True)
         return
     if args.task == "finetune":
         import torch

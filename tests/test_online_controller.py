@@ -34,22 +34,39 @@ def _noisy_regression_run(cls, lr, steps=150, seed=0, **kwargs):
     return opt, model
 
 
+@pytest.mark.parametrize("ceiling", [False, True], ids=["no_ceiling", "shipped"])
 @pytest.mark.parametrize("cls", ALL, ids=lambda c: c.__name__)
-def test_pure_noise_signal_keeps_scales_within_20_percent_for_1000_steps(cls):
-    """Gradients of a fresh random objective every step: nothing to learn, nothing to adapt to."""
+def test_pure_noise_signal_keeps_scales_within_20_percent_for_1000_steps(cls, ceiling, monkeypatch):
+    """Gradients of a fresh random objective every step: nothing to learn, nothing to adapt to.
+
+    Without the update ceiling every scale stays within 20% of 1. With it, a one-off cut at the
+    start is allowed (torch's RMSprop has no bias correction: its first step moves each element by
+    10x the lr, 7-9% of these weights' rms, over the 5% ceiling), and after that nothing drifts."""
+    from adaptiverl.controllers import online
+
+    if not ceiling:
+        monkeypatch.setattr(online, "UPDATE_RATIO_MAX", None)
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
     opt = cls(model.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(1)
-    for _ in range(1000):
+    early = None
+    for step in range(1000):
         out = model(torch.randn(32, 16, generator=gen))
         loss = (out * torch.randn(32, 4, generator=gen)).mean()
         opt.zero_grad()
         loss.backward()
         opt.observe(loss=loss.item())
         opt.step()
-    summary = opt.dynamics()["summary"]
-    assert summary["delta_scale_min"] >= 0.8 and summary["delta_scale_max"] <= 1.2, summary
+        if step == 19:
+            early = opt.online_controller.last_scales()
+    late = opt.online_controller.last_scales()
+    if ceiling:
+        assert all(0.8 <= b / a <= 1.2 for a, b in zip(early, late, strict=True)), (early, late)
+        assert min(early) >= 0.5, early
+    else:
+        summary = opt.dynamics()["summary"]
+        assert summary["delta_scale_min"] >= 0.8 and summary["delta_scale_max"] <= 1.2, summary
 
 
 def test_one_step_changes_a_scale_by_at_most_the_documented_factors():

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from adaptiverl.controllers.base import (
@@ -62,6 +63,7 @@ from adaptiverl.controllers.policy_rules import (
 from adaptiverl.signals.stats import Signals
 from adaptiverl.signals.tensor_stats import (
     EPS,
+    UPDATE_RATIO_DECADES,
     RowSampler,
     TensorFeatures,
     ema_tstat,
@@ -115,6 +117,30 @@ SHARE_CHANGE_IN_RL = True
 #: how the shared change above was first measured (the same on a fresh model, where every row starts
 #: at 1); ``_spread3`` did nothing (docs/online.md).
 SCALE_SPREAD: float | None = None
+#: A ceiling on each matrix's realised update relative to its weights (the LARS / LAMB trust ratio,
+#: as a ceiling, not a target): a row whose last update moved its sampled weights by more than this
+#: fraction of their rms (``rms(u) / rms(theta)``) has its log scale cut by the excess (``log(ratio /
+#: UPDATE_RATIO_MAX)``), so its next update is about that fraction. Matrices only (``dim >= 2``), and
+#: not those that were all zero when their row was made (LoRA's B: the ratio has no meaning there
+#: yet); biases and gains are free. Without it the per-tensor hypergradients of a transformer LM
+#: drove single matrices to 100-900x the base lr (a 2-layer GPT-2 at 1e-3: the first block's attention
+#: matrix at 883x, the run on a plateau for 300 steps). Supervised runs only: not once a reward or a
+#: policy change (``policy_kl``) has been fed (``UPDATE_RATIO_IN_RL``).
+#: 0.05 was chosen over 0.01, 0.03, 0.1 and 0.2 on ``scripts/rl_dev.py``'s ``lm`` and ``scratch`` tasks
+#: (docs/online.md); ``None`` turns it off (``_trust{r}`` sets it there).
+UPDATE_RATIO_MAX: float | None = 0.05
+#: Development switch, off: the update ceiling also acts in RL (``_trustrl`` in rl_dev).
+UPDATE_RATIO_IN_RL = False
+
+
+def ceiling_rows(params: list[Tensor], device: torch.device, sharded: bool) -> Tensor:
+    """(T,) bool: the rows :data:`UPDATE_RATIO_MAX` applies to, matrices with a non-zero weight
+    (over every shard); one small host read per tensor, once, when the rows are made."""
+    flags = torch.tensor([float(p.dim() >= 2 and bool(local(p).detach().ne(0).any())) for p in params],
+                         device=device)
+    if sharded:
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    return flags > 0
 
 
 def gate(evidence: Tensor, tau: float) -> Tensor:
@@ -215,6 +241,8 @@ class ControllerState:
     entropy_ref: float = 0.0              # the largest policy entropy fed so far (kl_target's reference)
     knob_values: list[list[float]] | None = None
     scales: list[float] | None = None     # the step scales the last step used (schedule included)
+    #: (T,) bool: rows under the update ceiling (UPDATE_RATIO_MAX): matrices not all zero when made
+    ceiling_rows: Tensor | None = None
 
     @property
     def num_rows(self) -> int:
@@ -364,6 +392,8 @@ class OnlineController(Controller):
             if self._sampler is None:
                 self._sampler = RowSampler(state.layout, state.width)
                 self.sharded = sharded
+            if state.ceiling_rows is None:  # a state saved before the ceiling: judged by today's weights
+                state.ceiling_rows = ceiling_rows(params, device, sharded)
             return
         self.sharded = sharded
         layout = [row_layout(local(p).numel(), self.feature_sample_size) for p in params]
@@ -381,9 +411,11 @@ class OnlineController(Controller):
             # float64: knob values must round-trip exactly (0.9 stays 0.9, not 0.8999999762)
             knob_log_mult=torch.zeros(n_groups, len(self.knobs), device=device, dtype=torch.float64),
             drift_ema=torch.zeros(n_groups, device=device, dtype=torch.float64),
-            seen=[False] * len(params))
+            seen=[False] * len(params), ceiling_rows=ceiling_rows(params, device, sharded))
         if state is not None:  # param groups were added: keep what the old rows learned
             rows.copy_rows_from(state.rows)
+            if state.ceiling_rows is not None:
+                new.ceiling_rows[:state.num_rows] = state.ceiling_rows
             g_old = state.knob_log_mult.shape[0]
             new.knob_log_mult[:g_old] = state.knob_log_mult
             new.drift_ema[:g_old] = state.drift_ema
@@ -709,6 +741,10 @@ class OnlineController(Controller):
         if SCALE_SPREAD is not None:
             centre, width = log_scale.mean(), math.log(SCALE_SPREAD)
             log_scale = log_scale.clamp(centre - width, centre + width)
+        kl = signals.signals.get("policy_kl")
+        policy = rewarded or (kl is not None and kl.count > 0)  # RL: a reward or a policy change fed
+        if UPDATE_RATIO_MAX is not None and (UPDATE_RATIO_IN_RL or not policy):
+            log_scale = self.update_ceiling(log_scale, prev, feats, rows)
         k = x.shape[0]
         if rewarded:
             # one draw shared by every tensor: a per-tensor draw would split the reward's
@@ -725,6 +761,17 @@ class OnlineController(Controller):
             log_scale=log_scale.detach(), noise=noise, signal=sig.signal,
             **sig.stats)
         return new, used.detach()
+
+    def update_ceiling(self, log_scale: Tensor, prev: RowState, feats: TensorFeatures, rows: Tensor | None) -> Tensor:
+        """``log_scale`` with rows over :data:`UPDATE_RATIO_MAX` cut to ``prev log s - log(ratio / max)``."""
+        ctl = self.state
+        assert ctl is not None and ctl.ceiling_rows is not None and UPDATE_RATIO_MAX is not None
+        # feats.update_ratio is log10(rms u / rms theta) / UPDATE_RATIO_DECADES (-1 without a previous step)
+        excess = (feats.update_ratio * UPDATE_RATIO_DECADES - math.log10(UPDATE_RATIO_MAX)) * math.log(10.0)
+        under = ctl.ceiling_rows if rows is None else ctl.ceiling_rows[rows]
+        over = (excess > 0) & under & prev.has_prev
+        return self.network.clamp_log_scale(torch.where(over, torch.minimum(log_scale, prev.log_scale - excess),
+                                                        log_scale))
 
     def knob_values(self, feats: TensorFeatures, prev: RowState, group_of_row: Tensor,
                     base_knobs: list[list[float]], group_table: Tensor) -> Tensor:
