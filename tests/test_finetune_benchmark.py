@@ -63,6 +63,11 @@ def test_the_development_tasks_share_nothing_with_the_benchmarks():
     rl_dev = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(rl_dev)
     assert not set(rl_dev.DEV_FT_LIBRARIES) & set(ft.LIBRARIES)
+    # the dev LM reads third-party docstrings; the benchmark LMs read the standard library's
+    # (adaptiverl.tiny.CORPUS_MODULES), the fine-tune benchmark its LIBRARIES
+    from adaptiverl.tiny import CORPUS_MODULES
+
+    assert not set(rl_dev.DEV_LM_LIBRARIES) & (set(ft.LIBRARIES) | set(CORPUS_MODULES) | sys.stdlib_module_names)
     quickstart = json.loads((root / "configs" / "quickstart.json").read_text())["REWARDS"]
     for name, task in rl_dev.GRPO_TASKS.items():
         assert not set(task["libraries"]) & sys.stdlib_module_names, name  # quickstart's prompts are stdlib's
