@@ -135,9 +135,10 @@ UPDATE_RATIO_IN_RL = False
 
 def ceiling_rows(params: list[Tensor], device: torch.device, sharded: bool) -> Tensor:
     """(T,) bool: the rows :data:`UPDATE_RATIO_MAX` applies to, matrices with a non-zero weight
-    (over every shard); one small host read per tensor, once, when the rows are made."""
-    flags = torch.tensor([float(p.dim() >= 2 and bool(local(p).detach().ne(0).any())) for p in params],
-                         device=device)
+    (over every shard); computed on the device when the rows are made, without a host read."""
+    zero = torch.zeros((), device=device)
+    flags = torch.stack([local(p).detach().ne(0).any().to(device, torch.float32) if p.dim() >= 2 else zero
+                         for p in params]) if params else zero.reshape(0)
     if sharded:
         dist.all_reduce(flags, op=dist.ReduceOp.MAX)
     return flags > 0
