@@ -245,10 +245,14 @@ def _lm_tokens() -> tuple[Tensor, Tensor, int]:
 
 
 def _lm_model(seed: int) -> nn.Module:
+    return gpt2_lm(_lm_tokens()[2], seed)
+
+
+def gpt2_lm(vocab: int, seed: int) -> nn.Module:
+    """The suite's LM shape (2 layers, ``n_embd`` 64, no dropout) over ``vocab`` tokens, seeded."""
     from transformers import GPT2Config, GPT2LMHeadModel
     from transformers.utils import logging as hf_logging
 
-    _, _, vocab = _lm_tokens()
     config = GPT2Config(vocab_size=vocab, n_positions=LM_BLOCK, n_embd=64, n_layer=2, n_head=2,
                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                         bos_token_id=None, eos_token_id=None, pad_token_id=None)
@@ -262,7 +266,11 @@ def _lm_model(seed: int) -> nn.Module:
 
 
 def _lm_batches(seed: int) -> Iterator[Tensor]:
-    train_tokens, _, _ = _lm_tokens()
+    return block_batches(_lm_tokens()[0], seed)
+
+
+def block_batches(train_tokens: Tensor, seed: int) -> Iterator[Tensor]:
+    """Endless ``LM_BATCH`` x ``LM_BLOCK + 1`` blocks at random offsets of ``train_tokens``, seeded."""
     gen = torch.Generator().manual_seed(seed)
     offsets = torch.arange(LM_BLOCK + 1)
     high = len(train_tokens) - LM_BLOCK - 1
@@ -278,7 +286,11 @@ def _lm_loss(model: nn.Module, batch: Tensor) -> Tensor:
 
 @functools.lru_cache(maxsize=1)
 def _lm_eval_blocks() -> Tensor:
-    _, held_out, _ = _lm_tokens()
+    return eval_blocks(_lm_tokens()[1])
+
+
+def eval_blocks(held_out: Tensor) -> Tensor:
+    """``LM_EVAL_BLOCKS`` fixed, evenly spaced blocks of ``held_out`` (the held-out loss's input)."""
     stride = (len(held_out) - LM_BLOCK - 1) // LM_EVAL_BLOCKS
     starts = torch.arange(LM_EVAL_BLOCKS) * stride
     return held_out[starts[:, None] + torch.arange(LM_BLOCK + 1)]

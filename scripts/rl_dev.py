@@ -404,44 +404,26 @@ def lm_run(job: tuple[str, float, str, int, int]) -> dict[str, Any]:
     5% warm-up, cosine to 0), or an OnlineAdamW variant at its defaults, told the horizon and fed the loss (the
     benchmark suite's driver). Final held-out loss and the effective lr every 50 steps."""
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
-    from transformers.utils import logging as hf_logging
 
     from adaptiverl.optim import OnlineAdamW
     from benchmarks.registry import warmup_cosine
     from benchmarks.tasks import (
-        LM_BATCH,
-        LM_BLOCK,
-        LM_EVAL_BLOCKS,
         Driver,
         Method,
         Task,
         _lm_loss,
+        block_batches,
+        eval_blocks,
+        gpt2_lm,
         train,
     )
 
     variant, lr, data_path, steps, seed = job
     data = torch.load(data_path, weights_only=True)
-    train_ids, held_out = data["train"], data["held_out"]
-    hf_logging.set_verbosity_error()
-
-    def build_model(model_seed: int) -> Any:
-        config = GPT2Config(vocab_size=data["vocab"], n_positions=LM_BLOCK, n_embd=64, n_layer=2, n_head=2,
-                            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                            bos_token_id=None, eos_token_id=None, pad_token_id=None)
-        torch.manual_seed(model_seed)
-        return GPT2LMHeadModel(config)
-
-    def batches(batch_seed: int) -> Any:
-        gen = torch.Generator().manual_seed(batch_seed)
-        offsets = torch.arange(LM_BLOCK + 1)
-        while True:
-            starts = torch.randint(0, len(train_ids) - LM_BLOCK - 1, (LM_BATCH,), generator=gen)
-            yield train_ids[starts[:, None] + offsets]
-
-    stride = (len(held_out) - LM_BLOCK - 1) // LM_EVAL_BLOCKS
-    eval_blocks = held_out[(torch.arange(LM_EVAL_BLOCKS) * stride)[:, None] + torch.arange(LM_BLOCK + 1)]
-    task = Task("dev_lm", steps, build_model, batches, _lm_loss, lambda m: _lm_loss(m, eval_blocks).item())
+    held_out = eval_blocks(data["held_out"])
+    task = Task("dev_lm", steps, lambda model_seed: gpt2_lm(data["vocab"], model_seed),
+                lambda batch_seed: block_batches(data["train"], batch_seed), _lm_loss,
+                lambda m: _lm_loss(m, held_out).item())
     if variant == "adamw_cosine":
         def build(params: Any, lr: float, total: int) -> Driver:
             opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, fused=True)
