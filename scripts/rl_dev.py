@@ -18,6 +18,14 @@ never on ``benchmarks/``:
   next-token prediction over the docstrings of eight third-party libraries (:data:`DEV_LM_LIBRARIES`;
   the benchmark's LM reads the standard library's), held-out cross-entropy on the last 10%. Added
   2026-12-07 for the long-horizon LM plateau. ``python scripts/rl_dev.py lm --variants online adamw_cosine``.
+* ``glyphs_mlp``, ``glyphs_cnn``, ``noisyreg`` (added 2026-12-07): supervised, from scratch, 300 steps,
+  held-out loss, data generated from the run's seed (no benchmark data, no scikit-learn dataset):
+  10 classes of 8x8 stroke images, clean labels, for a 64-64-64-10 MLP and for the suite's small
+  convnet shape; and an MLP regression on a sine teacher with Laplace noise and 1% outliers, scored
+  against the clean teacher. ``python scripts/rl_dev.py glyphs_cnn --variants online adamw_cosine
+  --lrs 1e-3 1e-2 --seeds 0 1 2``.
+* ``scratch``: the from-scratch families of the meta-training (``scripts/meta_train.py``'s
+  ``make_task``, seeds of their own), 150 steps (``--steps``), task seeds 0-9 (``--seeds``).
 * ``finetune``: the MiniLM fine-tune of ``benchmarks.finetune_pretrained`` on other libraries'
   docstrings (``datasets``, ``accelerate``, ``huggingface_hub``, ``pygments``), 60 steps.
   ``python scripts/rl_dev.py finetune``.
@@ -346,7 +354,7 @@ def finetune_run(job: tuple[str, float, str, int, int]) -> dict[str, Any]:
             "lr_10": result.lrs[min(9, len(result.lrs) - 1)], "lr_last": result.lrs[-1]}
 
 
-def scratch_run(job: tuple[str, int, float]) -> dict[str, Any]:
+def scratch_run(job: tuple[str, int, float, int]) -> dict[str, Any]:
     """One from-scratch run of the meta-training family (OnlineAdamW at ``job[2]``, default 1e-3),
     design ``job[0]`` (an lr-hint design of :data:`HINT_DESIGNS`, or a rules variant as for the GRPO
     tasks, e.g. ``online_trust0.1``), task seed ``job[1]``: what a design costs where no pretrained
@@ -358,10 +366,9 @@ def scratch_run(job: tuple[str, int, float]) -> dict[str, Any]:
     sys.path.insert(0, str(ROOT / "scripts"))
     from meta_train import make_task
 
-    design, seed, lr = job
+    design, seed, lr, steps = job
     gen = torch.Generator().manual_seed(10_000 + seed)  # meta-training's own seeds are drawn elsewhere
     kind = ("blobs_classifier", "illcond_logreg", "char_lm", "deep_linear", "autoencoder")[seed % 5]
-    steps = 150
     task = make_task(kind, gen, steps)
     # the shipped rules unless the design is a rules variant: a worker process runs many jobs
     _set_rules("online" if design in HINT_DESIGNS else design)
@@ -381,6 +388,99 @@ def scratch_run(job: tuple[str, int, float]) -> dict[str, Any]:
     with torch.no_grad():
         final = task.eval_loss(task.model)
     return {"task": "scratch", "design": design, "seed": seed, "lr": lr, "kind": kind, "eval_loss": final}
+
+
+#: the dev supervised tasks of :func:`supervised_run` (no benchmark data: synthetic images and a teacher of their own)
+SUPERVISED_TASKS = ("glyphs_mlp", "glyphs_cnn", "noisyreg")
+
+
+def _glyphs(seed: int, n: int = 1800) -> tuple[Any, Any, Any, Any]:
+    """A clean-label 8x8 image task of its own (no digits data): 10 classes, each a template of
+    three random strokes; a sample is its template shifted by up to one pixel, scaled in
+    brightness and noised. 80/20 train/held-out split; everything from ``seed``."""
+    import torch
+
+    gen = torch.Generator().manual_seed(20_000 + seed)
+    grid = torch.stack(torch.meshgrid(torch.arange(8.0), torch.arange(8.0), indexing="ij"), -1)  # (8, 8, 2)
+    templates = torch.zeros(10, 8, 8)
+    for c in range(10):
+        for _ in range(3):
+            a, b = torch.rand(2, 2, generator=gen) * 7
+            t = ((grid - a) @ (b - a) / (b - a).square().sum().clamp_min(1e-6)).clamp(0, 1)
+            dist = (grid - (a + t[..., None] * (b - a))).norm(dim=-1)
+            templates[c] = torch.maximum(templates[c], (1.2 - dist).clamp(0, 1))
+    y = torch.randint(10, (n,), generator=gen)
+    shifts = torch.randint(-1, 2, (n, 2), generator=gen)
+    x = torch.stack([templates[int(c)].roll((int(dx), int(dy)), (0, 1)) for c, (dx, dy) in zip(y, shifts, strict=True)])
+    x = x * (0.6 + 0.8 * torch.rand(n, 1, 1, generator=gen)) + 0.3 * torch.randn(n, 8, 8, generator=gen)
+    x = x.clamp(0, 1.5).reshape(n, 64)
+    cut = int(0.8 * n)
+    return x[:cut], y[:cut], x[cut:], y[cut:]
+
+
+def _noisy_teacher(seed: int) -> tuple[Any, Any, Any, Any]:
+    """A noisy regression of its own: ``y = sum_k b_k sin(x a_k)`` in 10 dimensions, Laplace label noise
+    (scale 0.4) and 1% outliers (x8); 1024 train / 512 held-out points, scored against the clean teacher."""
+    import torch
+
+    gen = torch.Generator().manual_seed(30_000 + seed)
+    a, b = torch.randn(10, 8, generator=gen) / 10 ** 0.5, torch.randn(8, 1, generator=gen) / 8 ** 0.5
+
+    def teacher(x: Any) -> Any:
+        return 1.5 * torch.sin(x @ a) @ b
+
+    x, xe = torch.randn(1024, 10, generator=gen), torch.randn(512, 10, generator=gen)
+    u = torch.rand(1024, 1, generator=gen) - 0.5
+    noise = -0.4 * u.sign() * torch.log1p(-2 * u.abs())
+    outliers = (torch.rand(1024, 1, generator=gen) < 0.01) * 8.0 * torch.randn(1024, 1, generator=gen)
+    return x, teacher(x) + noise + outliers, xe, teacher(xe)
+
+
+def supervised_run(job: tuple[str, float, str, int, int]) -> dict[str, Any]:
+    """One dev supervised run ``(variant, lr, task, steps, seed)`` (data seed = run seed): ``glyphs_mlp``
+    (64-64-64-10 on :func:`_glyphs`), ``glyphs_cnn`` (the suite's small convnet shape on the same images),
+    batch 64, cross-entropy; ``noisyreg`` (MLP 10-64-64-1 on :func:`_noisy_teacher`, batch 32, MSE).
+    ``adamw_cosine`` (5% warm-up, cosine to 0) or an OnlineAdamW variant at its defaults, wd 0.01, told
+    the horizon and fed the loss. Final held-out loss (for ``noisyreg`` against the clean teacher)."""
+    import torch
+    import torch.nn.functional as F
+
+    from adaptiverl.optim import OnlineAdamW
+    from benchmarks.registry import warmup_cosine
+    from benchmarks.tasks import _cnn, _minibatches, _mlp
+
+    variant, lr, task, steps, seed = job
+    _set_rules("online" if variant == "adamw_cosine" else variant)
+    if task == "noisyreg":
+        xt, yt, xe, ye = _noisy_teacher(seed)
+        model, loss_fn, batch = _mlp(seed, 10, 64, 1), F.mse_loss, 32
+    else:
+        xt, yt, xe, ye = _glyphs(seed)
+        model = _mlp(seed, 64, 64, 10) if task == "glyphs_mlp" else _cnn(seed)
+        loss_fn, batch = F.cross_entropy, 64
+    if variant == "adamw_cosine":
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+        sched = warmup_cosine(opt, steps)
+    else:
+        opt, sched = OnlineAdamW(model.parameters(), lr=lr, weight_decay=0.01, total_steps=steps), None
+    batches = _minibatches(xt, yt, batch, seed)
+    lrs = []
+    for step in range(steps):
+        x, y = next(batches)
+        loss = loss_fn(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        if sched is None:
+            opt.observe(loss=loss)
+        opt.step()
+        if sched is not None:
+            sched.step()
+        if step % 25 == 0:
+            lrs.append(opt.param_groups[0]["lr"] if sched is not None else opt.effective_lr())
+    with torch.no_grad():
+        final, train_loss = float(loss_fn(model(xe), ye)), float(loss_fn(model(xt), yt))
+    return {"task": task, "variant": variant, "lr": lr, "seed": seed, "eval_loss": final,
+            "train_loss": train_loss, "lrs": lrs}
 
 
 def _lm_data(path: Path) -> Path:
@@ -459,7 +559,7 @@ def _dev_optimizer(variant: str, model: Any, c: Any) -> Any:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("task", choices=[*GRPO_TASKS, "finetune", "scratch", "lm"])
+    parser.add_argument("task", choices=[*GRPO_TASKS, "finetune", "scratch", "lm", *SUPERVISED_TASKS])
     parser.add_argument("--designs", nargs="+", default=["adamw_linear", "online"])
     parser.add_argument("--lrs", nargs="+", type=float, default=[1e-3, 5e-5])
     parser.add_argument("--variants", nargs="+", default=["adamw", "online"])
@@ -473,8 +573,16 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.task == "scratch":
         lrs = [1e-3] if args.lrs == parser.get_default("lrs") else args.lrs
-        jobs = [(d, s, lr) for lr in lrs for s in range(10) for d in args.designs]
+        seeds = range(10) if args.seeds == parser.get_default("seeds") else args.seeds
+        steps = 150 if args.steps == parser.get_default("steps") else args.steps
+        jobs = [(d, s, lr, steps) for lr in lrs for s in seeds for d in args.designs]
         for record in run_parallel(scratch_run, jobs, args.workers):
+            print(json.dumps(record), flush=True)
+        return
+    if args.task in SUPERVISED_TASKS:
+        steps = 300 if args.steps == parser.get_default("steps") else args.steps
+        jobs = [(v, lr, args.task, steps, s) for lr in args.lrs for v in args.variants for s in args.seeds]
+        for record in run_parallel(supervised_run, jobs, args.workers):
             print(json.dumps(record), flush=True)
         return
     if args.task == "lm":

@@ -74,3 +74,28 @@ def test_the_development_tasks_share_nothing_with_the_benchmarks():
         assert not set(task["libraries"]) & set(ft.LIBRARIES), name
         # grpo_cosine keeps the benchmark's cosine-to-reference term by design (its references are other text)
         assert not [r for r in task["rewards"] if r in quickstart and r["type"] != "cosine"], name
+
+
+def test_the_supervised_development_tasks_are_their_own_data_and_learnable():
+    """glyphs_* and noisyreg (scripts/rl_dev.py) generate their data from the run's seed (no digits, no
+    docstrings), the same for the same seed, and a short tuned-AdamW run learns each of them."""
+    import importlib.util
+    from pathlib import Path
+
+    import torch
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("rl_dev", root / "scripts" / "rl_dev.py")
+    rl_dev = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rl_dev)
+    xt, yt, xe, ye = rl_dev._glyphs(0)
+    assert xt.shape == (1440, 64) and xe.shape == (360, 64) and set(ye.tolist()) == set(range(10))
+    assert torch.equal(rl_dev._glyphs(0)[0], xt) and not torch.equal(rl_dev._glyphs(1)[0], xt)
+    assert rl_dev._noisy_teacher(0)[1].shape == (1024, 1)
+    for task, chance in (("glyphs_mlp", 2.30), ("glyphs_cnn", 2.30), ("noisyreg", None)):
+        out = rl_dev.supervised_run(("adamw_cosine", 1e-2, task, 40, 0))
+        if chance is not None:
+            assert out["eval_loss"] < 0.8 * chance, (task, out)
+        else:  # the held-out MSE against the clean teacher falls below the teacher's own variance
+            teacher = rl_dev._noisy_teacher(0)[3]
+            assert out["eval_loss"] < 0.8 * float(teacher.var()), (task, out)
