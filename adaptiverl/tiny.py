@@ -175,8 +175,9 @@ def build_tiny_gpt2(out_dir: str | Path, *, n_layer: int = 2, n_embd: int = 64, 
 
 
 def pretrain(folder: str | Path, steps: int, *, block: int = 64, batch: int = 16, lr: float = 3e-3,
-             seed: int = 0) -> float:
-    """Next-token training on packed blocks of :func:`python_corpus`; saves the weights in place.
+             seed: int = 0, texts: list[str] | None = None) -> float:
+    """Next-token training on packed blocks of ``texts`` (default :func:`python_corpus`); saves the
+    weights in place.
 
     Plain ``torch.optim.AdamW`` with a one-cycle schedule and clipping at 1. It makes completions
     English-like instead of random tokens, so RL rewards have something to shape. Returns the
@@ -188,7 +189,7 @@ def pretrain(folder: str | Path, steps: int, *, block: int = 64, batch: int = 16
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder)
     model.loss_type = "ForCausalLM"  # transformers finds no loss in the name GPT2LMHeadModel and warns
-    ids = tokenizer(f" {tokenizer.eos_token} ".join(python_corpus()))["input_ids"]
+    ids = tokenizer(f" {tokenizer.eos_token} ".join(python_corpus() if texts is None else texts))["input_ids"]
     data = torch.tensor(ids[: len(ids) // block * block]).view(-1, block)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)

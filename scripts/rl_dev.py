@@ -565,6 +565,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variants", nargs="+", default=["adamw", "online"])
     parser.add_argument("--factors", nargs="+", type=float, default=[0.1, 1.0, 10.0, 100.0])
     parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--pretrain-steps", type=int, default=0,
+                        help="GRPO tasks: pre-train the tiny policy first, on DEV_LM_LIBRARIES' docstrings")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
@@ -606,6 +608,13 @@ def main(argv: list[str] | None = None) -> None:
         return
     with tempfile.TemporaryDirectory(prefix="rl-dev-") as tmp:
         model_dir = str(build_tiny_gpt2(Path(tmp) / "tiny"))
+        if args.pretrain_steps > 0:  # a pre-trained policy, on other libraries' docstrings than any benchmark's
+            from adaptiverl.tiny import pretrain
+            from benchmarks.finetune_pretrained import docstring_paragraphs
+
+            texts = [t for lib in DEV_LM_LIBRARIES for t in docstring_paragraphs(lib, max_chars=2000)]
+            loss = pretrain(model_dir, args.pretrain_steps, texts=texts)
+            print(json.dumps({"pretrained_steps": args.pretrain_steps, "pretrain_loss": loss}), flush=True)
         prompts = str(_prompts(Path(tmp) / "prompts.jsonl", GRPO_TASKS[args.task]["libraries"]))
         jobs = [(v, f, model_dir, prompts, args.steps, s, args.task) for f in args.factors
                 for v in args.variants for s in args.seeds]

@@ -99,3 +99,28 @@ def test_the_supervised_development_tasks_are_their_own_data_and_learnable():
         else:  # the held-out MSE against the clean teacher falls below the teacher's own variance
             teacher = rl_dev._noisy_teacher(0)[3]
             assert out["eval_loss"] < 0.8 * float(teacher.var()), (task, out)
+
+
+def test_pretrain_reads_the_texts_it_is_given(tiny_gpt2_dir, tmp_path):
+    """adaptiverl.tiny.pretrain(texts=...): the dev GRPO tasks pre-train their policy on other
+    libraries' docstrings than any benchmark's; the model learns exactly those texts."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from adaptiverl.tiny import pretrain
+
+    folder = shutil.copytree(tiny_gpt2_dir, tmp_path / "tiny")
+    text = "alpha beta gamma delta epsilon zeta eta theta " * 40
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    ids = torch.tensor(tokenizer(text)["input_ids"][:64])[None]
+
+    def loss() -> float:
+        model = AutoModelForCausalLM.from_pretrained(folder)
+        with torch.no_grad():
+            return float(model(input_ids=ids, labels=ids).loss)
+
+    before = loss()
+    pretrain(folder, 30, texts=[text] * 8, block=32, batch=4)
+    assert loss() < 0.5 * before
