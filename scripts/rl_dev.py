@@ -14,6 +14,9 @@ never on ``benchmarks/``:
   docstrings, groups of 8 completions of at most 12 tokens, rewarded for a 5-word completion, for
   containing "the" or "a" (substring) and for ending on a full stop (regex), with no cosine term.
   ``python scripts/rl_dev.py grpo_terse``.
+* ``--pretrain-steps N`` (GRPO tasks, added 2026-12-07): the tiny policy is first pre-trained for N
+  steps on the docstrings of :data:`DEV_LM_LIBRARIES` (``adaptiverl.tiny.pretrain``), so the runs
+  start from a pre-trained policy, as users' do, instead of a fresh one.
 * ``lm``: supervised, a fresh 2-layer GPT-2 (the benchmark LM's shape) trained for 600 steps on
   next-token prediction over the docstrings of eight third-party libraries (:data:`DEV_LM_LIBRARIES`;
   the benchmark's LM reads the standard library's), held-out cross-entropy on the last 10%. Added
