@@ -570,15 +570,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--pretrain-steps", type=int, default=0,
                         help="GRPO tasks: pre-train the tiny policy first, on DEV_LM_LIBRARIES' docstrings")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="default: 0 (scratch: 0-9)")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
+    if args.seeds is None and args.task != "scratch":
+        args.seeds = [0]
     from adaptiverl.tiny import build_tiny_gpt2
     from benchmarks.tasks import run_parallel
 
     if args.task == "scratch":
         lrs = [1e-3] if args.lrs == parser.get_default("lrs") else args.lrs
-        seeds = range(10) if args.seeds == parser.get_default("seeds") else args.seeds
+        seeds = range(10) if args.seeds is None else args.seeds
         steps = 150 if args.steps == parser.get_default("steps") else args.steps
         jobs = [(d, s, lr, steps) for lr in lrs for s in seeds for d in args.designs]
         for record in run_parallel(scratch_run, jobs, args.workers):
