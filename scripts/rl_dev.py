@@ -486,15 +486,21 @@ def supervised_run(job: tuple[str, float, str, int, int]) -> dict[str, Any]:
             "train_loss": train_loss, "lrs": lrs}
 
 
+def _dev_lm_texts() -> list[str]:
+    """The docstring paragraphs of :data:`DEV_LM_LIBRARIES` (the dev LM's text, the pre-trained policy's)."""
+    from benchmarks.finetune_pretrained import docstring_paragraphs
+
+    return [t for lib in DEV_LM_LIBRARIES for t in docstring_paragraphs(lib, max_chars=2000)]
+
+
 def _lm_data(path: Path) -> Path:
     """Tokenised dev LM text, saved once for every worker: (train ids, held-out ids, vocab size)."""
     import torch
 
     from adaptiverl.tiny import train_tokenizer
-    from benchmarks.finetune_pretrained import docstring_paragraphs
     from benchmarks.tasks import LM_VOCAB
 
-    texts = [t for lib in DEV_LM_LIBRARIES for t in docstring_paragraphs(lib, max_chars=2000)]
+    texts = _dev_lm_texts()
     tokenizer = train_tokenizer(texts, vocab_size=LM_VOCAB)
     ids = torch.tensor(tokenizer(tokenizer.eos_token.join(texts))["input_ids"], dtype=torch.long)
     cut = int(0.9 * len(ids))
@@ -564,31 +570,33 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("task", choices=[*GRPO_TASKS, "finetune", "scratch", "lm", *SUPERVISED_TASKS])
     parser.add_argument("--designs", nargs="+", default=["adamw_linear", "online"])
-    parser.add_argument("--lrs", nargs="+", type=float, default=[1e-3, 5e-5])
+    parser.add_argument("--lrs", nargs="+", type=float, default=None, help="default: 1e-3 5e-5 (scratch: 1e-3)")
     parser.add_argument("--variants", nargs="+", default=["adamw", "online"])
     parser.add_argument("--factors", nargs="+", type=float, default=[0.1, 1.0, 10.0, 100.0])
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=None, help="default: 40 (scratch: 150, glyphs_*/noisyreg: 300)")
     parser.add_argument("--pretrain-steps", type=int, default=0,
                         help="GRPO tasks: pre-train the tiny policy first, on DEV_LM_LIBRARIES' docstrings")
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="default: 0 (scratch: 0-9)")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
-    if args.seeds is None and args.task != "scratch":
-        args.seeds = [0]
+    # per-task defaults, resolved once: a value given on the command line is always taken as given
+    scratch = args.task == "scratch"
+    if args.steps is None:
+        args.steps = 150 if scratch else 300 if args.task in SUPERVISED_TASKS else 40
+    if args.lrs is None:
+        args.lrs = [1e-3] if scratch else [1e-3, 5e-5]
+    if args.seeds is None:
+        args.seeds = list(range(10)) if scratch else [0]
     from adaptiverl.tiny import build_tiny_gpt2
     from benchmarks.tasks import run_parallel
 
     if args.task == "scratch":
-        lrs = [1e-3] if args.lrs == parser.get_default("lrs") else args.lrs
-        seeds = range(10) if args.seeds is None else args.seeds
-        steps = 150 if args.steps == parser.get_default("steps") else args.steps
-        jobs = [(d, s, lr, steps) for lr in lrs for s in seeds for d in args.designs]
+        jobs = [(d, s, lr, args.steps) for lr in args.lrs for s in args.seeds for d in args.designs]
         for record in run_parallel(scratch_run, jobs, args.workers):
             print(json.dumps(record), flush=True)
         return
     if args.task in SUPERVISED_TASKS:
-        steps = 300 if args.steps == parser.get_default("steps") else args.steps
-        jobs = [(v, lr, args.task, steps, s) for lr in args.lrs for v in args.variants for s in args.seeds]
+        jobs = [(v, lr, args.task, args.steps, s) for lr in args.lrs for v in args.variants for s in args.seeds]
         for record in run_parallel(supervised_run, jobs, args.workers):
             print(json.dumps(record), flush=True)
         return
@@ -615,10 +623,8 @@ def main(argv: list[str] | None = None) -> None:
         model_dir = str(build_tiny_gpt2(Path(tmp) / "tiny"))
         if args.pretrain_steps > 0:  # a pre-trained policy, on other libraries' docstrings than any benchmark's
             from adaptiverl.tiny import pretrain
-            from benchmarks.finetune_pretrained import docstring_paragraphs
 
-            texts = [t for lib in DEV_LM_LIBRARIES for t in docstring_paragraphs(lib, max_chars=2000)]
-            loss = pretrain(model_dir, args.pretrain_steps, texts=texts)
+            loss = pretrain(model_dir, args.pretrain_steps, texts=_dev_lm_texts())
             print(json.dumps({"pretrained_steps": args.pretrain_steps, "pretrain_loss": loss}), flush=True)
         prompts = str(_prompts(Path(tmp) / "prompts.jsonl", GRPO_TASKS[args.task]["libraries"]))
         jobs = [(v, f, model_dir, prompts, args.steps, s, args.task) for f in args.factors
