@@ -37,6 +37,7 @@ BENCHMARKS: tuple[tuple[str, str], ...] = (
     ("enhanced_sgd_ablation", "EnhancedSGD features one at a time vs SGD+momentum"),
     ("rewards", "reward function throughput and behaviour"),
     ("grpo_reward", "GRPO quickstart over an LR grid: final reward, speed, collapse"),
+    ("grpo_reward_pretrained", "the same GRPO grid from a pre-trained policy (the users' regime)"),
     ("finetune_pretrained", "pretrained all-MiniLM-L6-v2 fine-tune, held-out loss vs tuned AdamW"),
 )
 DEFAULT_OUT = Path(__file__).resolve().parent / "reports" / "latest"

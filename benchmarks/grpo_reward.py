@@ -275,9 +275,15 @@ def _key(method: str, factor: float) -> str:
 
 def run(out_dir: Path, quick: bool = False, *, methods: list[str] | None = None,
         workers: int | None = None, factors: tuple[float, ...] | None = None,
-        seeds: tuple[int, ...] | None = None, steps: int | None = None) -> dict[str, Any]:
-    """Run every row at every lr factor and seed; write ``grpo_reward.{json,md}`` and one PNG per factor."""
-    from adaptiverl.tiny import build_tiny_gpt2
+        seeds: tuple[int, ...] | None = None, steps: int | None = None,
+        pretrain_steps: int = 0, name: str = NAME) -> dict[str, Any]:
+    """Run every row at every lr factor and seed; write ``{name}.{json,md}`` and one PNG per factor.
+
+    ``pretrain_steps > 0``: the tiny GPT-2 is first pre-trained that many steps on
+    :func:`adaptiverl.tiny.python_corpus` (:func:`adaptiverl.tiny.pretrain`), so every run starts
+    from one pre-trained policy instead of a fresh one.
+    """
+    from adaptiverl.tiny import build_tiny_gpt2, pretrain
 
     out_dir = Path(out_dir)
     steps = steps or (QUICK_STEPS if quick else STEPS)
@@ -292,8 +298,9 @@ def run(out_dir: Path, quick: bool = False, *, methods: list[str] | None = None,
     _quiet()
     with tempfile.TemporaryDirectory(prefix="grpo-bench-") as tmp:
         model_dir = build_tiny_gpt2(Path(tmp) / "tiny-gpt2")
+        pretrain_loss = pretrain(model_dir, pretrain_steps) if pretrain_steps > 0 else None
         jobs = [(n, f, model_dir, Path(tmp), steps, s) for f in factors for n in names for s in seeds]
-        records = run_parallel(run_one, jobs, workers, label=NAME)
+        records = run_parallel(run_one, jobs, workers, label=name)
     errors = {_key(r["method"], r["factor"]): r["error"] for r in records if "error" in r}
     runs: dict[str, list[dict[str, Any]]] = {}
     for r in records:
@@ -314,22 +321,22 @@ def run(out_dir: Path, quick: bool = False, *, methods: list[str] | None = None,
     per_seed = _per_seed_ratios(runs)
     rows = []
     for f in factors:
-        for name in names:
-            rs = runs.get(_key(name, f))
+        for method in names:
+            rs = runs.get(_key(method, f))
             if not rs:
                 continue
-            reach = first_reach(curves[_key(name, f)])
+            reach = first_reach(curves[_key(method, f)])
             finals = [statistics.fmean(r["rewards"][-SMOOTH:]) for r in rs]
             applied = [lr for r in rs for lr in r["lrs"] if math.isfinite(lr)]
             kls = [k for r in rs for k in r["policy_kl"] if math.isfinite(k)]
             rows.append({
-                "lr factor": f, "method": name, "lr": rs[0]["lr"],
+                "lr factor": f, "method": method, "lr": rs[0]["lr"],
                 "lr min": min(applied, default=math.nan), "lr max": max(applied, default=math.nan),
                 "final reward": statistics.fmean(finals),
                 "final reward sd": statistics.stdev(finals) if len(finals) > 1 else 0.0,
                 "steps to AdamW-default final": reach if reach is not None else "never",
                 "ratio": (reach / baseline_steps if reach is not None and baseline_steps else math.inf),
-                "ratio, mean over seeds": per_seed.get(_key(name, f), math.nan),
+                "ratio, mean over seeds": per_seed.get(_key(method, f), math.nan),
                 "collapsed seeds": sum(collapsed(r) for r in rs),
                 "mean policy KL": statistics.fmean(kls) if kls else math.nan,
                 "s/step": statistics.fmean(r["sec_per_step"] for r in rs),
@@ -337,21 +344,26 @@ def run(out_dir: Path, quick: bool = False, *, methods: list[str] | None = None,
     by = {(r["method"], r["lr factor"]): r for r in rows}
     targets = _targets(by, factors)
     data = {"quick": quick, "steps": steps, "seeds": list(seeds), "lr_factors": list(factors),
+            "pretrain_steps": pretrain_steps, "pretrain_loss": pretrain_loss,
             "config": str(CONFIG.name), "target_reward": target_reward, "baseline_steps": baseline_steps,
             "table": rows, "targets": targets, "errors": errors, "reward_curves": curves,
             "runs": {k: [{"seed": r["seed"], "rewards": r["rewards"], "entropy": r["entropy"],
                           "lrs": r["lrs"], "policy_kl": r["policy_kl"]} for r in rs] for k, rs in runs.items()}}
-    write_json(out_dir, NAME, data)
+    write_json(out_dir, name, data)
+    policy = f", policy pre-trained {pretrain_steps} steps" if pretrain_steps > 0 else ""
     pictures = []
     for f in factors:
         series = {k.split("@")[0]: v for k, v in curves.items() if k.endswith(f"@{f:g}x")}
         if series:
-            path = out_dir / f"{NAME}_x{f:g}.png"
-            plot_lines(path, series, title=f"GRPO quickstart at {f:g}x the lr: reward vs step "
+            path = out_dir / f"{name}_x{f:g}.png"
+            plot_lines(path, series, title=f"GRPO quickstart{policy} at {f:g}x the lr: reward vs step "
                        f"(mean of {len(seeds)} seeds, {SMOOTH}-step moving mean)", xlabel="step", ylabel="reward")
             pictures.append(f"![reward at {f:g}x]({path.name})")
     sections = [
-        ("Setup", f"- `{CONFIG.name}` with STEPS={steps}, seeds {list(seeds)}, lr factors {list(factors)} of "
+        ("Setup", (f"- policy: the tiny GPT-2 pre-trained for {pretrain_steps} steps on the standard library's "
+                   f"docstrings (`adaptiverl.tiny.pretrain`, final loss {pretrain_loss:.3f}), then the runs\n"
+                   if pretrain_steps > 0 else "") +
+                  f"- `{CONFIG.name}` with STEPS={steps}, seeds {list(seeds)}, lr factors {list(factors)} of "
                   f"its LRATE; AdamW-default (constant, 1x) final reward (smoothed) = {target_reward:.4g}, which "
                   f"its own curve first reaches at step {baseline_steps}; `ratio` = a row's steps to that reward "
                   f"/ {baseline_steps}; `collapsed seeds`: final reward below the start or entropy below "
@@ -361,7 +373,7 @@ def run(out_dir: Path, quick: bool = False, *, methods: list[str] | None = None,
     ]
     if errors:
         sections.append(("Failed", "\n".join(f"- `{k}`: {v}" for k, v in errors.items()) + "\n"))
-    write_markdown(out_dir, NAME, "GRPO reward over an LR grid (quickstart task)", sections)
+    write_markdown(out_dir, name, f"GRPO reward over an LR grid (quickstart task{policy})", sections)
     return data
 
 

@@ -89,7 +89,7 @@ def test_quick_suite_end_to_end(tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert set(results["status"]) == {name for name, _ in suite.BENCHMARKS}
     ran = {n for n, s in results["status"].items() if s["status"] == "ok"}
-    assert {"lr_robustness", "grpo_reward", "finetune_pretrained"} <= ran
+    assert {"lr_robustness", "grpo_reward", "grpo_reward_pretrained", "finetune_pretrained"} <= ran
     lr = results["results"]["lr_robustness"]
     assert {"per_task", "summary", "targets", "baseline_loss", "unavailable"} <= set(lr)
     assert set(lr["per_task"]) == {"tiny_gpt2_lm", "tiny_gpt2_lm_600", "digits_cnn", "digits_mlp",
@@ -98,6 +98,9 @@ def test_quick_suite_end_to_end(tmp_path):
     grpo = results["results"]["grpo_reward"]
     assert {"table", "reward_curves", "targets", "target_reward"} <= set(grpo)
     assert "adamw@1x" in grpo["reward_curves"] and not grpo["errors"]
+    pre = results["results"]["grpo_reward_pretrained"]  # the same grid from a pre-trained policy
+    assert pre["pretrain_steps"] > 0 and math.isfinite(pre["pretrain_loss"]) and not pre["errors"]
+    assert {"adamw@1x", "online_adamw@1x"} <= set(pre["reward_curves"]) and grpo["pretrain_steps"] == 0
     report = (out / "report.md").read_text()
     assert "## Targets (reported, never asserted)" in report
     for name in ran:
