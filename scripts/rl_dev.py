@@ -238,6 +238,8 @@ def _set_rules(variant: str) -> None:
     online.UPDATE_RATIO_IN_RL = "_trustrl" in variant
     # the per-tensor changes in RL, as before 2026-12-07 (SHARE_CHANGE_IN_RL off): online_pertensor_stock
     online.SHARE_CHANGE_IN_RL = "_pertensor" not in variant
+    # the guard's per-tensor offsets kept in RL, as before 2026-12-07 (SHARE_LEVEL_IN_RL off): online_offsets_stock
+    online.SHARE_LEVEL_IN_RL = "_offsets" not in variant
 
 
 def _number(variant: str, tag: str) -> float | None:
@@ -562,7 +564,8 @@ def _dev_optimizer(variant: str, model: Any, c: Any) -> Any:
     if variant in ("adamw", "anchor"):
         return torch.optim.AdamW(groups, lr=c.LRATE)
     if variant.startswith("online"):  # online_nohorizon: the callback does not tell it the horizon
-        return OnlineAdamW(groups, lr=c.LRATE)
+        # online_noguard: the pretrained guard off (every tensor starts at the base lr, as on a fresh model)
+        return OnlineAdamW(groups, lr=c.LRATE, **({"pretrained_start": 0.0} if "_noguard" in variant else {}))
     raise ValueError(f"unknown variant {variant!r}")
 
 

@@ -257,13 +257,16 @@ def _row_log_offsets(opt: torch.optim.Optimizer) -> list[float]:
     return [math.log(s) - math.log(scales[0]) for s in scales]
 
 
-@pytest.mark.parametrize("share", [True, False])
-def test_with_rewards_every_tensor_takes_the_same_change_and_keeps_its_offset(monkeypatch, share):
-    """In RL (rewards fed) the rows' log scales move together (SHARE_CHANGE_IN_RL): the offsets the
-    rows had when the rewards started stay; without rewards, or with the switch off, they move apart."""
+@pytest.mark.parametrize("share, level", [(True, True), (True, False), (False, False)])
+def test_with_rewards_every_tensor_shares_one_level(monkeypatch, share, level):
+    """In RL (rewards fed) the rows' log scales move together (SHARE_CHANGE_IN_RL) at one shared level
+    (SHARE_LEVEL_IN_RL, the default): the offsets the rows had when the rewards started collapse to
+    their mean, which is where the level starts. With only the change shared the offsets stay; with
+    neither, or without rewards, they move apart."""
     from adaptiverl.controllers import online as online_controller
 
     monkeypatch.setattr(online_controller, "SHARE_CHANGE_IN_RL", share)
+    monkeypatch.setattr(online_controller, "SHARE_LEVEL_IN_RL", level)
     x, y = _regression()
     model = _deep_linear()
     opt = OnlineAdamW(model.parameters(), lr=3e-3)
@@ -279,10 +282,16 @@ def test_with_rewards_every_tensor_takes_the_same_change_and_keeps_its_offset(mo
     steps(25, reward=False)  # supervised: the rows' scales part
     before = _row_log_offsets(opt)
     assert max(before) - min(before) > 1e-3
-    steps(25, reward=True)
+    steps(1, reward=True)
+    if share and level:  # one level at once: the rows' mean moved by the one shared change
+        first = opt.online_controller.log_scales()
+        assert torch.equal(first, first[:1].expand_as(first))
+    steps(24, reward=True)
     after = _row_log_offsets(opt)
     moved = max(abs(a - b) for a, b in zip(after, before, strict=True))
-    if share:
+    if share and level:
+        assert max(map(abs, after)) < 1e-6
+    elif share:
         assert moved < 1e-4
     else:
         assert moved > 1e-3

@@ -10,8 +10,8 @@ copy, which rounds the last bit differently (differences ~1e-8 relative after 5 
 
 The run feeds rewards, and since 2026-12-07 every tensor takes the same change of its scale once
 rewards are fed (``SHARE_CHANGE_IN_RL``): the exact continuation is checked under the rule the
-checkpoint was written with (the switch off), and the shipped rule is checked to load the same
-state and continue from it.
+checkpoint was written with (the switch off), and the shipped rules (the shared change, and one
+shared level since later on 2026-12-07) are checked to load the same state and continue from it.
 """
 
 from __future__ import annotations
@@ -52,9 +52,16 @@ def test_old_checkpoint_loads_and_continues_exactly(cls, monkeypatch):
         assert summary[key] == (value if exact else pytest.approx(value, rel=1e-6, abs=1e-9)), key
 
 
+@pytest.mark.parametrize("level", [True, False], ids=["one_level", "offsets_kept"])
 @pytest.mark.parametrize("cls", [OnlineSGD, OnlineRMSProp, OnlineAdamW], ids=lambda c: c.__name__)
-def test_old_checkpoint_continues_under_the_shared_change_in_rl(cls):
-    """The shipped rule loads the same state; from there every tensor's scale takes the same change."""
+def test_old_checkpoint_continues_under_the_shared_change_in_rl(cls, level, monkeypatch):
+    """The shipped rules load the same state; from there every tensor's scale takes the same change
+    (``SHARE_CHANGE_IN_RL``) and, since the shared level (``SHARE_LEVEL_IN_RL``), every tensor sits at
+    one level, the geometric mean of the loaded scales moved by the shared changes; with the level
+    rule off the loaded offsets are kept."""
+    from adaptiverl.controllers import online as online_controller
+
+    monkeypatch.setattr(online_controller, "SHARE_LEVEL_IN_RL", level)
     entry = torch.load(DATA / "online_checkpoint_v1.pt", weights_only=True)[cls.__name__]
     net = old.model()
     net.load_state_dict(entry["model"])
@@ -64,6 +71,9 @@ def test_old_checkpoint_continues_under_the_shared_change_in_rl(cls):
     old.run(net, opt, old.SAVED_AT, old.SAVED_AT + old.CONTINUE)
     after = [t["delta_scale"] for t in opt.dynamics()["tensors"]]
     assert all(torch.isfinite(p).all() for p in net.parameters())
-    ratios = [a / b for a, b in zip(after, before, strict=True)]
-    assert max(ratios) / min(ratios) == pytest.approx(1.0, rel=1e-4)  # one change for every tensor
-    assert ratios[0] != 1.0
+    if level:
+        assert max(after) / min(after) == pytest.approx(1.0, rel=1e-4)  # one level for every tensor
+    else:
+        ratios = [a / b for a, b in zip(after, before, strict=True)]
+        assert max(ratios) / min(ratios) == pytest.approx(1.0, rel=1e-4)  # one change for every tensor
+        assert ratios[0] != 1.0

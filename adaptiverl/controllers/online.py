@@ -108,10 +108,16 @@ ANNEAL_FREEZE_FROM = 0.1
 #: mean of the rows' changes. A policy-gradient loss is a surrogate near zero, so the per-tensor
 #: hypergradients are noise there, and per-tensor changes pushed the rows' scales apart (the
 #: quickstart's GRPO run: from the pretrained guard's 80x spread at step 1 to 1600x at step 200).
-#: Offsets the rows already have (the pretrained guard's start scales) are kept. Chosen on the GRPO
-#: tasks of ``scripts/rl_dev.py`` (docs/online.md); its ``_pertensor`` turns it off. Supervised runs
-#: are untouched.
+#: Chosen on the GRPO tasks of ``scripts/rl_dev.py`` (docs/online.md); its ``_pertensor`` turns it
+#: off. Supervised runs are untouched.
 SHARE_CHANGE_IN_RL = True
+#: In RL the rows also share one level: offsets they had when the rewards started (the pretrained
+#: guard's start scales, 0.01x-1x on a pre-trained policy) are replaced by the rows' mean log scale
+#: (their geometric mean), so the guard's overall caution stays and its per-tensor split, which no RL
+#: signal can correct once the changes are shared, goes. Rows that are already equal (a fresh model)
+#: are left exactly as they are. Chosen on the pre-trained-policy GRPO tasks of ``scripts/rl_dev.py``
+#: (docs/online.md); its ``_offsets`` turns it off (the offsets kept, as before 2026-12-07).
+SHARE_LEVEL_IN_RL = True
 #: Development switch (``_spread{c}``), off (``None``): every row's log scale is kept within ``log c``
 #: of the rows' mean after each step (``c = 1``: one level shared by every tensor). ``_spread1`` is
 #: how the shared change above was first measured (the same on a fresh model, where every row starts
@@ -739,6 +745,8 @@ class OnlineController(Controller):
         rewarded = signals.reward.count > 0
         if SHARE_CHANGE_IN_RL and rewarded:
             log_scale = self.network.clamp_log_scale(prev.log_scale + (log_scale - prev.log_scale).mean())
+            if SHARE_LEVEL_IN_RL:  # one level; rows already equal stay bit-identical (no rounding of a mean)
+                log_scale = torch.where(log_scale.amax() > log_scale.amin(), log_scale.mean(), log_scale)
         if SCALE_SPREAD is not None:
             centre, width = log_scale.mean(), math.log(SCALE_SPREAD)
             log_scale = log_scale.clamp(centre - width, centre + width)
