@@ -186,6 +186,8 @@ def _set_rules(variant: str) -> None:
         raise_ = lambda kl, target, searching: up  # noqa: E731
     elif (after := _number(variant, "_after")) is not None:  # the shipped search, then ``after`` on a low KL
         raise_ = lambda kl, target, searching: policy_rules.KL_SEARCH_FACTOR if searching else after  # noqa: E731
+    elif (sfac := _number(variant, "_sf")) is not None:  # a search at ``sfac`` per step, then the shipped raise
+        raise_ = lambda kl, target, searching: sfac if searching else policy_rules.KL_FACTOR  # noqa: E731
     online.kl_raise = raise_
     # the KL prior's cut above twice the target: online_cut1.1 (1.1x, as large as the raise after the
     # search: zero expected log-step when as many readings fall above the band as below it)
