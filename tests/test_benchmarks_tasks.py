@@ -81,3 +81,18 @@ def test_parallel_runs_match_serial_runs():
     parallel = run_parallel(_run_one, jobs, workers=2)
     assert [r["seed"] for r in parallel] == [0, 1, 2]
     assert [r["final"] for r in parallel] == [r["final"] for r in serial]
+
+
+def test_lr_robustness_targets_use_issue_16_thresholds():
+    """mean <= 1.10, worst task <= 1.30, worst over the grid <= 2.0: a value just inside each is met,
+    just outside is missed."""
+    from benchmarks.lr_robustness import OURS_HEADLINE, _targets
+
+    def verdicts(mean: float, worst: float, grid: float) -> list[str]:
+        summary = {OURS_HEADLINE: {"mean_at_default": mean, "worst_at_default": worst, "worst_over_grid": grid}}
+        return [row["met"] for row in _targets(summary, {}, {})]
+
+    assert verdicts(1.09, 1.29, 1.99) == ["yes", "yes", "yes"]
+    assert verdicts(1.11, 1.31, 2.01) == ["NO", "NO", "NO"]
+    rows = _targets({OURS_HEADLINE: {"mean_at_default": 1.0, "worst_at_default": 1.0, "worst_over_grid": 1.0}}, {}, {})
+    assert [row["threshold"] for row in rows] == [1.10, 1.30, 2.0]
