@@ -7,9 +7,10 @@ docstrings (:func:`adaptiverl.tiny.pretrain` on :func:`adaptiverl.tiny.python_co
 benchmark LM's text; nothing is tuned or selected on it), so its completions are English-like and
 the pretrained guard of OnlineAdamW sees trained tensors. Then the quickstart GRPO task runs as in
 :mod:`benchmarks.grpo_reward` (same config, rewards, steps, seeds, lr factors and figures), with
-the rows that matter for the question: constant AdamW (the AdamW-default run at 1x), AdamW with
-rsl_rl's KL-adaptive rule (the anchor) and OnlineAdamW on the default path (stock
-``trl.GRPOTrainer`` + ``AdaptiveCallback()``).
+every row of that grid: constant AdamW (the AdamW-default run at 1x), AdamW with a cosine decay
+(what a user of the HF Trainer's default schedules would run), schedule-free AdamW, AdamW with
+rsl_rl's KL-adaptive rule (the anchor), and OnlineAdamW on the default path (stock
+``trl.GRPOTrainer`` + ``AdaptiveCallback()``) and through ``AdaptiveGRPOTrainer``.
 
 Targets: the same as :mod:`benchmarks.grpo_reward`'s for the default path.
 """
@@ -23,7 +24,7 @@ from benchmarks import grpo_reward
 
 NAME = "grpo_reward_pretrained"
 PRETRAIN_STEPS, QUICK_PRETRAIN_STEPS = 600, 5
-METHODS = [grpo_reward.BASELINE, grpo_reward.ANCHOR, grpo_reward.OURS_HEADLINE]
+METHODS = list(grpo_reward.METHODS)  # every row (until 2026-12-07: adamw, the anchor, the default path)
 
 
 def run(out_dir: Path, quick: bool = False, **kwargs: Any) -> dict[str, Any]:

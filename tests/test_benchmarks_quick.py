@@ -100,7 +100,8 @@ def test_quick_suite_end_to_end(tmp_path):
     assert "adamw@1x" in grpo["reward_curves"] and not grpo["errors"]
     pre = results["results"]["grpo_reward_pretrained"]  # the same grid from a pre-trained policy
     assert pre["pretrain_steps"] > 0 and math.isfinite(pre["pretrain_loss"]) and not pre["errors"]
-    assert {"adamw@1x", "online_adamw@1x"} <= set(pre["reward_curves"]) and grpo["pretrain_steps"] == 0
+    assert {"adamw@1x", "adamw_cosine@1x", "schedulefree_adamw@1x", "adamw_kl_adaptive@1x", "online_adamw@1x",
+            "online_adamw_trainer@1x"} <= set(pre["reward_curves"]) and grpo["pretrain_steps"] == 0
     report = (out / "report.md").read_text()
     assert "## Targets (reported, never asserted)" in report
     for name in ran:
