@@ -231,6 +231,10 @@ def _set_rules(variant: str) -> None:
     online.ANNEAL_ENTROPY_HOLD = _number(variant, "_hold")
     # every tensor's log scale within log c of the mean: online_spread1_stock (one shared scale)
     online.SCALE_SPREAD = _number(variant, "_spread")
+    # softer pooling of the rows' levels (supervised): online_shrink0.02, online_shrinkdn0.02, online_devtau2
+    pooling = [(mode, v) for mode, tag in (("shrink", "_shrink"), ("shrink_down", "_shrinkdn"), ("evidence", "_devtau"))
+               if (v := _number(variant, tag)) is not None]
+    online.ROW_POOLING = pooling[0] if pooling else None
     # the per-matrix ceiling on rms(update) / rms(weight) in supervised runs (UPDATE_RATIO_MAX, shipped
     # 2026-12-07 at 0.05): online_trust0.1 sets it, online_notrust turns it off, online_trustrl also
     # applies it once rewards are fed
@@ -452,6 +456,7 @@ def supervised_run(job: tuple[str, float, str, int, int]) -> dict[str, Any]:
     import torch
     import torch.nn.functional as F
 
+    from adaptiverl.controllers import online
     from adaptiverl.optim import OnlineAdamW
     from benchmarks.registry import warmup_cosine
     from benchmarks.tasks import _cnn, _minibatches, _mlp
@@ -470,8 +475,17 @@ def supervised_run(job: tuple[str, float, str, int, int]) -> dict[str, Any]:
         sched = warmup_cosine(opt, steps)
     else:
         opt, sched = OnlineAdamW(model.parameters(), lr=lr, weight_decay=0.01, total_steps=steps), None
+    # online_val: the last 20% of the training data held out as a validation split (the held-out data
+    # stays unseen); online_val_valgate{l}: rows pooled (ROW_POOLING ("shrink", l)) while the validation
+    # loss, read every 10 steps, is above its best so far
+    validate, pool_on_val = "_val" in variant, _number(variant, "_valgate")
+    if validate:
+        cut = int(0.8 * len(xt))
+        xt, yt, xv, yv = xt[:cut], yt[:cut], xt[cut:], yt[cut:]
+    best_val, pooled_steps = math.inf, 0
     batches = _minibatches(xt, yt, batch, seed)
-    lrs = []
+    lrs: list[float] = []
+    rows_at: dict[int, list[float]] = {}
     for step in range(steps):
         x, y = next(batches)
         loss = loss_fn(model(x), y)
@@ -484,10 +498,24 @@ def supervised_run(job: tuple[str, float, str, int, int]) -> dict[str, Any]:
             sched.step()
         if step % 25 == 0:
             lrs.append(opt.param_groups[0]["lr"] if sched is not None else opt.effective_lr())
+        if validate and step > 0 and step % 10 == 0:
+            with torch.no_grad():
+                val = float(loss_fn(model(xv), yv))
+            if pool_on_val is not None:
+                online.ROW_POOLING = ("shrink", pool_on_val) if val > best_val else None
+            best_val = min(best_val, val)
+        pooled_steps += online.ROW_POOLING is not None
+        if sched is None and "_rows" in variant and step in (50, 150, steps - 1):
+            # each tensor's level in decades from the rows' mean (online_rows: which tensors move where)
+            log_scales = opt.online_controller.log_scales()
+            rows_at[step] = [round(float(v - log_scales.mean()) / math.log(10.0), 2) for v in log_scales]
+    if pool_on_val is not None:  # the gate set the module switch: leave it as _set_rules found it
+        online.ROW_POOLING = None
     with torch.no_grad():
         final, train_loss = float(loss_fn(model(xe), ye)), float(loss_fn(model(xt), yt))
     return {"task": task, "variant": variant, "lr": lr, "seed": seed, "eval_loss": final,
-            "train_loss": train_loss, "lrs": lrs}
+            "train_loss": train_loss, "lrs": lrs, "pooled_steps": pooled_steps,
+            **({"rows": rows_at, "names": [n for n, _ in model.named_parameters()]} if rows_at else {})}
 
 
 def _dev_lm_texts() -> list[str]:

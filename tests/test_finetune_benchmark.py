@@ -124,3 +124,25 @@ def test_pretrain_reads_the_texts_it_is_given(tiny_gpt2_dir, tmp_path):
     before = loss()
     pretrain(folder, 30, texts=[text] * 8, block=32, batch=4)
     assert loss() < 0.5 * before
+
+
+def test_the_validation_gated_pooling_variant_pools_only_after_a_worse_validation_loss():
+    """rl_dev's ``online_val_valgate{l}`` (a development variant) holds out part of the training data,
+    pools the rows' levels (ROW_POOLING) only on steps after a validation reading above the best so
+    far, and leaves the module switch off when it is done; ``_shrink{l}`` pools on every step."""
+    import importlib.util
+    from pathlib import Path
+
+    from adaptiverl.controllers import online
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("rl_dev", root / "scripts" / "rl_dev.py")
+    rl_dev = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rl_dev)
+    always = rl_dev.supervised_run(("online_val_shrink0.02", 1e-2, "noisyreg", 100, 0))
+    assert online.ROW_POOLING == ("shrink", 0.02)  # a rules variant sets the switch for the runs after it
+    gated = rl_dev.supervised_run(("online_val_valgate0.02", 1e-2, "noisyreg", 100, 0))
+    assert online.ROW_POOLING is None
+    plain = rl_dev.supervised_run(("online_val", 1e-2, "noisyreg", 100, 0))
+    assert 0 < gated["pooled_steps"] < 100 and plain["pooled_steps"] == 0 and always["pooled_steps"] == 100
+    assert gated["eval_loss"] != plain["eval_loss"] != always["eval_loss"]

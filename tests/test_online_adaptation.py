@@ -296,3 +296,44 @@ def test_with_rewards_every_tensor_shares_one_level(monkeypatch, share, level):
     else:
         assert moved > 1e-3
     assert opt.dynamics()["summary"]["delta_scale_mean"] != 1.0
+
+
+@pytest.mark.parametrize("pooling", [None, ("shrink", 1.0), ("shrink", 0.5), ("shrink_down", 1.0), ("evidence", 1e9)])
+def test_row_pooling_dev_switch(monkeypatch, pooling):
+    """ROW_POOLING (a development switch, off by default) pulls the rows' levels together in a
+    supervised run: a full shrink leaves one level, a half shrink keeps the rows nearer than without,
+    a full downward shrink lifts every row below the rows' mean to it, and an evidence gate no t-statistic
+    can pass leaves only the rows' common change. (The update ceiling, which acts after the pooling,
+    is off here.)"""
+    from adaptiverl.controllers import online as online_controller
+
+    monkeypatch.setattr(online_controller, "UPDATE_RATIO_MAX", None)
+    def run(switch) -> tuple[list[float], torch.Tensor]:
+        monkeypatch.setattr(online_controller, "ROW_POOLING", switch)
+        x, y = _regression()
+        model = _deep_linear()
+        opt = OnlineAdamW(model.parameters(), lr=3e-3)
+        for _ in range(25):
+            opt.zero_grad()
+            loss = ((model(x) - y) ** 2).mean()
+            loss.backward()
+            opt.observe(loss=loss)
+            opt.step()
+        return _row_log_offsets(opt), opt.online_controller.log_scales()
+
+    free, _ = run(None)
+    spread = max(free) - min(free)
+    assert spread > 1e-3  # without pooling the rows part
+    if pooling is None:
+        return
+    offsets, log_scales = run(pooling)
+    mode, amount = pooling
+    if mode == "shrink" and amount == 1.0 or mode == "evidence":
+        assert max(offsets) - min(offsets) < 1e-5
+    elif mode == "shrink":
+        assert 1e-7 < max(offsets) - min(offsets) < spread
+    else:  # every row that was below the mean was lifted to it: the rows now below it share one level
+        below = log_scales[log_scales < log_scales.mean()]
+        assert len(below) > 0 and float(below.max() - below.min()) < 1e-5
+    with pytest.raises(ValueError, match="ROW_POOLING mode 'mean'"):
+        run(("mean", 0.1))

@@ -123,6 +123,14 @@ SHARE_LEVEL_IN_RL = True
 #: how the shared change above was first measured (the same on a fresh model, where every row starts
 #: at 1); ``_spread3`` did nothing (docs/online.md).
 SCALE_SPREAD: float | None = None
+#: Development switch, off (``None``): softer ways to pool the rows' levels in supervised runs, measured
+#: for the suite's convnet gap (docs/online.md, "The suite's held-out gaps"; nothing shipped).
+#: ``("shrink", l)`` (rl_dev ``_shrink{l}``): each row's log offset from the rows' mean is multiplied
+#: by ``1 - l`` after every step, so a per-tensor move decays unless evidence renews it;
+#: ``("shrink_down", l)`` (``_shrinkdn{l}``): only the offsets below the mean;
+#: ``("evidence", k)`` (``_devtau{k}``): the part of a row's change that differs from the rows' mean
+#: change is gated again, at ``k`` times the SNR threshold.
+ROW_POOLING: tuple[str, float] | None = None
 #: A ceiling on each matrix's realised update relative to its weights (the LARS / LAMB trust ratio,
 #: as a ceiling, not a target): a row whose last update moved its sampled weights by more than this
 #: fraction of their rms (``rms(u) / rms(theta)``) has its log scale cut by the excess (``log(ratio /
@@ -750,6 +758,8 @@ class OnlineController(Controller):
         if SCALE_SPREAD is not None:
             centre, width = log_scale.mean(), math.log(SCALE_SPREAD)
             log_scale = log_scale.clamp(centre - width, centre + width)
+        if ROW_POOLING is not None and not rewarded:
+            log_scale = self.pool_rows(log_scale, prev, sig)
         kl = signals.signals.get("policy_kl")
         policy = rewarded or (kl is not None and kl.count > 0)  # RL: a reward or a policy change fed
         if UPDATE_RATIO_MAX is not None and (UPDATE_RATIO_IN_RL or not policy):
@@ -770,6 +780,22 @@ class OnlineController(Controller):
             log_scale=log_scale.detach(), noise=noise, signal=sig.signal,
             **sig.stats)
         return new, used.detach()
+
+    def pool_rows(self, log_scale: Tensor, prev: RowState, sig: LearningSignal) -> Tensor:
+        """``log_scale`` pooled towards the rows' common level as :data:`ROW_POOLING` says (dev switch)."""
+        assert ROW_POOLING is not None
+        mode, amount = ROW_POOLING
+        if mode == "evidence":
+            change = log_scale - prev.log_scale
+            common = change.mean()
+            weight = gate(torch.maximum(sig.tstat_fast.abs(), sig.tstat_slow.abs()), amount * self.snr_threshold)
+            return prev.log_scale + common + (change - common) * weight
+        if mode not in ("shrink", "shrink_down"):
+            raise ValueError(f"ROW_POOLING mode {mode!r}: expected 'shrink', 'shrink_down' or 'evidence'")
+        centre = log_scale.mean()
+        offset = log_scale - centre
+        shrunk = offset * (1.0 - amount)
+        return centre + (torch.where(offset < 0, shrunk, offset) if mode == "shrink_down" else shrunk)
 
     def update_ceiling(self, log_scale: Tensor, prev: RowState, feats: TensorFeatures, rows: Tensor | None) -> Tensor:
         """``log_scale`` with rows over :data:`UPDATE_RATIO_MAX` cut to ``prev log s - log(ratio / max)``."""
