@@ -477,8 +477,9 @@ def supervised_run(job: tuple[str, float, str, int, int]) -> dict[str, Any]:
         opt, sched = OnlineAdamW(model.parameters(), lr=lr, weight_decay=0.01, total_steps=steps), None
     # online_val: the last 20% of the training data held out as a validation split (the held-out data
     # stays unseen); online_val_valgate{l}: rows pooled (ROW_POOLING ("shrink", l)) while the validation
-    # loss, read every 10 steps, is above its best so far
+    # loss, read every 10 steps, is above its best so far (by more than a factor 1 + x with _vmargin{x})
     validate, pool_on_val = "_val" in variant, _number(variant, "_valgate")
+    margin = 1.0 + (_number(variant, "_vmargin") or 0.0)  # _vmargin{x}: only above (1 + x) times the best
     if validate:
         cut = int(0.8 * len(xt))
         xt, yt, xv, yv = xt[:cut], yt[:cut], xt[cut:], yt[cut:]
@@ -502,7 +503,7 @@ def supervised_run(job: tuple[str, float, str, int, int]) -> dict[str, Any]:
             with torch.no_grad():
                 val = float(loss_fn(model(xv), yv))
             if pool_on_val is not None:
-                online.ROW_POOLING = ("shrink", pool_on_val) if val > best_val else None
+                online.ROW_POOLING = ("shrink", pool_on_val) if val > best_val * margin else None
             best_val = min(best_val, val)
         pooled_steps += online.ROW_POOLING is not None
         if sched is None and "_rows" in variant and step in (50, 150, steps - 1):
@@ -546,6 +547,7 @@ def lm_run(job: tuple[str, float, str, int, int]) -> dict[str, Any]:
     benchmark suite's driver). Final held-out loss and the effective lr every 50 steps."""
     import torch
 
+    from adaptiverl.controllers import online
     from adaptiverl.optim import OnlineAdamW
     from benchmarks.registry import warmup_cosine
     from benchmarks.tasks import (
@@ -562,8 +564,30 @@ def lm_run(job: tuple[str, float, str, int, int]) -> dict[str, Any]:
     variant, lr, data_path, steps, seed = job
     data = torch.load(data_path, weights_only=True)
     held_out = eval_blocks(data["held_out"])
-    task = Task("dev_lm", steps, lambda model_seed: gpt2_lm(data["vocab"], model_seed),
-                lambda batch_seed: block_batches(data["train"], batch_seed), _lm_loss,
+    train_ids, models = data["train"], []
+    # online_val / online_val_valgate{l}: as supervised_run's, the last 10% of the training text held out
+    validate, pool_on_val = "_val" in variant, _number(variant, "_valgate")
+    margin = 1.0 + (_number(variant, "_vmargin") or 0.0)  # _vmargin{x}: only above (1 + x) times the best
+    if validate:
+        cut = int(0.9 * len(train_ids))
+        train_ids, val_blocks = train_ids[:cut], eval_blocks(train_ids[cut:])
+    gate = {"calls": 0, "best": math.inf, "pooled": 0}
+
+    def on_val() -> None:  # after every 10th loss: read the validation loss, set the pooling gate
+        gate["calls"] += 1
+        if validate and gate["calls"] % 10 == 0:
+            model, was_training = models[-1], models[-1].training
+            model.eval()
+            with torch.no_grad():
+                val = _lm_loss(model, val_blocks).item()
+            model.train(was_training)
+            if pool_on_val is not None:
+                online.ROW_POOLING = ("shrink", pool_on_val) if val > gate["best"] * margin else None
+            gate["best"] = min(gate["best"], val)
+        gate["pooled"] += online.ROW_POOLING is not None
+
+    task = Task("dev_lm", steps, lambda model_seed: models.append(gpt2_lm(data["vocab"], model_seed)) or models[-1],
+                lambda batch_seed: block_batches(train_ids, batch_seed), _lm_loss,
                 lambda m: _lm_loss(m, held_out).item())
     if variant == "adamw_cosine":
         def build(params: Any, lr: float, total: int) -> Driver:
@@ -575,10 +599,16 @@ def lm_run(job: tuple[str, float, str, int, int]) -> dict[str, Any]:
 
         def build(params: Any, lr: float, total: int) -> Driver:
             opt = OnlineAdamW(params, lr=lr, total_steps=total, controller=controller)
-            return Driver(opt, on_loss=lambda loss: opt.observe(loss=loss), lr_fn=opt.effective_lr)
+            def on_loss(loss: Any) -> None:
+                opt.observe(loss=loss)
+                on_val()
+            return Driver(opt, on_loss=on_loss, lr_fn=opt.effective_lr)
     with contextlib.redirect_stdout(io.StringIO()):
         result = train(task, Method(variant, lr, build), lr, seed)
+    if pool_on_val is not None:
+        online.ROW_POOLING = None
     return {"task": "lm", "variant": variant, "lr": lr, "seed": seed, "eval_loss": result.final_eval_loss,
+            "pooled_steps": gate["pooled"],
             "train_last50": statistics.fmean(result.losses[-50:]),
             "lrs": [result.lrs[i] for i in range(0, len(result.lrs), 50)]}
 
