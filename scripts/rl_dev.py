@@ -235,6 +235,10 @@ def _set_rules(variant: str) -> None:
     pooling = [(mode, v) for mode, tag in (("shrink", "_shrink"), ("shrink_down", "_shrinkdn"), ("evidence", "_devtau"))
                if (v := _number(variant, tag)) is not None]
     online.ROW_POOLING = pooling[0] if pooling else None
+    # held-out pooling (online_val_evalfeed): readings in a row above the margin before it acts
+    patience = _number(variant, "_patience")
+    shipped_patience = _SHIPPED.setdefault("EVAL_POOL_PATIENCE", online.EVAL_POOL_PATIENCE)
+    online.EVAL_POOL_PATIENCE = shipped_patience if patience is None else int(patience)
     # the per-matrix ceiling on rms(update) / rms(weight) in supervised runs (UPDATE_RATIO_MAX, shipped
     # 2026-12-07 at 0.05): online_trust0.1 sets it, online_notrust turns it off, online_trustrl also
     # applies it once rewards are fed
@@ -480,6 +484,7 @@ def supervised_run(job: tuple[str, float, str, int, int]) -> dict[str, Any]:
     # loss, read every 10 steps, is above its best so far (by more than a factor 1 + x with _vmargin{x})
     validate, pool_on_val = "_val" in variant, _number(variant, "_valgate")
     margin = 1.0 + (_number(variant, "_vmargin") or 0.0)  # _vmargin{x}: only above (1 + x) times the best
+    feed_val = "_evalfeed" in variant  # online_val_evalfeed: the shipped rule, fed observe(eval_loss=)
     if validate:
         cut = int(0.8 * len(xt))
         xt, yt, xv, yv = xt[:cut], yt[:cut], xt[cut:], yt[cut:]
@@ -504,8 +509,10 @@ def supervised_run(job: tuple[str, float, str, int, int]) -> dict[str, Any]:
                 val = float(loss_fn(model(xv), yv))
             if pool_on_val is not None:
                 online.ROW_POOLING = ("shrink", pool_on_val) if val > best_val * margin else None
+            if feed_val:
+                opt.observe(eval_loss=val)
             best_val = min(best_val, val)
-        pooled_steps += online.ROW_POOLING is not None
+        pooled_steps += online.ROW_POOLING is not None or (feed_val and opt.online_controller.state.eval_pooling)
         if sched is None and "_rows" in variant and step in (50, 150, steps - 1):
             # each tensor's level in decades from the rows' mean (online_rows: which tensors move where)
             log_scales = opt.online_controller.log_scales()
@@ -568,6 +575,7 @@ def lm_run(job: tuple[str, float, str, int, int]) -> dict[str, Any]:
     # online_val / online_val_valgate{l}: as supervised_run's, the last 10% of the training text held out
     validate, pool_on_val = "_val" in variant, _number(variant, "_valgate")
     margin = 1.0 + (_number(variant, "_vmargin") or 0.0)  # _vmargin{x}: only above (1 + x) times the best
+    feed_val, opts = "_evalfeed" in variant, []  # online_val_evalfeed: the shipped rule, fed observe(eval_loss=)
     if validate:
         cut = int(0.9 * len(train_ids))
         train_ids, val_blocks = train_ids[:cut], eval_blocks(train_ids[cut:])
@@ -583,8 +591,11 @@ def lm_run(job: tuple[str, float, str, int, int]) -> dict[str, Any]:
             model.train(was_training)
             if pool_on_val is not None:
                 online.ROW_POOLING = ("shrink", pool_on_val) if val > gate["best"] * margin else None
+            if feed_val:
+                opts[-1].observe(eval_loss=val)
             gate["best"] = min(gate["best"], val)
-        gate["pooled"] += online.ROW_POOLING is not None
+        gate["pooled"] += online.ROW_POOLING is not None or bool(
+            feed_val and opts[-1].online_controller.state is not None and opts[-1].online_controller.state.eval_pooling)
 
     task = Task("dev_lm", steps, lambda model_seed: models.append(gpt2_lm(data["vocab"], model_seed)) or models[-1],
                 lambda batch_seed: block_batches(train_ids, batch_seed), _lm_loss,
@@ -599,6 +610,7 @@ def lm_run(job: tuple[str, float, str, int, int]) -> dict[str, Any]:
 
         def build(params: Any, lr: float, total: int) -> Driver:
             opt = OnlineAdamW(params, lr=lr, total_steps=total, controller=controller)
+            opts.append(opt)
             def on_loss(loss: Any) -> None:
                 opt.observe(loss=loss)
                 on_val()

@@ -231,3 +231,26 @@ def test_resume_skips_a_torn_history_line_and_keeps_the_rest(tmp_path):
                                  SimpleNamespace(is_world_process_zero=True, global_step=3))
     assert [r["step"] for r in callback.history] == [1, 2]
     assert [json.loads(line)["step"] for line in (tmp_path / HISTORY_FILE).read_text().splitlines()] == [1, 2]
+
+
+def test_each_evaluation_feeds_its_eval_loss(tiny_gpt2_dir, tmp_path):
+    """on_evaluate hands the HF Trainer's eval_loss to the optimizer (held-out pooling reads it) and
+    the next step's history row carries it."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_gpt2_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir)
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=5,
+                             learning_rate=1e-3, logging_steps=1, eval_strategy="steps", eval_steps=2,
+                             per_device_eval_batch_size=4, report_to="none", save_strategy="no",
+                             disable_tqdm=True, seed=0)
+    optimizer = OnlineAdamW(model.parameters(), lr=1e-3)
+    callback = AdaptiveCallback(print_console=False)
+    trainer = AdaptiveTrainer(model=model, args=args, train_dataset=sft_dataset(tokenizer),
+                              eval_dataset=sft_dataset(tokenizer, 8),
+                              data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+                              optimizers=(optimizer, None), callbacks=[callback])
+    trainer.train()
+    logged = [row["eval_loss"] for row in trainer.state.log_history if "eval_loss" in row]
+    assert len(logged) == 3  # after steps 2 and 4, and at the end
+    assert list(optimizer.signals["eval_loss"].values) == pytest.approx(logged)
+    assert optimizer.online_controller.state.eval_count == 2  # the last one would be read at step 6
+    assert [row["step"] for row in callback.history if "eval_loss" in row] == [3, 5]

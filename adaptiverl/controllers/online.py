@@ -145,6 +145,24 @@ ROW_POOLING: tuple[str, float] | None = None
 UPDATE_RATIO_MAX: float | None = 0.05
 #: Development switch, off: the update ceiling also acts in RL (``_trustrl`` in rl_dev).
 UPDATE_RATIO_IN_RL = False
+#: Held-out pooling, in supervised runs fed a validation loss (``observe(eval_loss=)``; AdaptiveCallback
+#: feeds the HF Trainer's ``eval_loss`` at every evaluation). The per-tensor rule is the better optimizer
+#: of the training loss, and on some models that is overfitting: on a small convnet it fit its training
+#: data 2x lower than one shared level and ended 15% worse held out, while on an MLP, a noisy
+#: regression and an LM the same per-tensor freedom lowers the held-out loss too. No statistic of the
+#: training loss tells the cases apart; a validation loss does. After ``EVAL_POOL_PATIENCE``
+#: readings in a row above ``1 + EVAL_POOL_MARGIN`` times the best one so far, every step pulls each
+#: row back towards the rows' common move from their start (:meth:`OnlineController.pool_to_start`):
+#: its own part of the move is multiplied by ``1 - EVAL_POOL_RATE``, so the pretrained guard's start pattern is kept and
+#: only what the rows learned apart decays. A reading back within the margin stops it. Not once a
+#: reward or a policy change has been fed. 0.02, 0.01 and 2 were chosen on ``scripts/rl_dev.py``'s
+#: ``glyphs_cnn``, ``glyphs_mlp``, ``noisyreg`` and ``lm`` (docs/online.md); ``None`` turns it off.
+EVAL_POOL_RATE: float | None = 0.02
+EVAL_POOL_MARGIN = 0.01
+#: How many readings in a row must be above the margin before held-out pooling acts (as the HF
+#: EarlyStoppingCallback's patience): 2, chosen on the same dev tasks over 1 and 3 (1 let one noisy
+#: reading on an LM's early plateau stop the tensors that were leaving it, 3 gave away half the gain).
+EVAL_POOL_PATIENCE = 2
 
 
 def ceiling_rows(params: list[Tensor], device: torch.device, sharded: bool) -> Tensor:
@@ -258,6 +276,13 @@ class ControllerState:
     scales: list[float] | None = None     # the step scales the last step used (schedule included)
     #: (T,) bool: rows under the update ceiling (UPDATE_RATIO_MAX): matrices not all zero when made
     ceiling_rows: Tensor | None = None
+    #: (T,) the rows' log scales when they were made (the pretrained guard's pattern): held-out pooling
+    #: pulls towards it; a state saved before it takes the rows' scales when pooling first acts
+    start_log_scale: Tensor | None = None
+    eval_count: int = 0                   # eval_loss values seen (held-out pooling reads new ones)
+    eval_best: float = math.inf           # the lowest eval_loss fed so far
+    eval_pooling: bool = False            # held-out pooling acts (EVAL_POOL_PATIENCE readings over the margin)
+    eval_worse: int = 0                   # readings in a row above the margin (EVAL_POOL_PATIENCE)
 
     @property
     def num_rows(self) -> int:
@@ -426,7 +451,8 @@ class OnlineController(Controller):
             # float64: knob values must round-trip exactly (0.9 stays 0.9, not 0.8999999762)
             knob_log_mult=torch.zeros(n_groups, len(self.knobs), device=device, dtype=torch.float64),
             drift_ema=torch.zeros(n_groups, device=device, dtype=torch.float64),
-            seen=[False] * len(params), ceiling_rows=ceiling_rows(params, device, sharded))
+            seen=[False] * len(params), ceiling_rows=ceiling_rows(params, device, sharded),
+            start_log_scale=rows.log_scale.clone())
         if state is not None:  # param groups were added: keep what the old rows learned
             rows.copy_rows_from(state.rows)
             if state.ceiling_rows is not None:
@@ -438,6 +464,10 @@ class OnlineController(Controller):
             new.last_reward_count, new.steps = state.last_reward_count, state.steps
             new.anneal_steps, new.last_kl_count = state.anneal_steps, state.last_kl_count
             new.kl_reached = state.kl_reached
+            new.eval_count, new.eval_best, new.eval_pooling = state.eval_count, state.eval_best, state.eval_pooling
+            new.eval_worse = state.eval_worse
+            old_start = state.start_log_scale if state.start_log_scale is not None else state.rows.log_scale
+            new.start_log_scale[:state.num_rows] = old_start
         self.network.to(device)
         self.state = new
         self._sampler = RowSampler(layout, width)
@@ -762,6 +792,8 @@ class OnlineController(Controller):
             log_scale = self.pool_rows(log_scale, prev, sig)
         kl = signals.signals.get("policy_kl")
         policy = rewarded or (kl is not None and kl.count > 0)  # RL: a reward or a policy change fed
+        if EVAL_POOL_RATE is not None and not policy and self.heldout_gate(signals):
+            log_scale = self.pool_to_start(log_scale, rows)
         if UPDATE_RATIO_MAX is not None and (UPDATE_RATIO_IN_RL or not policy):
             log_scale = self.update_ceiling(log_scale, prev, feats, rows)
         k = x.shape[0]
@@ -780,6 +812,30 @@ class OnlineController(Controller):
             log_scale=log_scale.detach(), noise=noise, signal=sig.signal,
             **sig.stats)
         return new, used.detach()
+
+    def heldout_gate(self, signals: Signals) -> bool:
+        """Whether held-out pooling acts this step: reads a newly fed ``eval_loss`` (host floats only)."""
+        ctl = self.state
+        assert ctl is not None
+        held_out = signals.signals.get("eval_loss")
+        if held_out is not None and held_out.count > ctl.eval_count and held_out.last is not None:
+            ctl.eval_count = held_out.count
+            worse = held_out.last > (1.0 + EVAL_POOL_MARGIN) * ctl.eval_best
+            ctl.eval_worse = ctl.eval_worse + 1 if worse else 0
+            ctl.eval_pooling = ctl.eval_worse >= EVAL_POOL_PATIENCE
+            ctl.eval_best = min(ctl.eval_best, held_out.last)
+        return ctl.eval_pooling
+
+    def pool_to_start(self, log_scale: Tensor, rows: Tensor | None) -> Tensor:
+        """Each row's own part of its move since the start times ``1 - EVAL_POOL_RATE`` (the rows' common move kept)."""
+        ctl = self.state
+        assert ctl is not None and EVAL_POOL_RATE is not None
+        if ctl.start_log_scale is None:  # a state saved before held-out pooling: its pattern as it is now
+            ctl.start_log_scale = ctl.rows.log_scale.clone()
+        start = ctl.start_log_scale if rows is None else ctl.start_log_scale[rows]
+        moved = log_scale - start
+        common = moved.mean()
+        return self.network.clamp_log_scale(start + common + (moved - common) * (1.0 - EVAL_POOL_RATE))
 
     def pool_rows(self, log_scale: Tensor, prev: RowState, sig: LearningSignal) -> Tensor:
         """``log_scale`` pooled towards the rows' common level as :data:`ROW_POOLING` says (dev switch)."""

@@ -224,6 +224,7 @@ class AdaptiveCallback(TrainerCallback):
         self._probe: Any = None
         self._text_probe: dict[str, Any] | None = None  # stock trainers: the prompts' own prefixes
         self._policy: dict[str, float] = {}
+        self._eval: dict[str, float] = {}  # the last evaluation's eval_loss, for the next history row
         self._warned_logs_only = False
         self._last: dict[str, Any] = {}
 
@@ -293,7 +294,7 @@ class AdaptiveCallback(TrainerCallback):
         for target in self.targets if self.horizon else ():
             if callable(getattr(target, "set_total_steps", None)):
                 target.set_total_steps(int(state.max_steps))
-        self._pending, self._from_logs, self._probe, self._policy = {}, {}, None, {}
+        self._pending, self._from_logs, self._probe, self._policy, self._eval = {}, {}, None, {}, {}
         self._text_probe = (_prompt_probe(kwargs.get("train_dataloader"), kwargs.get("processing_class"))
                             if is_rl_config(args) else None)
         self._resume_history(args, state)
@@ -340,6 +341,16 @@ class AdaptiveCallback(TrainerCallback):
             for target in self.targets if self._policy else ():
                 feed(target, None, None, None, **self._policy)
 
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        """Feed the evaluation's ``eval_loss`` to the targets (an Online optimizer's held-out pooling
+        reads it in supervised runs; RL runs ignore it). Logged in the next step's history row."""
+        value = _finite((metrics or {}).get("eval_loss"))
+        if value is None or not self.targets:
+            return
+        for target in self.targets:
+            feed(target, None, None, None, eval_loss=value)
+        self._eval = {"eval_loss": value}
+
     def on_step_end(self, args, state, control, lr_scheduler=None, **kwargs):
         summary: dict[str, float] = {}
         for i, target in enumerate(self.targets):
@@ -352,6 +363,8 @@ class AdaptiveCallback(TrainerCallback):
         for key in ("loss", "reward", "grad_norm", *RL_SIGNALS):
             if self._last.get(key) is not None:
                 row[key] = self._last[key]
+        row.update(self._eval)
+        self._eval = {}
         if lr_scheduler is not None and hasattr(lr_scheduler, "get_last_lr"):
             row["scheduler_lr"] = float(lr_scheduler.get_last_lr()[0])
         row.update(summary)
