@@ -39,6 +39,7 @@ BENCHMARKS: tuple[tuple[str, str], ...] = (
     ("grpo_reward", "GRPO quickstart over an LR grid: final reward, speed, collapse"),
     ("grpo_reward_pretrained", "the same GRPO grid from a pre-trained policy (the users' regime)"),
     ("finetune_pretrained", "pretrained all-MiniLM-L6-v2 fine-tune, held-out loss vs tuned AdamW"),
+    ("heldout_signal", "OnlineAdamW fed a validation loss vs not: test loss on the suite's tasks and the fine-tune"),
 )
 DEFAULT_OUT = Path(__file__).resolve().parent / "reports" / "latest"
 

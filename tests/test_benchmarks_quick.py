@@ -13,6 +13,7 @@ import types
 from pathlib import Path
 
 import pytest
+import torch
 
 import benchmarks.__main__ as suite
 from benchmarks import lr_robustness
@@ -108,3 +109,29 @@ def test_quick_suite_end_to_end(tmp_path):
         assert (out / f"{name}.json").exists() and (out / f"{name}.md").exists()
     assert (out / "grpo_reward_x1.png").exists() and (out / "finetune_pretrained.png").exists()
     assert all((out / f"lr_robustness_{t}.png").exists() for t in lr["per_task"])
+    held = results["results"]["heldout_signal"]  # every suite task and the fine-tune from both lrs, both rows
+    assert not held["errors"] and len(held["table"]) == 7 and len(held["targets"]) == 2
+    assert {r["task"] for r in held["table"]} == set(lr["per_task"]) | {"finetune_pretrained"}
+
+
+def test_heldout_signal_summary_pairs_seeds_and_judges_the_worst_cell():
+    from benchmarks import heldout_signal as hs
+
+    def rec(task, row, seed, final):
+        return {"task": task, "row": row, "lr": 1e-3, "seed": seed, "final": final, "pooled_steps": 4 * seed,
+                "steps": 300}
+
+    records = [rec("a", "online_adamw", 0, 1.0), rec("a", "online_adamw_eval", 0, 0.8),
+               rec("a", "online_adamw", 1, 1.0), rec("a", "online_adamw_eval", 1, 1.1),
+               rec("b", "online_adamw", 0, 2.0), rec("b", "online_adamw_eval", 0, 2.0),
+               rec("b", "online_adamw_eval", 1, 0.1),  # no unfed twin: not paired
+               {"task": "b", "row": "online_adamw", "lr": 1e-3, "seed": 2, "error": "boom"}]
+    table = {r["task"]: r for r in hs.summarise(records)}
+    assert table["a"]["ratio"] == pytest.approx(0.95) and table["a"]["seeds ahead"] == 1
+    assert table["a"]["pooled steps"] == 2 and table["b"]["seeds"] == 1 and table["b"]["ratio"] == 1.0
+    worst, geo = hs.targets(list(table.values()))
+    assert worst["value"] == 1.0 and worst["met"] and "(b at 0.001)" in worst["target"]
+    assert geo["value"] == pytest.approx(math.sqrt(0.95)) and geo["met"]
+    fit, val = hs._split(100, 0.2)
+    assert len(val) == 20 and sorted(fit.tolist() + val.tolist()) == list(range(100))
+    assert torch.equal(hs._split(100, 0.2)[1], val)  # fixed, not the run's seed
