@@ -1,9 +1,9 @@
 """Held-out pooling: does a validation loss fed to OnlineAdamW lower its test loss?
 
 Users who evaluate while they train (the HF Trainer's ``eval_strategy``, which ``AdaptiveCallback``
-feeds; ``opt.observe(eval_loss=)`` in a plain loop) give the controller a held-out loss. After a
-reading above 1.01x the best so far it pulls each tensor's own lr move back towards the tensors'
-common move (``controllers.online.EVAL_POOL_RATE``, docs/online.md). This benchmark measures that on
+feeds; ``opt.observe(eval_loss=)`` in a plain loop) give the controller a held-out loss. After two
+readings in a row above 1.01x the best so far it pulls each tensor's own lr move back towards the
+tensors' common move (``controllers.online.EVAL_POOL_RATE``, docs/online.md). This benchmark measures that on
 tasks the rule was not chosen on: the five from-scratch tasks of ``lr_robustness`` and the
 all-MiniLM-L6-v2 fine-tune of ``finetune_pretrained`` (from its default lr 1e-3 and from 5e-5).
 
