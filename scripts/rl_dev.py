@@ -451,6 +451,42 @@ def _noisy_teacher(seed: int) -> tuple[Any, Any, Any, Any]:
     return x, teacher(x) + noise + outliers, xe, teacher(xe)
 
 
+class _ValidationGate:
+    """What a validation reading does in a dev run (``online_val...``, read every 10 steps):
+    ``_valgate{l}`` pools the rows (ROW_POOLING ``("shrink", l)``) while the reading is above its best
+    so far (by more than a factor ``1 + x`` with ``_vmargin{x}``); ``_evalfeed`` feeds it to the
+    optimizer (``observe(eval_loss=)``, the shipped held-out pooling). Counts the pooled steps."""
+
+    def __init__(self, variant: str) -> None:
+        self.pool_on_val = _number(variant, "_valgate")
+        self.margin = 1.0 + (_number(variant, "_vmargin") or 0.0)
+        self.feed = "_evalfeed" in variant
+        self.best, self.pooled = math.inf, 0
+
+    def read(self, value: float, opt: Any) -> None:
+        from adaptiverl.controllers import online
+
+        if self.pool_on_val is not None:
+            online.ROW_POOLING = ("shrink", self.pool_on_val) if value > self.best * self.margin else None
+        if self.feed:
+            opt.observe(eval_loss=value)
+        self.best = min(self.best, value)
+
+    def count(self, opt: Any) -> None:
+        """After each step: one more pooled step if either pooling acted on it."""
+        from adaptiverl.controllers import online
+
+        state = opt.online_controller.state if self.feed else None
+        self.pooled += online.ROW_POOLING is not None or bool(state is not None and state.eval_pooling)
+
+    def close(self) -> None:
+        """The gate set the module switch: leave it as _set_rules found it."""
+        from adaptiverl.controllers import online
+
+        if self.pool_on_val is not None:
+            online.ROW_POOLING = None
+
+
 def supervised_run(job: tuple[str, float, str, int, int]) -> dict[str, Any]:
     """One dev supervised run ``(variant, lr, task, steps, seed)`` (data seed = run seed): ``glyphs_mlp``
     (64-64-64-10 on :func:`_glyphs`), ``glyphs_cnn`` (the suite's small convnet shape on the same images),
@@ -460,7 +496,6 @@ def supervised_run(job: tuple[str, float, str, int, int]) -> dict[str, Any]:
     import torch
     import torch.nn.functional as F
 
-    from adaptiverl.controllers import online
     from adaptiverl.optim import OnlineAdamW
     from benchmarks.registry import warmup_cosine
     from benchmarks.tasks import _cnn, _minibatches, _mlp
@@ -480,15 +515,11 @@ def supervised_run(job: tuple[str, float, str, int, int]) -> dict[str, Any]:
     else:
         opt, sched = OnlineAdamW(model.parameters(), lr=lr, weight_decay=0.01, total_steps=steps), None
     # online_val: the last 20% of the training data held out as a validation split (the held-out data
-    # stays unseen); online_val_valgate{l}: rows pooled (ROW_POOLING ("shrink", l)) while the validation
-    # loss, read every 10 steps, is above its best so far (by more than a factor 1 + x with _vmargin{x})
-    validate, pool_on_val = "_val" in variant, _number(variant, "_valgate")
-    margin = 1.0 + (_number(variant, "_vmargin") or 0.0)  # _vmargin{x}: only above (1 + x) times the best
-    feed_val = "_evalfeed" in variant  # online_val_evalfeed: the shipped rule, fed observe(eval_loss=)
+    # stays unseen), read every 10 steps by a _ValidationGate
+    validate, gate = "_val" in variant, _ValidationGate(variant)
     if validate:
         cut = int(0.8 * len(xt))
         xt, yt, xv, yv = xt[:cut], yt[:cut], xt[cut:], yt[cut:]
-    best_val, pooled_steps = math.inf, 0
     batches = _minibatches(xt, yt, batch, seed)
     lrs: list[float] = []
     rows_at: dict[int, list[float]] = {}
@@ -506,23 +537,17 @@ def supervised_run(job: tuple[str, float, str, int, int]) -> dict[str, Any]:
             lrs.append(opt.param_groups[0]["lr"] if sched is not None else opt.effective_lr())
         if validate and step > 0 and step % 10 == 0:
             with torch.no_grad():
-                val = float(loss_fn(model(xv), yv))
-            if pool_on_val is not None:
-                online.ROW_POOLING = ("shrink", pool_on_val) if val > best_val * margin else None
-            if feed_val:
-                opt.observe(eval_loss=val)
-            best_val = min(best_val, val)
-        pooled_steps += online.ROW_POOLING is not None or (feed_val and opt.online_controller.state.eval_pooling)
+                gate.read(float(loss_fn(model(xv), yv)), opt)
+        gate.count(opt)
         if sched is None and "_rows" in variant and step in (50, 150, steps - 1):
             # each tensor's level in decades from the rows' mean (online_rows: which tensors move where)
             log_scales = opt.online_controller.log_scales()
             rows_at[step] = [round(float(v - log_scales.mean()) / math.log(10.0), 2) for v in log_scales]
-    if pool_on_val is not None:  # the gate set the module switch: leave it as _set_rules found it
-        online.ROW_POOLING = None
+    gate.close()
     with torch.no_grad():
         final, train_loss = float(loss_fn(model(xe), ye)), float(loss_fn(model(xt), yt))
     return {"task": task, "variant": variant, "lr": lr, "seed": seed, "eval_loss": final,
-            "train_loss": train_loss, "lrs": lrs, "pooled_steps": pooled_steps,
+            "train_loss": train_loss, "lrs": lrs, "pooled_steps": gate.pooled,
             **({"rows": rows_at, "names": [n for n, _ in model.named_parameters()]} if rows_at else {})}
 
 
@@ -554,7 +579,6 @@ def lm_run(job: tuple[str, float, str, int, int]) -> dict[str, Any]:
     benchmark suite's driver). Final held-out loss and the effective lr every 50 steps."""
     import torch
 
-    from adaptiverl.controllers import online
     from adaptiverl.optim import OnlineAdamW
     from benchmarks.registry import warmup_cosine
     from benchmarks.tasks import (
@@ -572,30 +596,21 @@ def lm_run(job: tuple[str, float, str, int, int]) -> dict[str, Any]:
     data = torch.load(data_path, weights_only=True)
     held_out = eval_blocks(data["held_out"])
     train_ids, models = data["train"], []
-    # online_val / online_val_valgate{l}: as supervised_run's, the last 10% of the training text held out
-    validate, pool_on_val = "_val" in variant, _number(variant, "_valgate")
-    margin = 1.0 + (_number(variant, "_vmargin") or 0.0)  # _vmargin{x}: only above (1 + x) times the best
-    feed_val, opts = "_evalfeed" in variant, []  # online_val_evalfeed: the shipped rule, fed observe(eval_loss=)
+    # online_val...: as supervised_run's, with the last 10% of the training text held out
+    validate, gate, calls = "_val" in variant, _ValidationGate(variant), [0]
     if validate:
         cut = int(0.9 * len(train_ids))
         train_ids, val_blocks = train_ids[:cut], eval_blocks(train_ids[cut:])
-    gate = {"calls": 0, "best": math.inf, "pooled": 0}
 
-    def on_val() -> None:  # after every 10th loss: read the validation loss, set the pooling gate
-        gate["calls"] += 1
-        if validate and gate["calls"] % 10 == 0:
+    def on_val(opt: Any) -> None:  # after every 10th loss: a validation reading
+        calls[0] += 1
+        if validate and calls[0] % 10 == 0:
             model, was_training = models[-1], models[-1].training
             model.eval()
             with torch.no_grad():
-                val = _lm_loss(model, val_blocks).item()
+                gate.read(_lm_loss(model, val_blocks).item(), opt)
             model.train(was_training)
-            if pool_on_val is not None:
-                online.ROW_POOLING = ("shrink", pool_on_val) if val > gate["best"] * margin else None
-            if feed_val:
-                opts[-1].observe(eval_loss=val)
-            gate["best"] = min(gate["best"], val)
-        gate["pooled"] += online.ROW_POOLING is not None or bool(
-            feed_val and opts[-1].online_controller.state is not None and opts[-1].online_controller.state.eval_pooling)
+        gate.count(opt)
 
     task = Task("dev_lm", steps, lambda model_seed: models.append(gpt2_lm(data["vocab"], model_seed)) or models[-1],
                 lambda batch_seed: block_batches(train_ids, batch_seed), _lm_loss,
@@ -610,17 +625,16 @@ def lm_run(job: tuple[str, float, str, int, int]) -> dict[str, Any]:
 
         def build(params: Any, lr: float, total: int) -> Driver:
             opt = OnlineAdamW(params, lr=lr, total_steps=total, controller=controller)
-            opts.append(opt)
+
             def on_loss(loss: Any) -> None:
                 opt.observe(loss=loss)
-                on_val()
+                on_val(opt)
             return Driver(opt, on_loss=on_loss, lr_fn=opt.effective_lr)
     with contextlib.redirect_stdout(io.StringIO()):
         result = train(task, Method(variant, lr, build), lr, seed)
-    if pool_on_val is not None:
-        online.ROW_POOLING = None
+    gate.close()
     return {"task": "lm", "variant": variant, "lr": lr, "seed": seed, "eval_loss": result.final_eval_loss,
-            "pooled_steps": gate["pooled"],
+            "pooled_steps": gate.pooled,
             "train_last50": statistics.fmean(result.losses[-50:]),
             "lrs": [result.lrs[i] for i in range(0, len(result.lrs), 50)]}
 
