@@ -38,17 +38,17 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from benchmarks import finetune_pretrained as ft
 from benchmarks.common import markdown_table, plot_lines, write_json, write_markdown
 from benchmarks.tasks import (
     DATA_SEED,
+    DIGITS_BATCH,
+    REGRESSION_BATCH,
     Driver,
     Method,
     Task,
     _digits,
-    _lm_loss,
     _lm_tokens,
     _minibatches,
     _regression,
@@ -88,16 +88,16 @@ def _suite_task(name: str, quick: bool) -> tuple[Task, Callable[[nn.Module], flo
         cut = int((1.0 - LM_VAL_FRACTION) * len(tokens))
         fit, val = tokens[:cut], eval_blocks(tokens[cut:])
         return (dataclasses.replace(base, batches=lambda seed: block_batches(fit, seed)),
-                lambda model: _lm_loss(model, val).item())
+                lambda model: base.loss(model, val).item())
     if name.startswith("digits"):
-        x, y, batch, loss = *_digits()[:2], 64, F.cross_entropy
+        x, y, batch = *_digits()[:2], DIGITS_BATCH
     elif name == "noisy_regression":
-        x, y, batch, loss = *_regression()[:2], 32, F.mse_loss
+        x, y, batch = *_regression()[:2], REGRESSION_BATCH
     else:
         raise ValueError(f"{NAME}: no validation split for task {name!r}")
     fit, val = _split(len(x), VAL_FRACTION)
     return (dataclasses.replace(base, batches=lambda seed: _minibatches(x[fit], y[fit], batch, seed)),
-            lambda model: loss(model(x[val]), y[val]).item())
+            lambda model: base.loss(model, (x[val], y[val])).item())
 
 
 @functools.lru_cache(maxsize=1)

@@ -52,6 +52,8 @@ from torch.nn import functional as F
 LM_VOCAB = 512
 LM_BLOCK = 64
 LM_BATCH = 8
+#: minibatch sizes of the digits tasks and the noisy regression
+DIGITS_BATCH, REGRESSION_BATCH = 64, 32
 LM_EVAL_BLOCKS = 32
 DATA_SEED = 1234  # data splits and the regression teacher never depend on the run seed
 
@@ -421,18 +423,18 @@ def get_tasks(quick: bool = False) -> dict[str, Task]:
             description="the same LM for 600 steps (a longer horizon)"),
         "digits_cnn": Task(
             name="digits_cnn", steps=budget(300), build_model=_cnn,
-            batches=lambda seed: _minibatches(*_digits()[:2], 64, seed),
+            batches=lambda seed: _minibatches(*_digits()[:2], DIGITS_BATCH, seed),
             loss=_classification_loss, eval_loss=_digits_eval,
             description="convnet (conv 16, conv 32, max-pool, linear) on the 8x8 digits, held-out "
                         "cross-entropy"),
         "digits_mlp": Task(
             name="digits_mlp", steps=budget(300), build_model=lambda seed: _mlp(seed, 64, 64, 10),
-            batches=lambda seed: _minibatches(*_digits()[:2], 64, seed),
+            batches=lambda seed: _minibatches(*_digits()[:2], DIGITS_BATCH, seed),
             loss=_classification_loss, eval_loss=_digits_eval,
             description="MLP 64-64-64-10 on scikit-learn digits (80/20 split), held-out cross-entropy"),
         "noisy_regression": Task(
             name="noisy_regression", steps=budget(300), build_model=lambda seed: _mlp(seed, REG_DIM, 64, 1),
-            batches=lambda seed: _minibatches(*_regression()[:2], 32, seed),
+            batches=lambda seed: _minibatches(*_regression()[:2], REGRESSION_BATCH, seed),
             loss=_regression_loss, eval_loss=_regression_eval,
             description=f"MLP {REG_DIM}-64-64-1 on a tanh teacher + N(0, {REG_NOISE}^2) label noise and "
                         "2% outliers, held-out MSE to the clean teacher"),
