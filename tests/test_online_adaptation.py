@@ -310,15 +310,7 @@ def test_row_pooling_dev_switch(monkeypatch, pooling):
     monkeypatch.setattr(online_controller, "UPDATE_RATIO_MAX", None)
     def run(switch) -> tuple[list[float], torch.Tensor]:
         monkeypatch.setattr(online_controller, "ROW_POOLING", switch)
-        x, y = _regression()
-        model = _deep_linear()
-        opt = OnlineAdamW(model.parameters(), lr=3e-3)
-        for _ in range(25):
-            opt.zero_grad()
-            loss = ((model(x) - y) ** 2).mean()
-            loss.backward()
-            opt.observe(loss=loss)
-            opt.step()
+        opt, _ = _fit(lambda params: OnlineAdamW(params, lr=3e-3), steps=25)
         return _row_log_offsets(opt), opt.online_controller.log_scales()
 
     free, _ = run(None)
